@@ -9,7 +9,7 @@ CUDA_HOME?= /usr/local/cuda
 OPT      ?= -O2
 SAN      ?=
 CFLAGS   := -std=c11 -Wall -Wextra -Werror $(OPT) -g -fopenmp -D_GNU_SOURCE -pthread \
-            -Iformats -Ikernels -Iruntime $(SAN) $(EXTRA_CFLAGS)
+            -Iformats -Ikernels -Iruntime -Itools/lib $(SAN) $(EXTRA_CFLAGS)
 LDFLAGS  := -fopenmp -pthread -Wl,--as-needed $(SAN)
 LIBS     := -ljansson -lxxhash -larchive -lcrypto -lm
 HAVE_NVCC:= $(shell command -v $(NVCC) 2>/dev/null)
@@ -18,18 +18,18 @@ FORMATS_SRC := $(sort $(wildcard formats/*.c))
 KERNELS_SRC := $(sort $(wildcard kernels/*.c))
 RUNTIME_SRC := $(sort $(wildcard runtime/*.c))
 TOOLS_SRC   := $(sort $(wildcard tools/dsr1-*.c))
+TOOLLIB_SRC := $(sort $(wildcard tools/lib/*.c))
 UNIT_SRC    := $(sort $(wildcard tests/unit/*.c))
 CUDA_SRC    := $(sort $(wildcard kernels/*.cu runtime/*.cu))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 FORMATS_OBJ := $(call obj,$(FORMATS_SRC))
-RT_OBJ      := $(call obj,$(KERNELS_SRC) $(RUNTIME_SRC))
+RT_OBJ      := $(call obj,$(KERNELS_SRC) $(RUNTIME_SRC) $(TOOLLIB_SRC))
 TOOLS       := $(patsubst tools/%.c,$(BUILD)/bin/%,$(TOOLS_SRC))
 LIBFMT      := $(BUILD)/lib/libdsr1formats.a
 LIBRT       := $(BUILD)/lib/libdsr1rt.a
 
-.PHONY: all test demo asan fuzz help clean deps bench bench-shard bench-verify bench-load \
-        bench-decode test-gpu test-nccl cuda
+.PHONY: all test demo asan fuzz help clean deps bench cuda
 
 all: $(TOOLS) $(BUILD)/bin/unit-tests
 
@@ -94,10 +94,6 @@ demo: deps all
 
 # ---- benchmarks (not timed tests; they print ratios against same-run baselines) ----
 bench: bench-shard bench-verify
-bench-shard: deps all
-	@scripts/bench_shard.sh $(BUILD)
-bench-verify: deps all
-	@scripts/bench_verify.sh $(BUILD)
 
 # ---- CUDA (built only when nvcc is present; run only on the GPU machine) ----
 ifneq ($(HAVE_NVCC),)
@@ -114,3 +110,6 @@ clean:
 	rm -rf $(BUILD)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# Per-area additions (bench/test targets of each area) live in mk/*.mk.
+-include $(sort $(wildcard mk/*.mk))
