@@ -6,7 +6,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${DSR1_VENV:-$ROOT/build/venv}
 DEB_PKGS="build-essential pkg-config libjansson-dev libxxhash-dev xxhash libarchive-dev \
 libssl-dev libmicrohttpd-dev libpcre2-dev zstd iproute2 clang libclang-rt-14-dev python3-venv"
-PY_PKGS="safetensors numpy"
+PY_PKGS="safetensors numpy ml_dtypes"
 
 say() { echo "install-deps: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -34,7 +34,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating Python virtual environment in $VENV"
   python3 -m venv "$VENV" || die "python3 -m venv $VENV failed; install python3-venv"
 fi
-if ! "$VENV/bin/python" -c 'import safetensors, numpy' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import safetensors, numpy, ml_dtypes' 2>/dev/null; then
   say "installing PyPI packages: $PY_PKGS"
   "$VENV/bin/pip" install -q $PY_PKGS >/tmp/dsr1-pip.log 2>&1 ||
     die "pip install $PY_PKGS failed (log: /tmp/dsr1-pip.log); check network access to PyPI"
