@@ -133,8 +133,8 @@ void st_writer_free(st_writer *w);    /* aborts if not committed; NULL is a no-o
 const char *st_writer_tmp_path(const st_writer *w);
 
 /* Stable order satisfying the alignment rule: tensors whose byte size is a multiple
- * of 256 first, then by element size descending; ties keep input order. Fills
- * perm[0..n) with input indices. */
+ * of 256 first (in input order), then the rest by element size descending; ties keep
+ * input order. Fills perm[0..n) with input indices. Allocates nothing. */
 void st_align_order(const st_spec *specs, size_t n, size_t *perm);
 
 /* fsync the directory containing `path` (after rename). */
