@@ -98,16 +98,45 @@ typedef struct ck_tensor_desc {
     uint64_t nbytes;
 } ck_tensor_desc;
 
-/* Expected tensors, in a deterministic order (top-level, then per layer), including
- * layer(s) >= num_hidden_layers (MTP) when include_mtp. *out malloc'd; caller frees. */
+/* Expected tensors, in a deterministic order, the order of the real checkpoint's files:
+ * model.embed_tokens.weight, layers 0..num_hidden_layers-1, model.norm.weight,
+ * lm_head.weight, then the MTP layer(s) >= num_hidden_layers when include_mtp. Within a
+ * layer: input_layernorm, attention (q_a, q_a_layernorm, q_b, kv_a, kv_a_layernorm, kv_b,
+ * o), post_attention_layernorm, then the MLP (dense gate/up/down, or router weight, bias,
+ * experts 0..E-1 gate/up/down, shared gate/up/down); an MTP layer starts with embed_tokens,
+ * enorm, hnorm, eh_proj and ends with shared_head.norm, shared_head.head. An FP8 weight is
+ * immediately followed by its scale. When !cfg->fp8 the projections are BF16 without
+ * scales. *out malloc'd; caller frees. Fails (CK_ERR_CONFIG_VALUE) above 8,000,000 tensors. */
 int ck_expected_tensors(const ck_config *cfg, int include_mtp, ck_tensor_desc **out, size_t *n,
                         dsr1_err *err);
+/* Number of tensors ck_expected_tensors would return, without building the list. */
+uint64_t ck_expected_count(const ck_config *cfg, int include_mtp);
+
+/* Summary groups (dsr1-inspect's "by layer class"); every tensor of a layer
+ * >= num_hidden_layers counts as MTP. */
+typedef enum {
+    CK_GROUP_ATTENTION, CK_GROUP_DENSE_MLP, CK_GROUP_ROUTED, CK_GROUP_SHARED, CK_GROUP_ROUTER,
+    CK_GROUP_NORMS, CK_GROUP_EMBED_HEAD, CK_GROUP_MTP,
+    CK_GROUP_COUNT
+} ck_group;
+const char *ck_group_name(ck_group g); /* "attention", "dense_mlp", "routed_experts", ... */
+ck_group ck_tensor_group(const ck_config *cfg, const ck_tensor_desc *d);
 
 /* An opened checkpoint directory. */
 typedef struct ck_ckpt ck_ckpt;
 
-/* Reads config.json and model.safetensors.index.json only; no weight file is opened. */
+/* Reads config.json and model.safetensors.index.json only; no weight file is opened.
+ * Index rules: top level an object; "weight_map" an object of non-empty tensor name ->
+ * file name string (CK_ERR_INDEX_FIELD); every file name plain: no '/', '\\', "..",
+ * control characters, not empty (CK_ERR_INDEX_FILE); duplicate keys rejected
+ * (CK_ERR_INDEX_JSON); "metadata" optional, metadata.total_size a non-negative integer.
+ * A ck_ckpt is not thread-safe (ck_tensor opens files lazily). */
 int ck_open(ck_ckpt **out, const char *dir, dsr1_err *err);
+/* Parse index JSON text alone (tests, tools); ck_cfg() of the result is all zeros and
+ * ck_dir() is ".". */
+int ck_index_parse(ck_ckpt **out, const char *json, size_t len, const char *label, dsr1_err *err);
+/* 1 if `f` (len bytes) is acceptable as a weight_map file name. */
+int ck_index_file_name_ok(const char *f, size_t len);
 void ck_close(ck_ckpt *c);
 const ck_config *ck_cfg(const ck_ckpt *c);
 const char *ck_dir(const ck_ckpt *c);
@@ -118,6 +147,13 @@ void ck_index_at(const ck_ckpt *c, size_t i, const char **tensor, const char **f
 const char *ck_index_file_of(const ck_ckpt *c, const char *tensor); /* NULL if absent */
 size_t ck_file_count(const ck_ckpt *c);                /* distinct files, sorted */
 const char *ck_file_at(const ck_ckpt *c, size_t i);
+/* 1 if the index names any tensor of a layer >= num_hidden_layers (the MTP module). */
+int ck_index_has_mtp(const ck_ckpt *c);
+/* 1 if weight file i exists in the directory (stat only). */
+int ck_file_exists(const ck_ckpt *c, size_t i);
+/* Open (lazily, cached until ck_close) weight file i. A file that does not exist gives
+ * CK_ERR_INDEX_FILE (DSR1_E_INVALID); any other failure is st_open's error. */
+int ck_file_open(ck_ckpt *c, size_t i, st_file **out, dsr1_err *err);
 
 /* Compare the index (names only) against the expected list: fills err with the first
  * problem and returns the number of problems; report(i, msg) is called for each if
@@ -126,7 +162,9 @@ typedef void (*ck_report_fn)(void *ctx, const char *msg);
 int ck_check_index(const ck_ckpt *c, int include_mtp, ck_report_fn report, void *ctx, dsr1_err *err);
 
 /* Open (lazily, cached) the safetensors file holding `tensor` and return its view.
- * Checks dtype and shape against the expected descriptor when desc != NULL. */
+ * Checks dtype and shape against the expected descriptor when desc != NULL
+ * (CK_ERR_DTYPE / CK_ERR_SHAPE naming tensor, file, actual and expected); a tensor absent
+ * from the index or from its file gives CK_ERR_MISSING_TENSOR. */
 int ck_tensor(ck_ckpt *c, const char *tensor, const ck_tensor_desc *desc, const st_tensor **out,
               dsr1_err *err);
 
