@@ -24,6 +24,16 @@
 #define MF_FORMAT "dsr1-manifest"
 #define MF_VERSION 1
 
+/* Keys every shard file carries in its safetensors __metadata__ (docs/formats/shard.md).
+ * Values are decimal strings or lowercase hex; "format" = "pt" is the HF convention. */
+#define MF_META_FORMAT "dsr1.format"             /* MF_SHARD_FORMAT */
+#define MF_SHARD_FORMAT "dsr1-shard"
+#define MF_META_VERSION "dsr1.format_version"    /* "1" */
+#define MF_SHARD_VERSION 1
+#define MF_META_MANIFEST_ID "dsr1.manifest_id"   /* 32 hex, = manifest_id */
+#define MF_META_PP_STAGE "dsr1.pp_stage"
+#define MF_META_TP_RANK "dsr1.tp_rank"
+
 enum {
     MF_ERR_NONE = 0,
     MF_ERR_OPEN,      /* cannot read manifest.json */
