@@ -96,7 +96,7 @@ const char *st_meta_get(const st_file *f, const char *key); /* NULL if absent */
  * The caller declares every tensor up front (order = data order), then writes each
  * tensor's bytes in any order and from any thread (pwrite at fixed offsets), then
  * commits. Output goes to "<path>.tmp.<pid>", space is reserved with
- * posix_fallocate (ENOSPC surfaces at open), and commit does fsync, rename,
+ * fallocate(2) (ENOSPC surfaces at open), and commit does fsync, rename,
  * fsync(dir). Abort (or st_writer_free without commit) unlinks the temp file.
  * Output is a pure function of (specs, metadata, options). */
 typedef struct st_spec {
