@@ -8,6 +8,16 @@
  *  - optionally (LD_HASH) every tensor's XXH3-128 and the header digest, in parallel.
  * No other shard file is opened.
  *
+ * The full check covers every byte of the file: the header digest covers
+ * [0, data_start) and the tensor digests cover the data section, which st_open proves
+ * is contiguous (no gaps, no overlap, last end = file end). Together with the size
+ * check this implies the whole-file digest recorded in the manifest and XXH128SUMS,
+ * without reading any byte twice.
+ *
+ * Hashing maps nothing new: it reads through the st_file mapping, paging chunks in
+ * with MADV_POPULATE_READ so a read error or a file that shrank underneath us is an
+ * I/O error instead of SIGBUS (kernels before 5.14: plain page faults).
+ *
  * Lifetimes: views returned by ld_* live until ld_close(); the manifest passed to
  * ld_open must outlive the ld_shard.
  */
@@ -34,6 +44,14 @@ enum {
 
 enum { LD_HASH = 1 };
 
+/* __metadata__ keys every shard carries (values are strings). */
+#define LD_META_FORMAT "dsr1.format"          /* LD_FORMAT_NAME */
+#define LD_META_VERSION "dsr1.version"        /* decimal MF_VERSION */
+#define LD_META_MANIFEST_ID "dsr1.manifest_id"/* 32 hex, as hx_hex prints it */
+#define LD_META_PP_STAGE "dsr1.pp_stage"      /* decimal */
+#define LD_META_TP_RANK "dsr1.tp_rank"        /* decimal */
+#define LD_FORMAT_NAME "dsr1-shard"
+
 typedef struct ld_shard ld_shard;
 
 /* Open shard `shard_index` of manifest `m`, whose files live in directory `dir`. */
@@ -49,10 +67,26 @@ const st_tensor *ld_find(const ld_shard *s, const char *name);
 int ld_require(const ld_shard *s, const char *name, st_dtype dtype, int ndim, const uint64_t *shape,
                const st_tensor **out, dsr1_err *err);
 
+/* Path of the mapped file ("<dir>/<file>"); lives until ld_close(). */
+const char *ld_path(const ld_shard *s);
+
 /* Per-tensor hash check (parallel across tensors and chunks). Calls bad(ctx, tensor,
  * msg) for each mismatch; returns the number of mismatches (0 = all good) or a
- * negative status on I/O error. */
+ * negative status on I/O error. tensor is NULL for the header digest. bad is never
+ * called concurrently (bad NULL: err gets a summary of the mismatches); msg names the tensor, its byte range [begin, end) in the
+ * file and both digests.
+ *
+ * Parallelism: tensors are hashed concurrently in file order, one thread per tensor
+ * (each digest is a plain sequential XXH3-128). Threads with no tensor left page in
+ * chunks ahead of the threads still hashing a large tensor, so one huge tensor is
+ * read by several threads while its hash streams. OMP_NUM_THREADS applies. */
 typedef void (*ld_bad_fn)(void *ctx, const mf_tensor *t, const char *msg);
 int ld_hash_check(const ld_shard *s, ld_bad_fn bad, void *ctx, dsr1_err *err);
+
+/* Same, reporting progress: progress(pctx, bytes hashed so far) is called from the
+ * calling thread only, every few MiB and once at the end. */
+typedef void (*ld_progress_fn)(void *pctx, uint64_t bytes_done);
+int ld_hash_check_progress(const ld_shard *s, ld_bad_fn bad, void *ctx, ld_progress_fn progress,
+                           void *pctx, dsr1_err *err);
 
 #endif
