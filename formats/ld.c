@@ -57,32 +57,32 @@ static int check_meta(const ld_shard *s, dsr1_err *err)
     const st_file *f = s->f;
     const mf_shard *e = s->entry;
     const char *p = s->path;
-    const char *fmt = st_meta_get(f, LD_META_FORMAT);
-    if (!fmt || strcmp(fmt, LD_FORMAT_NAME) != 0)
+    const char *fmt = st_meta_get(f, MF_META_FORMAT);
+    if (!fmt || strcmp(fmt, MF_SHARD_FORMAT) != 0)
         return dsr1_err_set(err, DSR1_E_MISMATCH, LD_ERR_METADATA, 0,
                             "%s: __metadata__ %s is %s%s%s, expected \"%s\": not a dsr1 shard file", p,
-                            LD_META_FORMAT, fmt ? "\"" : "", fmt ? fmt : "absent", fmt ? "\"" : "",
-                            LD_FORMAT_NAME);
+                            MF_META_FORMAT, fmt ? "\"" : "", fmt ? fmt : "absent", fmt ? "\"" : "",
+                            MF_SHARD_FORMAT);
     uint32_t ver;
-    if (meta_u32(f, LD_META_VERSION, &ver) != 0 || ver != (uint32_t)s->m->version)
+    if (meta_u32(f, MF_META_VERSION, &ver) != 0 || ver != MF_SHARD_VERSION)
         return dsr1_err_set(err, DSR1_E_MISMATCH, LD_ERR_METADATA, 0,
-                            "%s: __metadata__ %s is \"%s\", the manifest has version %d", p,
-                            LD_META_VERSION,
-                            st_meta_get(f, LD_META_VERSION) ? st_meta_get(f, LD_META_VERSION) : "(absent)",
-                            s->m->version);
+                            "%s: __metadata__ %s is \"%s\", this build reads shard format version %d",
+                            p, MF_META_VERSION,
+                            st_meta_get(f, MF_META_VERSION) ? st_meta_get(f, MF_META_VERSION) : "(absent)",
+                            MF_SHARD_VERSION);
     char want[HX_HEX_LEN + 1];
     hx_hex(s->m->manifest_id, want);
-    const char *id = st_meta_get(f, LD_META_MANIFEST_ID);
+    const char *id = st_meta_get(f, MF_META_MANIFEST_ID);
     if (!id || strcmp(id, want) != 0)
         return dsr1_err_set(err, DSR1_E_MISMATCH, LD_ERR_METADATA, 0,
                             "%s: __metadata__ %s is %s, the manifest's id is %s: the file belongs to "
                             "another deployment (different model or plan)",
-                            p, LD_META_MANIFEST_ID, id ? id : "(absent)", want);
+                            p, MF_META_MANIFEST_ID, id ? id : "(absent)", want);
     uint32_t pp, tp;
-    if (meta_u32(f, LD_META_PP_STAGE, &pp) != 0 || meta_u32(f, LD_META_TP_RANK, &tp) != 0)
+    if (meta_u32(f, MF_META_PP_STAGE, &pp) != 0 || meta_u32(f, MF_META_TP_RANK, &tp) != 0)
         return dsr1_err_set(err, DSR1_E_MISMATCH, LD_ERR_METADATA, 0,
-                            "%s: __metadata__ lacks a decimal %s or %s", p, LD_META_PP_STAGE,
-                            LD_META_TP_RANK);
+                            "%s: __metadata__ lacks a decimal %s or %s", p, MF_META_PP_STAGE,
+                            MF_META_TP_RANK);
     if (pp != e->pp_stage || tp != e->tp_rank)
         return dsr1_err_set(err, DSR1_E_MISMATCH, LD_ERR_METADATA, 0,
                             "%s: file holds pp stage %" PRIu32 " tp rank %" PRIu32

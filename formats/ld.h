@@ -2,7 +2,8 @@
  * "loads". It maps exactly one shard file read-only and proves it is the file the
  * manifest describes:
  *  - size equals shards[i].bytes; header parses (st_open) with data start as recorded;
- *  - __metadata__ coordinates (format, manifest_id, pp_stage, tp_rank) match;
+ *  - __metadata__ coordinates (MF_META_*: format, format_version, manifest_id,
+ *    pp_stage, tp_rank) match;
  *  - the tensor table equals the manifest's: same names in the same order, dtype,
  *    shape, absolute offset and byte size;
  *  - optionally (LD_HASH) every tensor's XXH3-128 and the header digest, in parallel.
@@ -43,14 +44,6 @@ enum {
 };
 
 enum { LD_HASH = 1 };
-
-/* __metadata__ keys every shard carries (values are strings). */
-#define LD_META_FORMAT "dsr1.format"          /* LD_FORMAT_NAME */
-#define LD_META_VERSION "dsr1.version"        /* decimal MF_VERSION */
-#define LD_META_MANIFEST_ID "dsr1.manifest_id"/* 32 hex, as hx_hex prints it */
-#define LD_META_PP_STAGE "dsr1.pp_stage"      /* decimal */
-#define LD_META_TP_RANK "dsr1.tp_rank"        /* decimal */
-#define LD_FORMAT_NAME "dsr1-shard"
 
 typedef struct ld_shard ld_shard;
 

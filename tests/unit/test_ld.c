@@ -33,8 +33,8 @@ static void make_fixture(fixture *fx)
     char id[HX_HEX_LEN + 1];
     fx->m.manifest_id = hx_buf("fixture", 7);
     hx_hex(fx->m.manifest_id, id);
-    const char *meta[] = {LD_META_FORMAT, LD_FORMAT_NAME, LD_META_VERSION, "1",
-                          LD_META_MANIFEST_ID, id, LD_META_PP_STAGE, "1", LD_META_TP_RANK, "3",
+    const char *meta[] = {MF_META_FORMAT, MF_SHARD_FORMAT, MF_META_VERSION, "1",
+                          MF_META_MANIFEST_ID, id, MF_META_PP_STAGE, "1", MF_META_TP_RANK, "3",
                           "note", "abc"};
     st_write_opts o = {4096, 0};
     st_writer *w = NULL;
@@ -228,11 +228,6 @@ TEST(ld_open_rejects_each_mismatch)
     CHECK_CONTAINS(e.msg, "another deployment");
     fx.m.manifest_id = id;
 
-    fx.m.version = 2;
-    CHECK_EQ_INT(ld_open(&s, &fx.m, fx.dir, 0, 0, &e), DSR1_E_MISMATCH);
-    CHECK_EQ_INT(e.code, LD_ERR_METADATA);
-    fx.m.version = 1;
-
     fx.t[1].shape[0] = 383;
     CHECK_EQ_INT(ld_open(&s, &fx.m, fx.dir, 0, 0, &e), DSR1_E_MISMATCH);
     CHECK_EQ_INT(e.code, LD_ERR_TABLE);
@@ -268,6 +263,27 @@ TEST(ld_open_rejects_each_mismatch)
     CHECK_EQ_INT(ld_open(&s, &fx.m, fx.dir, 0, 0, &e), DSR1_E_MISMATCH);
     CHECK_EQ_INT(e.code, LD_ERR_MISSING_FILE);
     CHECK(s == NULL);
+}
+
+TEST(ld_open_rejects_other_shard_version)
+{
+    fixture fx;
+    make_fixture(&fx);
+    const char *path = test_path("s.safetensors");
+    int fd = open(path, O_RDONLY);
+    char hdr[4096];
+    CHECK_EQ_INT(pread(fd, hdr, sizeof hdr, 0), 4096);
+    close(fd);
+    char *p = memmem(hdr, sizeof hdr, "\"" MF_META_VERSION "\":\"1\"", strlen(MF_META_VERSION) + 6);
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    patch(path, (uint64_t)(p - hdr) + strlen(MF_META_VERSION) + 4, "2", 1);
+    ld_shard *s = NULL;
+    dsr1_err e;
+    CHECK_EQ_INT(ld_open(&s, &fx.m, fx.dir, 0, 0, &e), DSR1_E_MISMATCH);
+    CHECK_EQ_INT(e.code, LD_ERR_METADATA);
+    CHECK_CONTAINS(e.msg, "format version");
 }
 
 TEST(ld_open_header_garbage)
