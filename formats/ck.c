@@ -611,8 +611,19 @@ char *ck_config_to_json(const ck_config *c)
     json_object_set_new(o, "use_cache", json_true());
     json_object_set_new(o, "v_head_dim", json_integer(c->v_head_dim));
     json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
-    /* 17 significant digits: every double survives a parse -> dump -> parse round trip. */
-    char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    /* 15 significant digits print 1e-06 as HF does; fall back to 17 where that would
+     * not give back the same doubles. */
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
+    ck_config back;
+    if (s && (ck_config_parse(&back, s, strlen(s), "", NULL) != 0 ||
+              back.rms_norm_eps != c->rms_norm_eps || back.rope_theta != c->rope_theta ||
+              back.routed_scaling_factor != c->routed_scaling_factor ||
+              back.rope.factor != c->rope.factor || back.rope.beta_fast != c->rope.beta_fast ||
+              back.rope.beta_slow != c->rope.beta_slow || back.rope.mscale != c->rope.mscale ||
+              back.rope.mscale_all_dim != c->rope.mscale_all_dim)) {
+        free(s);
+        s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    }
     json_decref(o);
     if (!s)
         return NULL;
