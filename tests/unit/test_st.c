@@ -238,7 +238,7 @@ TEST(st_writer_align_4096)
     /* A header larger than one alignment unit rounds up to the next one. */
     enum { N = 200 };
     st_spec many[N];
-    char names[N][40];
+    char names[N][64];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof names[i], "model.layers.%d.mlp.gate_proj.weight", i);
         many[i] = (st_spec){names[i], ST_BF16, 2, {16, 8}};

@@ -129,8 +129,10 @@ static void lines_from_file(lines *l, const st_file *f)
 
 static void compare_lines(const char *what, lines *got, lines *want)
 {
-    qsort(got->v, got->n, sizeof *got->v, cmp_str);
-    qsort(want->v, want->n, sizeof *want->v, cmp_str);
+    if (got->n)
+        qsort(got->v, got->n, sizeof *got->v, cmp_str);
+    if (want->n)
+        qsort(want->v, want->n, sizeof *want->v, cmp_str);
     CHECK_MSG(got->n == want->n, "%s: %zu lines, expected %zu", what, got->n, want->n);
     for (size_t i = 0; i < got->n && i < want->n; i++)
         CHECK_MSG(strcmp(got->v[i], want->v[i]) == 0, "%s: line %zu\n    got:  %s\n    want: %s", what,
