@@ -208,6 +208,27 @@ static int st_overflow_field(const char *h, size_t pos)
     return ST_ERR_HEADER_JSON;
 }
 
+/* jansson reads "-0" as the integer 0; the official parser sees a float and rejects
+ * it, so find it ourselves (outside strings). Returns the offset of the '-' or len. */
+static size_t st_find_neg_zero(const char *h, size_t len)
+{
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in_str) {
+            if (h[i] == '\\')
+                i++;
+            else if (h[i] == '"')
+                in_str = 0;
+        } else if (h[i] == '"') {
+            in_str = 1;
+        } else if (h[i] == '-' && i + 1 < len && h[i + 1] == '0' &&
+                   (i + 2 == len || !strchr("0123456789.eE", h[i + 2]))) {
+            return i;
+        }
+    }
+    return len;
+}
+
 static const char *st_json_kind(const json_t *v)
 {
     switch (json_typeof(v)) {
@@ -360,6 +381,16 @@ static int st_validate(st_file *f, dsr1_err *err)
     if (bad < c.hlen)
         return st_bad(&c, ST_ERR_HEADER_UTF8, "header is not valid UTF-8 at byte %" PRIu64
                       " (0x%02x)", 8 + (uint64_t)bad, (unsigned)(uint8_t)c.hdr[bad]);
+
+    size_t nz = st_find_neg_zero(c.hdr, c.hlen);
+    if (nz < c.hlen) {
+        int code = st_overflow_field(c.hdr, nz + 2);
+        return st_bad(&c, code, "'-0' at byte %" PRIu64 "%s: integers must be non-negative and "
+                      "written without a sign", 8 + (uint64_t)nz,
+                      code == ST_ERR_SHAPE     ? " in a shape"
+                      : code == ST_ERR_OFFSETS ? " in data_offsets"
+                                               : "");
+    }
 
     json_error_t je;
     json_t *root = json_loadb(c.hdr, c.hlen, JSON_REJECT_DUPLICATES, &je);

@@ -86,6 +86,8 @@ static const struct {
     {"dtype_lowercase", "{" E("w", "f32", "[1]", "[0,4]") "}", 4, ST_ERR_DTYPE, "'w'"},
     {"dtype_number", "{\"w\":{\"dtype\":5,\"shape\":[1],\"data_offsets\":[0,1]}}", 1, ST_ERR_DTYPE, "'w'"},
     {"shape_negative", "{" E("w", "U8", "[-1]", "[0,1]") "}", 1, ST_ERR_SHAPE, "negative"},
+    {"shape_negative_zero", "{" E("w", "U8", "[-0]", "[0,0]") "}", 0, ST_ERR_SHAPE, "'-0' at byte"},
+    {"offsets_negative_zero", "{" E("w", "U8", "[0]", "[-0, 0]") "}", 0, ST_ERR_OFFSETS, "data_offsets"},
     {"shape_float", "{" E("w", "U8", "[2.0]", "[0,2]") "}", 2, ST_ERR_SHAPE, "real"},
     {"shape_string", "{" E("w", "U8", "[\"2\"]", "[0,2]") "}", 2, ST_ERR_SHAPE, "string"},
     {"shape_bool", "{" E("w", "U8", "[true]", "[0,1]") "}", 1, ST_ERR_SHAPE, "boolean"},
@@ -228,6 +230,7 @@ TEST(st_accepts_edge_cases)
         {"{" E("z", "BF16", "[2]", "[4,8]") ",\"__metadata__\":{\"k\":\"v\"}," E("y", "I32", "[]", "[0,4]") "}",
          8, 2, 1},
         {"{" E("caf\xc3\xa9 \\\"q\\\"", "U8", "[1]", "[0,1]") "}", 1, 1, 0},
+        {"{" E("-0", "U8", "[1]", "[0,1]") ",\"__metadata__\":{\"x\":\"-0 \\\" -0\"}}", 1, 1, 1},
         { "{ \"a\" : { \"shape\" : [ 2 ] , \"data_offsets\" : [ 0 , 2 ] , \"dtype\" : \"I8\" } }", 2, 1, 0},
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
