@@ -507,7 +507,7 @@ static int st_validate(st_file *f, dsr1_err *err)
                         " beyond the end of the %" PRIu64 "-byte file; truncated",
                         f->t[f->n - 1].name, f->data_start + expect, f->size);
         else
-            rc = st_bad(&c, ST_ERR_DATA_LENGTH, "%" PRIu64 " trailing bytes after the last tensor%s%s%s"
+            rc = st_bad(&c, ST_ERR_DATA_LENGTH, "%" PRIu64 " trailing bytes after the last tensor%s" NAMEFMT "%s"
                         " (data ends at file byte %" PRIu64 ", file is %" PRIu64 " bytes)",
                         data_len - expect, f->n ? " '" : "", f->n ? f->t[f->n - 1].name : "",
                         f->n ? "'" : "", f->data_start + expect, f->size);
