@@ -32,10 +32,27 @@ int k_weight_rows(const k_weight *w, size_t r0, size_t r1, k_weight *out);
 /* Dequantize rows [r0, r1) of w to fp32 (r1-r0) x cols into out. */
 void k_weight_to_f32(const k_weight *w, size_t r0, size_t r1, float *out);
 
-/* y[m, n] = sum_k x[m, k] * W[n, k] for m < M, n < w->rows; x row stride ldx >= cols,
+/* Dot product in fp32 with 8 interleaved partial sums (lane j sums k = j mod 8 in
+ * ascending order), combined as ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7)), then the tail.
+ * Every CPU reduction over a feature dimension uses it. */
+static inline float k_dot(const float *a, const float *b, size_t n)
+{
+    float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t n8 = n & ~(size_t)7;
+    for (size_t k = 0; k < n8; k += 8)
+        for (size_t j = 0; j < 8; j++)
+            l[j] += a[k + j] * b[k + j];
+    float s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    for (size_t k = n8; k < n; k++)
+        s += a[k] * b[k];
+    return s;
+}
+
+/* y[m, n] = k_dot(x[m, :], W[n, :]) for m < M, n < w->rows; x row stride ldx >= cols,
  * y row stride ldy >= rows. When accumulate != 0, y += result instead of y = result.
- * Summation order: k ascending per 128-column block in fp32 (OpenMP over n). */
-void k_gemm(const float *x, size_t ldx, size_t M, const k_weight *w, float *y, size_t ldy,
+ * OpenMP over n; each weight row is dequantized once per call into a per-thread row
+ * buffer. Returns 0, or -1 when that buffer cannot be allocated (y then undefined). */
+int k_gemm(const float *x, size_t ldx, size_t M, const k_weight *w, float *y, size_t ldy,
             int accumulate);
 
 #endif

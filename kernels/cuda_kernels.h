@@ -1,0 +1,105 @@
+/* cuda_kernels: the CUDA versions of the CPU reference kernels (kernels/<op>.h), one
+ * .cu per op, each tested against its CPU reference by tests/gpu/test_kernels.cu.
+ *
+ * Conventions:
+ *  - every pointer is a device pointer unless named h_*; activations are fp32;
+ *  - weights are k_weight (kernels/gemm.h) whose data/scale point to device memory;
+ *  - every launcher enqueues on `stream` and returns 0 or a cudaError_t / -1 value
+ *    (kc_check turns that into a message); nothing synchronizes unless documented;
+ *  - shapes and strides mirror the CPU reference of the same name.
+ * Only .cu files include this header (it needs cuda_runtime.h).
+ */
+#ifndef DSR1_CUDA_KERNELS_H
+#define DSR1_CUDA_KERNELS_H
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "gemm.h"
+#include "rope.h"
+#include "router.h"
+}
+
+/* ---- rmsnorm.cu ---- */
+int kc_rmsnorm(const float *x, size_t ldx, const float *w, float *y, size_t ldy, size_t rows,
+               size_t dim, float eps, cudaStream_t st);
+
+/* ---- rope.cu ---- (r is a host struct, passed by value) */
+int kc_rope_apply(const k_rope *r, float *x, size_t rows, size_t heads, size_t ld_row,
+                  size_t ld_head, const int32_t *pos, cudaStream_t st);
+
+/* ---- embed.cu ---- table rows [row0, row0 + table->rows); other ids give zeros */
+int kc_embed(const k_weight *table, size_t row0, const int32_t *ids, size_t T, float *out,
+             size_t ldo, cudaStream_t st);
+
+/* ---- gemm_fp8.cu ---- DeepSeek FP8: 1x128 activation quantization and the
+ * block-scaled FP8 x FP8 GEMM (cuBLASLt VEC128 x BLK128x128 when it verifies, else a
+ * CUDA-core kernel); kc_gemm_fp8_simple is that kernel (also the in-library check). */
+int kc_act_quant(const float *x, size_t ldx, size_t M, size_t K, uint8_t *a, float *as,
+                 cudaStream_t st);
+int kc_gemm_fp8_simple(const uint8_t *a, const float *as, size_t M, const uint8_t *q,
+                       const float *ws, size_t N, size_t K, float *y, size_t ldy,
+                       cudaStream_t st);
+
+/* ---- gemm.cu ---- y[M, N] (= or +=) x[M, K] W^T for F32/BF16/FP8 weights.
+ * Small M runs a weight-streaming GEMV kernel (fp32 activations, exact dequant);
+ * large M runs cuBLASLt (FP8: activations quantized 1x128 first; BF16: activations
+ * rounded to bf16). The context owns the cuBLASLt handle, its workspace and scratch. */
+typedef struct kc_ctx kc_ctx;
+
+enum { KC_LT_NONE = 0, KC_LT_WBLK_AVEC = 1, KC_LT_AVEC_WBLK = 2 };
+
+int kc_ctx_create(kc_ctx **out, cudaStream_t st);
+void kc_ctx_free(kc_ctx *c);
+cudaStream_t kc_ctx_stream(const kc_ctx *c);
+/* Which cuBLASLt FP8 block-scaled arrangement verified on this GPU (KC_LT_*), and a
+ * message when none did. Runs the check once, synchronously, on first call. */
+int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why);
+/* M at or below which kc_gemm uses the GEMV kernel (env DSR1_GEMV_MAX_M, default 16). */
+void kc_ctx_set_gemv_max_m(kc_ctx *c, int m);
+/* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */
+int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
+            size_t ldy, int accumulate, int force);
+/* FP8 x FP8 blockwise on already quantized activations through cuBLASLt (the prefill
+ * path without the quantization step, for benchmarks). -1 when cuBLASLt cannot. */
+int kc_gemm_fp8_lt(kc_ctx *c, const uint8_t *a, const float *as, size_t M, const uint8_t *q,
+                   const float *ws, size_t N, size_t K, float *y, size_t ldy);
+/* cuBLASLt BF16 GEMM y[M,N] = a[M,K] b[N,K]^T with bf16 inputs, fp32 output (peaks). */
+int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, size_t N,
+                    size_t K, float *y);
+
+/* ---- mlp.cu ---- */
+int kc_silu_mul(const float *g, const float *u, float *h, size_t n, cudaStream_t st);
+/* Routed experts grouped by expert. Slot s = t * top_k + k of the router output. The
+ * rank holds experts [e0, e0 + n_local) as weights gate[i], up[i], down[i] (host array
+ * of device views). y[t] (row stride ldy) += sum over local slots of w * expert(x[t]).
+ * Scratch comes from the context (grown as needed). */
+int kc_moe(kc_ctx *c, const float *x, size_t ldx, size_t T, const int32_t *idx, const float *w,
+           size_t top_k, size_t e0, size_t n_local, const k_weight *gate, const k_weight *up,
+           const k_weight *down, float *y, size_t ldy);
+
+/* ---- router.cu ---- logits [T, E] -> idx, w [T, top_k] (same algorithm as k_router) */
+int kc_router(const k_router_cfg *c, const float *logits, const float *bias, size_t T,
+              int32_t *idx, float *w, cudaStream_t st);
+
+/* ---- attn.cu ---- (mirrors kernels/attn.h) */
+int kc_attn_naive(const float *q, size_t ldq, const float *k, size_t ldk, const float *v,
+                  size_t ldv, float *out, size_t ldo, size_t T, size_t S, size_t H, size_t dqk,
+                  size_t dv, size_t pos0, float scale, cudaStream_t st);
+int kc_mla_absorb_q(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, size_t dn,
+                    size_t dv, const k_weight *wkv_b, float *q_lat, cudaStream_t st);
+int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
+                size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
+                size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st);
+int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
+                    const k_weight *wkv_b, float *o, size_t ldo, cudaStream_t st);
+
+/* ---- helpers (gemm.cu) ---- */
+int kc_copy_f32_from_bf16(const uint16_t *in, float *out, size_t n, cudaStream_t st);
+int kc_f32_to_bf16(const float *in, uint16_t *out, size_t n, cudaStream_t st);
+/* "cuda: <what>: <error string>" for a status returned above (static buffer). */
+const char *kc_strerror(int status);
+
+#endif
