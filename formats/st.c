@@ -973,8 +973,8 @@ int st_writer_open(st_writer **out, const char *path, const st_spec *specs, size
     w->header = (uint8_t *)hb.p;
     hb.p = NULL;
     w->data_start = 8 + hlen;
-    if (__builtin_add_overflow(w->data_start, off, &w->file_size)) {
-        rc = st_usage(err, ST_ERR_SIZE_OVERFLOW, "%s: file size overflows 64 bits", path);
+    if (__builtin_add_overflow(w->data_start, off, &w->file_size) || w->file_size > (uint64_t)INT64_MAX) {
+        rc = st_usage(err, ST_ERR_SIZE_OVERFLOW, "%s: file size above 2^63-1 bytes", path);
         goto fail;
     }
 

@@ -542,6 +542,13 @@ TEST(st_writer_bad_specs)
     st_spec tot[2] = {{"a", ST_U8, 1, {1ULL << 62}}, {"b", ST_U8, 2, {1ULL << 62, 3}}};
     CHECK_EQ_INT(st_writer_open(&w, p, tot, 2, NULL, 0, NULL, &err), DSR1_E_USAGE);
     CHECK_EQ_INT(err.code, ST_ERR_SIZE_OVERFLOW);
+    /* Each tensor fits, the file (8 x 2^60 bytes) does not fit an off_t. */
+    st_spec big[8];
+    static const char *const bn[8] = {"b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"};
+    for (int i = 0; i < 8; i++)
+        big[i] = (st_spec){bn[i], ST_U8, 1, {1ULL << 60}};
+    CHECK_EQ_INT(st_writer_open(&w, p, big, 8, NULL, 0, NULL, &err), DSR1_E_USAGE);
+    CHECK_EQ_INT(err.code, ST_ERR_SIZE_OVERFLOW);
     st_spec ok[1] = {{"a", ST_U8, 1, {1}}};
     const char *mdup[] = {"k", "1", "k", "2"};
     CHECK_EQ_INT(st_writer_open(&w, p, ok, 1, mdup, 2, NULL, &err), DSR1_E_USAGE);
