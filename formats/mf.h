@@ -123,6 +123,14 @@ void mf_free(mf_manifest *m); /* NULL is a no-op */
 const mf_shard *mf_shard_of_rank(const mf_manifest *m, uint32_t rank); /* NULL if out of range */
 const mf_tensor *mf_find_tensor(const mf_shard *s, const char *name);  /* NULL if absent */
 
+/* One shards[] entry on its own (compact JSON object, same fields as in manifest.json),
+ * for dsr1-shard's resume journal. mf_shard_parse validates it against `plan` like
+ * mf_parse does; mf_shard_clear frees what it owns. */
+char *mf_shard_to_json(const mf_shard *s);
+int mf_shard_parse(mf_shard *out, const char *json, size_t len, const mf_plan *plan, const char *label,
+                   dsr1_err *err);
+void mf_shard_clear(mf_shard *s);
+
 /* XXH128SUMS: "<32 hex>  <file>\n" per line, sorted by file name, manifest.json included. */
 int mf_sums_write(const char *path, const char *const *files, const hx128 *digests, size_t n,
                   dsr1_err *err);
