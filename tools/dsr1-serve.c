@@ -1,0 +1,266 @@
+/* dsr1-serve: run DeepSeek-V3/R1 from dsr1-shard output (docs/tools/dsr1-serve.md).
+ * Subcommand `generate`: one prompt of token ids, greedy or sampled, on the CPU
+ * backend (every rank of the plan in this process) or the CUDA backend (this process
+ * is one rank). */
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cli.h"
+
+static const char usage_text[] =
+    "usage: dsr1-serve generate --manifest DIR/manifest.json --prompt-ids ID,ID,...\n"
+    "                  [--backend cpu|cuda] [--max-new-tokens N] [--logits-out FILE.npy]\n"
+    "                  [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+    "                  [--verify header|full] [--attn auto|absorb|naive] [--no-cache]\n"
+    "                  [--threads N] [--rank R --world-size W --local-rank L\n"
+    "                   --gpus-per-node G --master-addr HOST --master-port PORT --timeout S]\n";
+
+static void help(void)
+{
+    fputs(usage_text, stdout);
+    fputs("\nGenerate tokens from a prompt of token ids and print the generated ids\n"
+          "(comma-separated, one line) on stdout.\n\n"
+          "  --manifest PATH      manifest.json written by dsr1-shard; shards are read from its dir\n"
+          "  --prompt-ids LIST    prompt token ids, comma-separated\n"
+          "  --backend NAME       cpu (default): all ranks of the plan as threads of this process,\n"
+          "                       fp32 math; cuda: this process is one rank (CUDA builds)\n"
+          "  --max-new-tokens N   tokens to generate (default 16)\n"
+          "  --logits-out FILE    write float32 .npy [rows, vocab]: every prompt position, then\n"
+          "                       one row per decode step (N - 1 rows for N new tokens)\n"
+          "  --temperature T      0 (default) = greedy; R1 recommends 0.6 with --top-p 0.95\n"
+          "  --top-p P            nucleus mass in (0, 1] (default 1 = off)\n"
+          "  --top-k K            keep the K most likely tokens (default 0 = off)\n"
+          "  --seed S             sampling seed (default 0)\n"
+          "  --verify MODE        header (default): size, header, metadata and tensor table\n"
+          "                       against the manifest; full: also hash every tensor\n"
+          "  --attn MODE          auto (default: naive prefill, absorbed decode), absorb, naive\n"
+          "  --no-cache           recompute the whole sequence for every token (for checks)\n"
+          "  --threads N          CPU: OpenMP threads per rank (default: cores / ranks)\n"
+          "  --rank ... --timeout identity and rendezvous of the CUDA backend (default: the\n"
+          "                       torchrun / Kubernetes environment; see docs/runtime.md)\n"
+          "  -h, --help           this help\n\n"
+          "exit: 0 ok, 1 shard verification failed or shards do not fit the model,\n"
+          "      2 usage, 3 I/O or internal error (also: built without CUDA for --backend cuda)\n",
+          stdout);
+}
+
+static int usage(const char *fmt, const char *arg)
+{
+    fputs("dsr1-serve: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    fputs(usage_text, stderr);
+    return 2;
+}
+
+static int parse_ids(const char *s, int32_t **out, size_t *n)
+{
+    size_t cap = 16, k = 0;
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v)
+        return -1;
+    const char *p = s;
+    for (;;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        char buf[32];
+        uint64_t x;
+        if (len == 0 || len >= sizeof buf) {
+            free(v);
+            return -1;
+        }
+        memcpy(buf, p, len);
+        buf[len] = 0;
+        if (cli_parse_u64(buf, 0, INT32_MAX, &x) != CLI_OK) {
+            free(v);
+            return -1;
+        }
+        if (k == cap) {
+            int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
+            if (!nv) {
+                free(v);
+                return -1;
+            }
+            v = nv;
+        }
+        v[k++] = (int32_t)x;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+static int parse_float(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double d = strtod(s, &end);
+    if (!*s || *end || !isfinite(d) || d < lo || d > hi)
+        return -1;
+    *out = d;
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+    enum { O_MANIFEST = 256, O_PROMPT, O_BACKEND, O_MAXNEW, O_LOGITS, O_TEMP, O_TOPP, O_TOPK, O_SEED,
+           O_VERIFY, O_ATTN, O_NOCACHE, O_THREADS, O_RANK, O_WORLD, O_LOCAL, O_GPN, O_ADDR, O_PORT,
+           O_TIMEOUT };
+    static const struct option opts[] = {
+        {"manifest", required_argument, 0, O_MANIFEST}, {"prompt-ids", required_argument, 0, O_PROMPT},
+        {"backend", required_argument, 0, O_BACKEND},   {"max-new-tokens", required_argument, 0, O_MAXNEW},
+        {"logits-out", required_argument, 0, O_LOGITS}, {"temperature", required_argument, 0, O_TEMP},
+        {"top-p", required_argument, 0, O_TOPP},        {"top-k", required_argument, 0, O_TOPK},
+        {"seed", required_argument, 0, O_SEED},         {"verify", required_argument, 0, O_VERIFY},
+        {"attn", required_argument, 0, O_ATTN},         {"no-cache", no_argument, 0, O_NOCACHE},
+        {"threads", required_argument, 0, O_THREADS},   {"rank", required_argument, 0, O_RANK},
+        {"world-size", required_argument, 0, O_WORLD},  {"local-rank", required_argument, 0, O_LOCAL},
+        {"gpus-per-node", required_argument, 0, O_GPN}, {"master-addr", required_argument, 0, O_ADDR},
+        {"master-port", required_argument, 0, O_PORT},  {"timeout", required_argument, 0, O_TIMEOUT},
+        {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
+    rt_generate_args a;
+    rt_generate_args_init(&a);
+    a.max_new_tokens = 16;
+    const char *backend = "cpu", *logits_out = NULL;
+    int32_t *ids = NULL;
+    int c;
+    uint64_t u;
+    double d;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': help(); return 0;
+        case O_MANIFEST: a.manifest_path = optarg; break;
+        case O_PROMPT:
+            free(ids);
+            if (parse_ids(optarg, &ids, &a.n_prompt) != 0)
+                return usage("--prompt-ids: expected comma-separated token ids, got \"%s\"", optarg);
+            break;
+        case O_BACKEND:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
+                return usage("--backend: cpu or cuda, got \"%s\"", optarg);
+            backend = optarg;
+            break;
+        case O_MAXNEW:
+            if (cli_parse_u64(optarg, 1, 1u << 20, &u) != CLI_OK)
+                return usage("--max-new-tokens: an integer in [1, 1048576], got \"%s\"", optarg);
+            a.max_new_tokens = (int)u;
+            break;
+        case O_LOGITS: logits_out = optarg; break;
+        case O_TEMP:
+            if (parse_float(optarg, 0, 100, &d))
+                return usage("--temperature: a number in [0, 100], got \"%s\"", optarg);
+            a.sampling.temperature = (float)d;
+            break;
+        case O_TOPP:
+            if (parse_float(optarg, 1e-9, 1, &d))
+                return usage("--top-p: a number in (0, 1], got \"%s\"", optarg);
+            a.sampling.top_p = (float)d;
+            break;
+        case O_TOPK:
+            if (cli_parse_u64(optarg, 0, INT32_MAX, &u) != CLI_OK)
+                return usage("--top-k: a non-negative integer, got \"%s\"", optarg);
+            a.sampling.top_k = (int)u;
+            break;
+        case O_SEED:
+            if (cli_parse_u64(optarg, 0, UINT64_MAX, &u) != CLI_OK)
+                return usage("--seed: a non-negative integer, got \"%s\"", optarg);
+            a.sampling.seed = u;
+            break;
+        case O_VERIFY:
+            if (!strcmp(optarg, "full"))
+                a.verify_full = 1;
+            else if (strcmp(optarg, "header"))
+                return usage("--verify: header or full, got \"%s\"", optarg);
+            break;
+        case O_ATTN:
+            if (!strcmp(optarg, "auto"))
+                a.attn = RT_ATTN_AUTO;
+            else if (!strcmp(optarg, "absorb"))
+                a.attn = RT_ATTN_ABSORB;
+            else if (!strcmp(optarg, "naive"))
+                a.attn = RT_ATTN_NAIVE;
+            else
+                return usage("--attn: auto, absorb or naive, got \"%s\"", optarg);
+            break;
+        case O_NOCACHE: a.no_cache = 1; break;
+        case O_THREADS:
+            if (cli_parse_u64(optarg, 1, 1024, &u) != CLI_OK)
+                return usage("--threads: an integer in [1, 1024], got \"%s\"", optarg);
+            a.threads = (int)u;
+            break;
+        case O_RANK: case O_WORLD: case O_LOCAL: case O_GPN: case O_PORT:
+            if (cli_parse_u64(optarg, 0, c == O_PORT ? 65535 : 1u << 20, &u) != CLI_OK)
+                return usage("%s: expected a non-negative integer", argv[optind - 1]);
+            if (c == O_RANK) a.rank = (int)u;
+            else if (c == O_WORLD) a.world_size = (int)u;
+            else if (c == O_LOCAL) a.local_rank = (int)u;
+            else if (c == O_GPN) a.gpus_per_node = (int)u;
+            else a.master_port = (int)u;
+            break;
+        case O_ADDR: a.master_addr = optarg; break;
+        case O_TIMEOUT:
+            if (parse_float(optarg, 0.001, 86400, &d))
+                return usage("--timeout: seconds in (0, 86400], got \"%s\"", optarg);
+            a.timeout_s = d;
+            break;
+        default: fputs(usage_text, stderr); return 2;
+        }
+    }
+    if (optind < argc)
+        return usage("unexpected argument \"%s\"", argv[optind]);
+    if (!a.manifest_path)
+        return usage("%s", "--manifest is required");
+    if (!ids)
+        return usage("%s", "--prompt-ids is required");
+    a.prompt = ids;
+    a.keep_logits = logits_out != NULL;
+    rt_generate_result res;
+    memset(&res, 0, sizeof res);
+    dsr1_err err;
+    dsr1_err_clear(&err);
+    int rc = strcmp(backend, "cpu") == 0 ? rt_cpu_generate(&a, &res, &err) : rt_cuda_generate(&a, &res, &err);
+    if (rc != 0) {
+        fprintf(stderr, "dsr1-serve: %s\n", err.msg);
+        free(ids);
+        rt_generate_result_free(&res);
+        return dsr1_err_exit_code(&err);
+    }
+    int code = 0;
+    if (res.have_output) {
+        for (size_t i = 0; i < res.n_tokens; i++)
+            printf("%s%" PRId32, i ? "," : "", res.tokens[i]);
+        putchar('\n');
+        if (fflush(stdout) != 0) {
+            fprintf(stderr, "dsr1-serve: writing stdout failed\n");
+            code = 3;
+        }
+        if (logits_out && rt_npy_write_f32(logits_out, res.logits, res.rows, res.vocab, &err) != 0) {
+            fprintf(stderr, "dsr1-serve: %s\n", err.msg);
+            code = 3;
+        }
+    }
+    free(ids);
+    rt_generate_result_free(&res);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage("%s", "missing subcommand (generate)");
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        help();
+        return 0;
+    }
+    if (!strcmp(argv[1], "generate"))
+        return cmd_generate(argc - 1, argv + 1);
+    return usage("unknown subcommand \"%s\" (expected generate)", argv[1]);
+}
