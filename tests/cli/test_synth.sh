@@ -157,4 +157,17 @@ expect_out "--help shows usage" "usage: dsr1-synth"
 [ ! -e "$T/x" ] && pass "usage errors create nothing" || fail "usage error created $T/x"
 expect_exit "unwritable output" 3 "$S" --preset tiny --out /proc/dsr1-no/x --quiet
 ls "$T"/a/*.tmp.* >/dev/null 2>&1 && fail "temp files left" || pass "no temp files left"
+
+# --- SIGTERM mid-write (background jobs ignore SIGINT): the temp file goes, no index ---
+"$S" --preset small --no-mtp --out "$T/int" --quiet 2>"$T/int.err" &
+pid=$!
+for _ in $(seq 50); do ls "$T"/int/*.tmp.* >/dev/null 2>&1 && break; sleep 0.1; done
+kill -TERM $pid
+wait $pid; rc=$?
+if [ $rc -eq 143 ]; then
+  ls "$T"/int/*.tmp.* >/dev/null 2>&1 && fail "SIGTERM left a temp file: $(ls "$T/int")" || pass "SIGTERM removes the temp file"
+  [ ! -e "$T/int/model.safetensors.index.json" ] && pass "SIGTERM leaves no index" || fail "index after SIGTERM"
+else
+  pass "SIGTERM: run finished first (rc $rc); nothing to check"
+fi
 finish
