@@ -85,6 +85,16 @@ static const ck_tensor_desc *weight_desc(const geom *g, const ck_tensor_desc *d)
     return d;
 }
 
+static int shared_cannot_split(const geom *g, const ck_tensor_desc *w, int dim, uint32_t parts)
+{
+    if (w->cls != CK_SHARED_GATE && w->cls != CK_SHARED_UP && w->cls != CK_SHARED_DOWN)
+        return 0;
+    uint64_t D = w->shape[dim];
+    if (D % parts)
+        return 1;
+    return g->dtype == PLAN_FP8 && w->dtype == ST_F8_E4M3 && (D / parts) % DT_BLOCK;
+}
+
 /* parts and split dim of a weight (not a scale) for this geometry */
 static void weight_split(const geom *g, const ck_tensor_desc *w, int *dim, uint32_t *parts)
 {
@@ -100,10 +110,27 @@ static void weight_split(const geom *g, const ck_tensor_desc *w, int *dim, uint3
     case SP_EXP_COL: *dim = 1; *parts = g->tp / g->ep; break;
     default: break;
     }
+    /* The shared expert is the one split that may fall back to a whole copy: its
+     * output is also complete on one rank, so the runtime adds it after the
+     * all-reduce instead of before. Everything else must split or the plan fails. */
+    if (*parts > 1 && shared_cannot_split(g, w, *dim, *parts))
+        *parts = 1;
     if (*parts <= 1) {
         *dim = -1;
         *parts = 1;
     }
+}
+
+/* 1 when the shared expert (of this weight) is replicated under this geometry. */
+int plan_shared_replicated(const plan *p)
+{
+    for (size_t i = 0; i < p->n_tensors; i++)
+        if (p->tensors[i].cls == CK_SHARED_GATE && !p->tensors[i].is_scale) {
+            plan_slice s;
+            plan_route(p, i, 0, &s);
+            return p->req.tp > 1 && s.dim < 0;
+        }
+    return 0;
 }
 
 static int geom_route(const geom *g, size_t i, uint32_t t, plan_slice *s)
@@ -675,9 +702,14 @@ void plan_shard_file(const plan *p, size_t shard, char *buf, size_t cap)
 
 typedef struct cand {
     plan_suggestion s;
-    uint32_t tp_dist; /* |log2 tp - log2 requested tp| */
+    uint32_t tp_dist;    /* |log2 tp - log2 requested tp| */
+    uint32_t world_dist; /* |world - requested world| */
 } cand;
 
+/* Category 0 (same GPUs, same dtype): fewest GPUs first. Category 1 (other GPU kind):
+ * the GPU count closest to the request, then the smallest memory that fits.
+ * Category 2 (other dtype on the same GPUs): fewest GPUs. Then keep tp groups inside
+ * nodes, tp close to the request, shallow pipelines. */
 static int cand_cmp(const void *a, const void *b)
 {
     const cand *x = a, *y = b;
@@ -685,6 +717,11 @@ static int cand_cmp(const void *a, const void *b)
     if (x->f != y->f)                                                                                  \
         return x->f < y->f ? -1 : 1;
     KEY(s.category)
+    if (x->s.category == 1) {
+        KEY(world_dist)
+        KEY(s.tp_spans_nodes)
+        KEY(s.req.gpu_mem)
+    }
     KEY(s.world)
     KEY(s.tp_spans_nodes)
     KEY(tp_dist)
@@ -745,7 +782,8 @@ size_t plan_suggest(const ck_config *cfg, const plan_req *req_in, plan_suggestio
     size_t rep[MAX_REP];
     for (int dt = 0; dt < 2; dt++) {
         plan_dtype dtype = dt == 0 ? req.dtype : (req.dtype == PLAN_FP8 ? PLAN_BF16 : PLAN_FP8);
-        for (int mtp = req.mtp; mtp == req.mtp; mtp++) {
+        {
+            const int mtp = req.mtp;
             ck_tensor_desc *t = NULL;
             size_t n = 0;
             if (load_tensors(cfg, mtp, &t, &n, &e))
@@ -801,12 +839,15 @@ size_t plan_suggest(const ck_config *cfg, const plan_req *req_in, plan_suggestio
                         if (dtype == req.dtype && mi == 0 && tp == req.tp && pp == req.pp &&
                             (uint32_t)w == world0)
                             continue; /* the request itself */
+                        if (dtype != req.dtype && mi != 0)
+                            continue; /* one change at a time */
                         if (nc == cand_cap)
                             break;
                         cand *cd = &cands[nc++];
                         memset(cd, 0, sizeof *cd);
                         uint32_t la = ilog2u(tp), lb = ilog2u(req.tp);
                         cd->tp_dist = la > lb ? la - lb : lb - la;
+                        cd->world_dist = (uint32_t)(w > world0 ? w - world0 : world0 - w);
                         plan_suggestion *s = &cd->s;
                         s->req = req;
                         s->req.tp = tp;
@@ -837,6 +878,11 @@ size_t plan_suggest(const ck_config *cfg, const plan_req *req_in, plan_suggestio
     for (size_t i = 0; i < nc && m < cap; i++) {
         int c = cands[i].s.category;
         if (per_cat[c] >= 2)
+            continue;
+        int dup = 0; /* other GPU kinds: one suggestion per kind */
+        for (size_t j = 0; c == 1 && j < m; j++)
+            dup |= out[j].category == 1 && out[j].req.gpu_mem == cands[i].s.req.gpu_mem;
+        if (dup)
             continue;
         per_cat[c]++;
         out[m++] = cands[i].s;

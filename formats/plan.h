@@ -6,7 +6,8 @@
  *    node = r / gpus_per_node, local_rank = r % gpus_per_node.
  *  - tp splits (DeepSeek convert.py): dim 0 of embed, lm_head, q_b, kv_b, dense and shared
  *    gate/up, MTP embed and head; dim 1 of o_proj, dense and shared down. Replicated:
- *    norms, q_a, kv_a, router weight and bias, MTP eh_proj.
+ *    norms, q_a, kv_a, router weight and bias, MTP eh_proj; and the shared expert when
+ *    its even split would cut 128-blocks (tiny models; never R1 at tp <= 16).
  *  - ep divides tp: tp rank t is in EP group t / (tp/ep) and owns experts
  *    [g * E/ep, (g+1) * E/ep) of that group, each split tp/ep ways (gate/up dim 0,
  *    down dim 1) at part t % (tp/ep).
@@ -124,6 +125,11 @@ int plan_route(const plan *p, size_t i, uint32_t tp_rank, plan_slice *s);
  * returns 0 when the tensor is not written at all (a scale under bf16). */
 int plan_out_tensor(const plan *p, size_t i, const plan_slice *s, st_dtype *dtype, uint64_t shape[2],
                     uint64_t *bytes);
+
+/* 1 when the shared expert is held whole on every tp rank because an even split would
+ * cut FP8 blocks (or not divide): the runtime then adds its output after the
+ * all-reduce. */
+int plan_shared_replicated(const plan *p);
 
 /* Valid tp values (1..max_tp) for this config with the given ep policy (ep_req 0: ep =
  * tp), dtype and mtp; returns how many were written to out. */
