@@ -176,7 +176,7 @@ static int bad_value(cfgp *p, const char *fmt, ...)
 static int want_str(cfgp *p, json_t *o, const char *obj, const char *key, const char *def,
                     const char *want, const char *why)
 {
-    const char *s;
+    const char *s = def;
     int rc = get_str(p, o, obj, key, 0, def, &s);
     if (rc)
         return rc;
@@ -190,50 +190,56 @@ static int want_str(cfgp *p, json_t *o, const char *obj, const char *key, const 
 static int parse_rope(cfgp *p, json_t *root, ck_config *c)
 {
     memset(&c->rope, 0, sizeof c->rope);
-    json_t *r = opt(root, "rope_scaling");
+    /* transformers >= 5 writes rope_parameters (with rope_theta inside) instead. */
+    const char *K = "rope_scaling";
+    json_t *r = opt(root, K);
+    if (!r && (r = opt(root, "rope_parameters")))
+        K = "rope_parameters";
     if (!r)
         return 0;
     if (!json_is_object(r))
-        return field_type(p, NULL, "rope_scaling", r, "an object or null");
+        return field_type(p, NULL, K, r, "an object or null");
     const char *t1 = NULL, *t2 = NULL;
     int rc;
-    if ((rc = get_str(p, r, "rope_scaling", "type", 0, NULL, &t1)) ||
-        (rc = get_str(p, r, "rope_scaling", "rope_type", 0, NULL, &t2)))
+    if ((rc = get_str(p, r, K, "type", 0, NULL, &t1)) ||
+        (rc = get_str(p, r, K, "rope_type", 0, NULL, &t2)))
         return rc;
     if (t1 && t2 && strcmp(t1, t2) != 0)
-        return bad_value(p, "rope_scaling.type \"%s\" and rope_scaling.rope_type \"%s\" disagree", t1,
-                         t2);
+        return bad_value(p, "%s.type \"%s\" and %s.rope_type \"%s\" disagree", K, t1, K, t2);
     const char *t = t1 ? t1 : t2;
     if (!t)
-        return field_missing(p, "rope_scaling", "type");
+        return field_missing(p, K, "type");
+    if (!opt(root, "rope_theta") && opt(r, "rope_theta") &&
+        (rc = get_f64(p, r, K, "rope_theta", 0, 10000.0, 1.0, 0, 1e12, &c->rope_theta)))
+        return rc;
     if (strcmp(t, "default") == 0)
         return 0;
     if (strcmp(t, "yarn") != 0)
-        return unsupported(p, "rope_scaling.type \"%s\" is not supported (dsr1 supports \"yarn\" or "
-                              "no scaling)", t);
+        return unsupported(p, "%s.type \"%s\" is not supported (dsr1 supports \"yarn\" or "
+                              "no scaling)", K, t);
     c->rope.yarn = 1;
     double omp = 0;
-    if ((rc = get_f64(p, r, "rope_scaling", "factor", 1, 0, 1.0, 0, 1e6, &c->rope.factor)) ||
-        (rc = get_f64(p, r, "rope_scaling", "beta_fast", 0, 32, 0, 1, 1e6, &c->rope.beta_fast)) ||
-        (rc = get_f64(p, r, "rope_scaling", "beta_slow", 0, 1, 0, 1, 1e6, &c->rope.beta_slow)) ||
-        (rc = get_f64(p, r, "rope_scaling", "mscale", 0, 1, 0, 0, 1e6, &c->rope.mscale)) ||
-        (rc = get_f64(p, r, "rope_scaling", "mscale_all_dim", 0, 0, 0, 0, 1e6, &c->rope.mscale_all_dim)))
+    if ((rc = get_f64(p, r, K, "factor", 1, 0, 1.0, 0, 1e6, &c->rope.factor)) ||
+        (rc = get_f64(p, r, K, "beta_fast", 0, 32, 0, 1, 1e6, &c->rope.beta_fast)) ||
+        (rc = get_f64(p, r, K, "beta_slow", 0, 1, 0, 1, 1e6, &c->rope.beta_slow)) ||
+        (rc = get_f64(p, r, K, "mscale", 0, 1, 0, 0, 1e6, &c->rope.mscale)) ||
+        (rc = get_f64(p, r, K, "mscale_all_dim", 0, 0, 0, 0, 1e6, &c->rope.mscale_all_dim)))
         return rc;
     /* transformers defaults original_max_position_embeddings to max_position_embeddings. */
     json_t *v = opt(r, "original_max_position_embeddings");
     if (!v) {
         c->rope.original_max_position_embeddings = c->max_position_embeddings;
     } else {
-        if ((rc = get_f64(p, r, "rope_scaling", "original_max_position_embeddings", 1, 0, 1, 0,
+        if ((rc = get_f64(p, r, K, "original_max_position_embeddings", 1, 0, 1, 0,
                           1073741824.0, &omp)))
             return rc;
         if (omp != floor(omp))
-            return bad_value(p, "rope_scaling.original_max_position_embeddings = %g is not an integer",
+            return bad_value(p, "%s.original_max_position_embeddings = %g is not an integer", K,
                              omp);
         c->rope.original_max_position_embeddings = (uint32_t)omp;
     }
     if (!(c->rope.beta_fast > c->rope.beta_slow))
-        return bad_value(p, "rope_scaling.beta_fast (%g) must be greater than beta_slow (%g)",
+        return bad_value(p, "%s.beta_fast (%g) must be greater than beta_slow (%g)", K,
                          c->rope.beta_fast, c->rope.beta_slow);
     return 0;
 }
@@ -248,7 +254,7 @@ static int parse_quant(cfgp *p, json_t *root, ck_config *c)
     if (!json_is_object(q))
         return field_type(p, NULL, "quantization_config", q, "an object");
     int rc;
-    const char *m;
+    const char *m = NULL;
     if ((rc = get_str(p, q, "quantization_config", "quant_method", 1, NULL, &m)))
         return rc;
     if (strcmp(m, "fp8") != 0)
@@ -294,7 +300,7 @@ static int parse_config(cfgp *p, ck_config *c)
 {
     json_t *r = p->root;
     int rc;
-    const char *s;
+    const char *s = NULL;
     memset(c, 0, sizeof *c);
 
     if ((rc = get_str(p, r, NULL, "model_type", 1, NULL, &s)))

@@ -174,6 +174,27 @@ TEST(ck_config_defaults_and_tiny)
     free(t);
 }
 
+/* transformers >= 5 writes rope_parameters (rope_theta inside) instead of rope_scaling. */
+TEST(ck_config_rope_parameters)
+{
+    const char *j = "{\"model_type\":\"deepseek_v3\",\"hidden_size\":256,\"intermediate_size\":512,"
+                    "\"moe_intermediate_size\":256,\"num_hidden_layers\":4,\"n_routed_experts\":16,"
+                    "\"num_experts_per_tok\":4,\"num_attention_heads\":8,\"q_lora_rank\":256,"
+                    "\"kv_lora_rank\":128,\"qk_nope_head_dim\":64,\"qk_rope_head_dim\":64,"
+                    "\"v_head_dim\":64,\"vocab_size\":1024,\"n_group\":4,\"topk_group\":2,"
+                    "\"rope_parameters\":{\"rope_type\":\"yarn\",\"rope_theta\":50000.0,\"factor\":8,"
+                    "\"original_max_position_embeddings\":512,\"beta_fast\":32,\"beta_slow\":1,"
+                    "\"mscale\":1.0,\"mscale_all_dim\":1.0}}";
+    ck_config c;
+    dsr1_err e;
+    CHECK_EQ_INT(ck_config_parse(&c, j, strlen(j), "v5", &e), 0);
+    CHECK_EQ_INT(c.rope.yarn, 1);
+    CHECK_NEAR(c.rope.factor, 8, 0);
+    CHECK_NEAR(c.rope_theta, 50000, 0);
+    CHECK_EQ_INT(c.rope.original_max_position_embeddings, 512);
+    CHECK_NEAR(c.rope.mscale_all_dim, 1.0, 0);
+}
+
 TEST(ck_config_moe_layer_freq)
 {
     ck_config c;
