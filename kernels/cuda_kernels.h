@@ -72,13 +72,18 @@ int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, s
 
 /* ---- mlp.cu ---- */
 int kc_silu_mul(const float *g, const float *u, float *h, size_t n, cudaStream_t st);
-/* Routed experts grouped by expert. Slot s = t * top_k + k of the router output. The
- * rank holds experts [e0, e0 + n_local) as weights gate[i], up[i], down[i] (host array
- * of device views). y[t] (row stride ldy) += sum over local slots of w * expert(x[t]).
- * Scratch comes from the context (grown as needed). */
-int kc_moe(kc_ctx *c, const float *x, size_t ldx, size_t T, const int32_t *idx, const float *w,
-           size_t top_k, size_t e0, size_t n_local, const k_weight *gate, const k_weight *up,
-           const k_weight *down, float *y, size_t ldy);
+/* Routed experts grouped by expert over the tokens of a batch. The rank holds experts
+ * [e0, e0 + n) of one layer; kc_moe_prepare records their device views once (same
+ * shape and type for all). kc_moe: slot s = t * top_k + k of the router output (idx, w
+ * on the device); y[t] (row stride ldy) += sum over slots whose expert is local of
+ * w[s] * down(silu(gate x[t]) * up x[t]), summed per token in k order (deterministic).
+ * Weights are streamed once per group of up to 8 tokens of an expert. */
+typedef struct kc_moe_w kc_moe_w;
+int kc_moe_prepare(kc_moe_w **out, size_t n, const k_weight *gate, const k_weight *up,
+                   const k_weight *down);
+void kc_moe_free(kc_moe_w *m);
+int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
+           const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy);
 
 /* ---- router.cu ---- logits [T, E] -> idx, w [T, top_k] (same algorithm as k_router) */
 int kc_router(const k_router_cfg *c, const float *logits, const float *bias, size_t T,

@@ -1,0 +1,96 @@
+/* cuda_util: device helpers shared by the kernels/ .cu files (decode of FP8/BF16, reductions,
+ * launch checks). Internal to the CUDA kernels. */
+#ifndef DSR1_CUDA_UTIL_CUH
+#define DSR1_CUDA_UTIL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#define KC_LAUNCH_CHECK() \
+    do {                                      \
+        cudaError_t _e = cudaGetLastError();  \
+        if (_e != cudaSuccess)                \
+            return (int)_e;                   \
+    } while (0)
+
+static inline unsigned kc_blocks(size_t n, unsigned per)
+{
+    return (unsigned)((n + per - 1) / per);
+}
+
+__device__ __forceinline__ float kc_bf16(uint16_t v)
+{
+    return __uint_as_float((uint32_t)v << 16);
+}
+
+/* E4M3 is a subset of fp16: convert two codes through half2, exactly. */
+__device__ __forceinline__ float2 kc_fp8x2(uint16_t two)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
+    __half2 hh = *reinterpret_cast<__half2 *>(&h);
+    return __half22float2(hh);
+}
+
+__device__ __forceinline__ float kc_fp8(uint8_t v)
+{
+    __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)v, __NV_E4M3);
+    return __half2float(*reinterpret_cast<__half *>(&h));
+}
+
+__device__ __forceinline__ float kc_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float kc_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets it.
+ * sh: 32 floats of shared memory. */
+__device__ __forceinline__ float kc_block_sum(float v, float *sh)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = kc_warp_sum(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0f;
+    v = kc_warp_sum(v);
+    return v;
+}
+
+__device__ __forceinline__ float kc_block_max(float v, float *sh)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = kc_warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -INFINITY;
+    v = kc_warp_max(v);
+    return v;
+}
+
+/* Element (r, c) of a weight as fp32 (type: 0 f32, 1 bf16, 2 fp8). */
+__device__ __forceinline__ float kc_wget(int type, const void *data, const float *scale,
+                                         size_t cols, size_t sld, size_t r, size_t c)
+{
+    if (type == 2)
+        return kc_fp8(((const uint8_t *)data)[r * cols + c]) * scale[(r >> 7) * sld + (c >> 7)];
+    if (type == 1)
+        return kc_bf16(((const uint16_t *)data)[r * cols + c]);
+    return ((const float *)data)[r * cols + c];
+}
+
+#endif

@@ -1,0 +1,663 @@
+/* kc_gemm: y = x W^T on the GPU for F32 / BF16 / FP8 weights (mirrors kernels/gemm.c).
+ *
+ * Two paths:
+ *  - GEMV kernel (M <= gemv_max_m, and any shape cuBLASLt refuses): each warp streams
+ *    one weight row in 16-byte loads, dequantizes it exactly and dots it with up to 16
+ *    fp32 activation rows. Decode is bound by weight bytes, and this touches each
+ *    weight byte once per 16 tokens.
+ *  - cuBLASLt (larger M): FP8 weights run FP8 x FP8 with DeepSeek's scaling
+ *    (activations quantized 1x128 by kc_act_quant, weights' 128x128 block scales);
+ *    BF16 weights run BF16 x BF16 with activations rounded to bf16. fp32 output.
+ * cuBLASLt's block-scale layouts are checked once per context against
+ * kc_gemm_fp8_simple on random data (kc_ctx_fp8_lt_mode); only an arrangement that
+ * reproduces the reference is used, else FP8 stays on the GEMV kernel.
+ */
+#include <cublasLt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_kernels.h"
+#include "cuda_util.cuh"
+#include "gemm_fp8_internal.cuh"
+#include "gemv.cuh"
+
+#define WS_BYTES (32u << 20)
+#define PLAN_CACHE 64
+#define SCALE_MAP 4096
+
+typedef struct lt_plan {
+    int used;
+    size_t M, N, K, ldy;
+    int wtype, beta, mode;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} lt_plan;
+
+typedef struct scale_tr {
+    const float *src;
+    float *dst;
+} scale_tr;
+
+struct kc_ctx {
+    cudaStream_t st;
+    cublasLtHandle_t lt;
+    void *ws;
+    int gemv_max_m;
+    int fp8_mode;       /* KC_LT_*, -1 = not checked yet */
+    int act_scale_bm;   /* activation scales block-major ([nb][M]) */
+    int w_scale_tr;     /* weight scales transposed ([kb][nb]) */
+    char fp8_why[256];
+    /* grow-only scratch */
+    void *buf[KC_SCRATCH_N];
+    size_t cap[KC_SCRATCH_N];
+    lt_plan plans[PLAN_CACHE];
+    int next_plan;
+    scale_tr *smap; /* weight scale -> transposed copy, open addressing */
+};
+
+enum { SCR_A8 = 0, SCR_AS, SCR_XB, SCR_D };
+
+static char g_err[256];
+
+const char *kc_strerror(int status)
+{
+    if (status > 0)
+        snprintf(g_err, sizeof g_err, "CUDA error %d (%s)", status,
+                 cudaGetErrorString((cudaError_t)status));
+    else if (status <= -1000)
+        snprintf(g_err, sizeof g_err, "cuBLAS status %d (%s)", -status - 1000,
+                 cublasLtGetStatusString((cublasStatus_t)(-status - 1000)));
+    else
+        snprintf(g_err, sizeof g_err, "invalid arguments or unsupported shape (%d)", status);
+    return g_err;
+}
+
+#define LT(call)                                                \
+    do {                                                        \
+        cublasStatus_t _s = (call);                             \
+        if (_s != CUBLAS_STATUS_SUCCESS)                        \
+            return -1000 - (int)_s;                             \
+    } while (0)
+
+#define CU(call)                                                \
+    do {                                                        \
+        cudaError_t _e = (call);                                \
+        if (_e != cudaSuccess)                                  \
+            return (int)_e;                                     \
+    } while (0)
+
+void *kc_ctx_scratch(kc_ctx *c, int i, size_t n)
+{
+    if (c->cap[i] >= n)
+        return c->buf[i];
+    cudaStreamSynchronize(c->st);
+    cudaFree(c->buf[i]);
+    c->buf[i] = NULL;
+    c->cap[i] = 0;
+    size_t want = n + n / 4 + 4096;
+    if (cudaMalloc(&c->buf[i], want) != cudaSuccess)
+        return NULL;
+    c->cap[i] = want;
+    return c->buf[i];
+}
+
+int kc_ctx_create(kc_ctx **out, cudaStream_t st)
+{
+    kc_ctx *c = (kc_ctx *)calloc(1, sizeof *c);
+    if (!c)
+        return -1;
+    c->st = st;
+    c->fp8_mode = -1;
+    c->gemv_max_m = 16;
+    const char *e = getenv("DSR1_GEMV_MAX_M");
+    if (e && *e)
+        c->gemv_max_m = atoi(e);
+    cublasStatus_t s = cublasLtCreate(&c->lt);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        free(c);
+        return -1000 - (int)s;
+    }
+    cudaError_t ce = cudaMalloc(&c->ws, WS_BYTES);
+    c->smap = (scale_tr *)calloc(SCALE_MAP, sizeof *c->smap);
+    if (ce != cudaSuccess || !c->smap) {
+        kc_ctx_free(c);
+        return ce != cudaSuccess ? (int)ce : -1;
+    }
+    *out = c;
+    return 0;
+}
+
+void kc_ctx_free(kc_ctx *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < PLAN_CACHE; i++)
+        if (c->plans[i].used) {
+            cublasLtMatmulDescDestroy(c->plans[i].desc);
+            cublasLtMatrixLayoutDestroy(c->plans[i].la);
+            cublasLtMatrixLayoutDestroy(c->plans[i].lb);
+            cublasLtMatrixLayoutDestroy(c->plans[i].lc);
+        }
+    for (int i = 0; i < KC_SCRATCH_N; i++)
+        cudaFree(c->buf[i]);
+    if (c->smap) {
+        for (int i = 0; i < SCALE_MAP; i++)
+            cudaFree(c->smap[i].dst);
+        free(c->smap);
+    }
+    cudaFree(c->ws);
+    if (c->lt)
+        cublasLtDestroy(c->lt);
+    free(c);
+}
+
+cudaStream_t kc_ctx_stream(const kc_ctx *c) { return c->st; }
+void kc_ctx_set_gemv_max_m(kc_ctx *c, int m) { c->gemv_max_m = m; }
+
+/* ---- GEMV kernel ---- */
+
+template <int WT, int MT>
+__global__ void __launch_bounds__(256) gemv_kernel(const float *x, size_t ldx, int M,
+                                                   const uint8_t *W, const float *S, size_t sld,
+                                                   size_t N, size_t K, float *y, size_t ldy,
+                                                   int accumulate)
+{
+    size_t n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (n >= N)
+        return;
+    const float *xr[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        xr[m] = x + (size_t)(m < M ? m : 0) * ldx;
+    float acc[MT];
+    warp_rowdot<WT, MT>(W + n * K * wvec<WT>::B, WT == 2 ? S + (n >> 7) * sld : NULL, K, xr, M,
+                        acc);
+    if ((threadIdx.x & 31) == 0)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            if (m < M) {
+                float *o = y + (size_t)m * ldy + n;
+                *o = accumulate ? *o + acc[m] : acc[m];
+            }
+}
+
+/* Any shape or alignment: a warp per row, scalar loads. */
+__global__ void gemv_scalar_kernel(const float *x, size_t ldx, size_t M, int type,
+                                   const void *W, const float *S, size_t sld, size_t N, size_t K,
+                                   float *y, size_t ldy, int accumulate)
+{
+    size_t n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= N)
+        return;
+    for (size_t m = blockIdx.y; m < M; m += gridDim.y) {
+        float a = 0.0f;
+        for (size_t k = lane; k < K; k += 32)
+            a += x[m * ldx + k] * kc_wget(type, W, S, K, sld, n, k);
+        a = kc_warp_sum(a);
+        if (lane == 0) {
+            float *o = y + m * ldy + n;
+            *o = accumulate ? *o + a : a;
+        }
+    }
+}
+
+template <int WT>
+static int gemv_launch(const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
+                       size_t ldy, int accumulate, cudaStream_t st)
+{
+    dim3 grid(kc_blocks(w->rows, 8));
+    const uint8_t *W = (const uint8_t *)w->data;
+    for (size_t m0 = 0; m0 < M; m0 += 16) {
+        size_t nm = M - m0 < 16 ? M - m0 : 16;
+        const float *xs = x + m0 * ldx;
+        float *ys = y + m0 * ldy;
+        if (nm == 1)
+            gemv_kernel<WT, 1><<<grid, 256, 0, st>>>(xs, ldx, 1, W, w->scale, w->scale_ld, w->rows,
+                                                     w->cols, ys, ldy, accumulate);
+        else if (nm == 2)
+            gemv_kernel<WT, 2><<<grid, 256, 0, st>>>(xs, ldx, 2, W, w->scale, w->scale_ld, w->rows,
+                                                     w->cols, ys, ldy, accumulate);
+        else if (nm <= 4)
+            gemv_kernel<WT, 4><<<grid, 256, 0, st>>>(xs, ldx, (int)nm, W, w->scale, w->scale_ld,
+                                                     w->rows, w->cols, ys, ldy, accumulate);
+        else if (nm <= 8)
+            gemv_kernel<WT, 8><<<grid, 256, 0, st>>>(xs, ldx, (int)nm, W, w->scale, w->scale_ld,
+                                                     w->rows, w->cols, ys, ldy, accumulate);
+        else
+            gemv_kernel<WT, 16><<<grid, 256, 0, st>>>(xs, ldx, (int)nm, W, w->scale, w->scale_ld,
+                                                      w->rows, w->cols, ys, ldy, accumulate);
+        KC_LAUNCH_CHECK();
+    }
+    return 0;
+}
+
+/* The vector kernel needs 16-byte aligned rows of W and x. */
+static int gemv_vector_ok(const float *x, size_t ldx, const k_weight *w)
+{
+    size_t eb = w->type == K_W_FP8 ? 1 : w->type == K_W_BF16 ? 2 : 4;
+    size_t V = 16 / eb;
+    return w->cols % V == 0 && ((uintptr_t)w->data & 15) == 0 && ((uintptr_t)x & 15) == 0 &&
+           ldx % 4 == 0;
+}
+
+static int gemv(const float *x, size_t ldx, size_t M, const k_weight *w, float *y, size_t ldy,
+                int accumulate, cudaStream_t st)
+{
+    if (M == 0 || w->rows == 0)
+        return 0;
+    if (gemv_vector_ok(x, ldx, w)) {
+        if (w->type == K_W_FP8)
+            return gemv_launch<2>(x, ldx, M, w, y, ldy, accumulate, st);
+        if (w->type == K_W_BF16)
+            return gemv_launch<1>(x, ldx, M, w, y, ldy, accumulate, st);
+        return gemv_launch<0>(x, ldx, M, w, y, ldy, accumulate, st);
+    }
+    dim3 grid(kc_blocks(w->rows, 8), (unsigned)(M < 64 ? M : 64));
+    gemv_scalar_kernel<<<grid, 256, 0, st>>>(x, ldx, M, (int)w->type, w->data, w->scale,
+                                             w->scale_ld, w->rows, w->cols, y, ldy, accumulate);
+    KC_LAUNCH_CHECK();
+    return 0;
+}
+
+/* ---- small helpers ---- */
+
+__global__ void bf16_to_f32_kernel(const uint16_t *in, float *out, size_t n)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = kc_bf16(in[i]);
+}
+
+__global__ void f32_to_bf16_rows_kernel(const float *in, size_t ldin, uint16_t *out, size_t cols,
+                                        size_t n)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < n) {
+        __nv_bfloat16 b = __float2bfloat16_rn(in[(i / cols) * ldin + i % cols]);
+        out[i] = *reinterpret_cast<uint16_t *>(&b);
+    }
+}
+
+int kc_copy_f32_from_bf16(const uint16_t *in, float *out, size_t n, cudaStream_t st)
+{
+    if (!n)
+        return 0;
+    bf16_to_f32_kernel<<<kc_blocks(n, 256), 256, 0, st>>>(in, out, n);
+    KC_LAUNCH_CHECK();
+    return 0;
+}
+
+int kc_f32_to_bf16(const float *in, uint16_t *out, size_t n, cudaStream_t st)
+{
+    if (!n)
+        return 0;
+    f32_to_bf16_rows_kernel<<<kc_blocks(n, 256), 256, 0, st>>>(in, n, out, n, n);
+    KC_LAUNCH_CHECK();
+    return 0;
+}
+
+__global__ void transpose_kernel(const float *in, size_t rows, size_t cols, float *out)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < rows * cols)
+        out[(i % cols) * rows + i / cols] = in[i];
+}
+
+/* y[m*ldy + n] (=/+=) d[n*M + m] */
+__global__ void add_transposed_kernel(const float *d, size_t M, size_t N, float *y, size_t ldy,
+                                      int accumulate)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= M * N)
+        return;
+    size_t m = i / N, n = i % N;
+    float v = d[n * M + m];
+    y[m * ldy + n] = accumulate ? y[m * ldy + n] + v : v;
+}
+
+/* Transposed copy of a weight's scale grid, made once per weight. */
+static const float *scale_transposed(kc_ctx *c, const float *src, size_t nb, size_t kb)
+{
+    size_t h = ((uintptr_t)src >> 4) * 2654435761u;
+    for (size_t i = 0; i < SCALE_MAP; i++) {
+        scale_tr *e = &c->smap[(h + i) % SCALE_MAP];
+        if (e->src == src)
+            return e->dst;
+        if (!e->src) {
+            float *d;
+            if (cudaMalloc(&d, nb * kb * sizeof(float)) != cudaSuccess)
+                return NULL;
+            transpose_kernel<<<kc_blocks(nb * kb, 256), 256, 0, c->st>>>(src, nb, kb, d);
+            if (cudaGetLastError() != cudaSuccess) {
+                cudaFree(d);
+                return NULL;
+            }
+            e->src = src;
+            e->dst = d;
+            return d;
+        }
+    }
+    return NULL;
+}
+
+/* ---- cuBLASLt ---- */
+
+static lt_plan *plan_get(kc_ctx *c, size_t M, size_t N, size_t K, size_t ldy, int wtype, int beta,
+                         int mode, int *status)
+{
+    *status = 0;
+    for (int i = 0; i < PLAN_CACHE; i++) {
+        lt_plan *p = &c->plans[i];
+        if (p->used && p->M == M && p->N == N && p->K == K && p->ldy == ldy &&
+            p->wtype == wtype && p->beta == beta && p->mode == mode)
+            return p;
+    }
+    lt_plan *p = &c->plans[c->next_plan];
+    c->next_plan = (c->next_plan + 1) % PLAN_CACHE;
+    if (p->used) {
+        cublasLtMatmulDescDestroy(p->desc);
+        cublasLtMatrixLayoutDestroy(p->la);
+        cublasLtMatrixLayoutDestroy(p->lb);
+        cublasLtMatrixLayoutDestroy(p->lc);
+        p->used = 0;
+    }
+    cublasStatus_t s;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cudaDataType_t in = wtype == K_W_FP8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+#define TRY(call)                                  \
+    do {                                           \
+        if ((s = (call)) != CUBLAS_STATUS_SUCCESS) \
+            goto fail;                             \
+    } while (0)
+    p->desc = NULL;
+    p->la = p->lb = p->lc = NULL;
+    TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    if (wtype == K_W_FP8) {
+        int32_t blk = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+        int32_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+        int32_t am = mode == KC_LT_WBLK_AVEC ? blk : vec, bm = mode == KC_LT_WBLK_AVEC ? vec : blk;
+        TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &am,
+                                           sizeof am));
+        TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bm,
+                                           sizeof bm));
+    }
+    if (mode == KC_LT_AVEC_WBLK) {
+        /* A = activations (K x M), B = weights (K x N), D = M x N column-major */
+        TRY(cublasLtMatrixLayoutCreate(&p->la, in, K, M, K));
+        TRY(cublasLtMatrixLayoutCreate(&p->lb, in, K, N, K));
+        TRY(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, M, N, M));
+    } else {
+        /* A = weights (K x N), B = activations (K x M), D = N x M column-major = y rows */
+        TRY(cublasLtMatrixLayoutCreate(&p->la, in, K, N, K));
+        TRY(cublasLtMatrixLayoutCreate(&p->lb, in, K, M, K));
+        TRY(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, N, M, ldy));
+    }
+    {
+        cublasLtMatmulPreference_t pref;
+        TRY(cublasLtMatmulPreferenceCreate(&pref));
+        size_t wsb = WS_BYTES;
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb,
+                                             sizeof wsb);
+        cublasLtMatmulHeuristicResult_t hr;
+        int n = 0;
+        s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &hr,
+                                           &n);
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (s == CUBLAS_STATUS_SUCCESS && n == 0)
+            s = CUBLAS_STATUS_NOT_SUPPORTED;
+        if (s != CUBLAS_STATUS_SUCCESS)
+            goto fail;
+        p->algo = hr.algo;
+    }
+#undef TRY
+    p->used = 1;
+    p->M = M, p->N = N, p->K = K, p->ldy = ldy, p->wtype = wtype, p->beta = beta, p->mode = mode;
+    return p;
+fail:
+    if (p->desc)
+        cublasLtMatmulDescDestroy(p->desc);
+    if (p->la)
+        cublasLtMatrixLayoutDestroy(p->la);
+    if (p->lb)
+        cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->lc)
+        cublasLtMatrixLayoutDestroy(p->lc);
+    *status = -1000 - (int)s;
+    return NULL;
+}
+
+/* FP8 block-scaled matmul of quantized activations a [M,K] (scales as, arranged per
+ * c->act_scale_bm) with weights q [N,K] (scales ws in DeepSeek's [nb][kb] order). */
+static int lt_fp8(kc_ctx *c, int mode, int act_bm, int w_tr, const uint8_t *a, const float *as,
+                  size_t M, const uint8_t *q, const float *ws, size_t N, size_t K, float *y,
+                  size_t ldy, int accumulate)
+{
+    int st;
+    const float *wsp = ws;
+    if (w_tr) {
+        wsp = scale_transposed(c, ws, (N + 127) / 128, (K + 127) / 128);
+        if (!wsp)
+            return -1;
+    }
+    (void)act_bm;
+    float *d = y;
+    size_t ldd = ldy;
+    if (mode == KC_LT_AVEC_WBLK) {
+        d = (float *)kc_ctx_scratch(c, SCR_D, M * N * sizeof(float));
+        if (!d)
+            return -1;
+        ldd = M;
+    }
+    lt_plan *p = plan_get(c, M, N, K, ldd, K_W_FP8, mode == KC_LT_WBLK_AVEC && accumulate, mode,
+                          &st);
+    if (!p)
+        return st;
+    const void *A = mode == KC_LT_WBLK_AVEC ? (const void *)q : (const void *)a;
+    const void *B = mode == KC_LT_WBLK_AVEC ? (const void *)a : (const void *)q;
+    const float *sa = mode == KC_LT_WBLK_AVEC ? wsp : as;
+    const float *sb = mode == KC_LT_WBLK_AVEC ? as : wsp;
+    LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa,
+                                      sizeof sa));
+    LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb,
+                                      sizeof sb));
+    float alpha = 1.0f, beta = (mode == KC_LT_WBLK_AVEC && accumulate) ? 1.0f : 0.0f;
+    LT(cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, d, p->lc, d, p->lc,
+                      &p->algo, c->ws, WS_BYTES, c->st));
+    if (mode == KC_LT_AVEC_WBLK) {
+        add_transposed_kernel<<<kc_blocks(M * N, 256), 256, 0, c->st>>>(d, M, N, y, ldy,
+                                                                       accumulate);
+        KC_LAUNCH_CHECK();
+    }
+    return 0;
+}
+
+/* Quantize x then run lt_fp8 with the context's verified arrangement. */
+static int lt_fp8_from_f32(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w,
+                           float *y, size_t ldy, int accumulate)
+{
+    size_t K = w->cols, nb = (K + 127) / 128;
+    uint8_t *a = (uint8_t *)kc_ctx_scratch(c, SCR_A8, M * K);
+    float *as = (float *)kc_ctx_scratch(c, SCR_AS, M * nb * sizeof(float));
+    if (!a || !as)
+        return -1;
+    int rc = c->act_scale_bm ? kc_act_quant_strided(x, ldx, M, K, a, K, as, 1, M, c->st)
+                             : kc_act_quant_strided(x, ldx, M, K, a, K, as, nb, 1, c->st);
+    if (rc)
+        return rc;
+    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, a, as, M,
+                  (const uint8_t *)w->data, w->scale, w->rows, K, y, ldy, accumulate);
+}
+
+int kc_gemm_fp8_lt(kc_ctx *c, const uint8_t *a, const float *as, size_t M, const uint8_t *q,
+                   const float *ws, size_t N, size_t K, float *y, size_t ldy)
+{
+    if (kc_ctx_fp8_lt_mode(c, NULL) == KC_LT_NONE)
+        return -1;
+    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, a, as, M, q, ws, N, K, y, ldy,
+                  0);
+}
+
+int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, size_t N,
+                    size_t K, float *y)
+{
+    int st;
+    lt_plan *p = plan_get(c, M, N, K, N, K_W_BF16, 0, KC_LT_WBLK_AVEC, &st);
+    if (!p)
+        return st;
+    float alpha = 1.0f, beta = 0.0f;
+    LT(cublasLtMatmul(c->lt, p->desc, &alpha, b, p->la, a, p->lb, &beta, y, p->lc, y, p->lc,
+                      &p->algo, c->ws, WS_BYTES, c->st));
+    return 0;
+}
+
+static int lt_bf16_from_f32(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w,
+                            float *y, size_t ldy, int accumulate)
+{
+    size_t K = w->cols, N = w->rows;
+    uint16_t *xb = (uint16_t *)kc_ctx_scratch(c, SCR_XB, M * K * 2);
+    if (!xb)
+        return -1;
+    f32_to_bf16_rows_kernel<<<kc_blocks(M * K, 256), 256, 0, c->st>>>(x, ldx, xb, K, M * K);
+    KC_LAUNCH_CHECK();
+    int st;
+    lt_plan *p = plan_get(c, M, N, K, ldy, K_W_BF16, accumulate, KC_LT_WBLK_AVEC, &st);
+    if (!p)
+        return st;
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    LT(cublasLtMatmul(c->lt, p->desc, &alpha, w->data, p->la, xb, p->lb, &beta, y, p->lc, y, p->lc,
+                      &p->algo, c->ws, WS_BYTES, c->st));
+    return 0;
+}
+
+/* ---- calibration of the cuBLASLt block-scale arrangement ---- */
+
+__global__ void fill_test_kernel(uint8_t *q, size_t n, float *s, size_t ns, uint32_t seed)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    h ^= h >> 15;
+    if (i < n) {
+        uint8_t v = (uint8_t)(h & 0xff);
+        if ((v & 0x7f) == 0x7f)
+            v &= 0xf0; /* no NaN codes */
+        q[i] = v;
+    }
+    if (i < ns)
+        s[i] = 0.5f + (float)((h >> 8) & 0xff) / 256.0f;
+}
+
+__global__ void rel_err_kernel(const float *a, const float *b, size_t n, float *out)
+{
+    __shared__ float sh[32];
+    float md = 0.0f, mr = 0.0f;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float d = fabsf(a[i] - b[i]);
+        md = fmaxf(md, (d == d) ? d : INFINITY);
+        mr = fmaxf(mr, fabsf(b[i]));
+    }
+    md = kc_block_max(md, sh);
+    mr = kc_block_max(mr, sh);
+    if (threadIdx.x == 0)
+        out[0] = md / fmaxf(mr, 1e-30f);
+}
+
+int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
+{
+    if (c->fp8_mode >= 0) {
+        if (why)
+            *why = c->fp8_why;
+        return c->fp8_mode;
+    }
+    c->fp8_mode = KC_LT_NONE;
+    snprintf(c->fp8_why, sizeof c->fp8_why, "no cuBLASLt block-scaled FP8 arrangement matched");
+    const size_t M = 64, N = 384, K = 640, nb = N / 128, kb = K / 128;
+    uint8_t *a = NULL, *q = NULL;
+    float *as = NULL, *asT = NULL, *ws = NULL, *ref = NULL, *out = NULL, *err = NULL;
+    int ok = cudaMalloc(&a, M * K) == cudaSuccess && cudaMalloc(&q, N * K) == cudaSuccess &&
+             cudaMalloc(&as, M * kb * 4) == cudaSuccess &&
+             cudaMalloc(&asT, M * kb * 4) == cudaSuccess &&
+             cudaMalloc(&ws, nb * kb * 4) == cudaSuccess &&
+             cudaMalloc(&ref, M * N * 4) == cudaSuccess &&
+             cudaMalloc(&out, M * N * 4) == cudaSuccess && cudaMalloc(&err, 4) == cudaSuccess;
+    char tried[200] = "";
+    size_t tl = 0;
+    if (ok) {
+        fill_test_kernel<<<kc_blocks(M * K, 256), 256, 0, c->st>>>(a, M * K, as, M * kb, 11u);
+        fill_test_kernel<<<kc_blocks(N * K, 256), 256, 0, c->st>>>(q, N * K, ws, nb * kb, 29u);
+        transpose_kernel<<<kc_blocks(M * kb, 256), 256, 0, c->st>>>(as, M, kb, asT);
+        kc_gemm_fp8_simple(a, as, M, q, ws, N, K, ref, N, c->st);
+        /* Most likely first: cuBLAS column-major reading of DeepSeek's row-major grids. */
+        static const int modes[2] = {KC_LT_WBLK_AVEC, KC_LT_AVEC_WBLK};
+        for (int mi = 0; mi < 2 && c->fp8_mode == KC_LT_NONE; mi++)
+            for (int abm = 0; abm < 2 && c->fp8_mode == KC_LT_NONE; abm++)
+                for (int wtr = 0; wtr < 2 && c->fp8_mode == KC_LT_NONE; wtr++) {
+                    cudaMemsetAsync(out, 0xff, M * N * 4, c->st);
+                    int rc = lt_fp8(c, modes[mi], abm, wtr, a, abm ? asT : as, M, q, ws, N, K,
+                                    out, N, 0);
+                    float e = -1.0f;
+                    if (rc == 0) {
+                        rel_err_kernel<<<1, 256, 0, c->st>>>(out, ref, M * N, err);
+                        cudaMemcpyAsync(&e, err, 4, cudaMemcpyDeviceToHost, c->st);
+                        cudaStreamSynchronize(c->st);
+                    }
+                    cudaGetLastError();
+                    if (tl < sizeof tried)
+                        tl += (size_t)snprintf(tried + tl, sizeof tried - tl, " m%d/a%d/w%d:%s",
+                                               modes[mi], abm, wtr,
+                                               rc ? "refused" : e >= 0 && e < 1e-3f ? "ok"
+                                                                                     : "wrong");
+                    if (rc == 0 && e >= 0 && e < 1e-3f) {
+                        c->fp8_mode = modes[mi];
+                        c->act_scale_bm = abm;
+                        c->w_scale_tr = wtr;
+                    }
+                }
+    }
+    cudaStreamSynchronize(c->st);
+    cudaGetLastError();
+    cudaFree(a), cudaFree(q), cudaFree(as), cudaFree(asT), cudaFree(ws), cudaFree(ref);
+    cudaFree(out), cudaFree(err);
+    if (c->fp8_mode != KC_LT_NONE)
+        snprintf(c->fp8_why, sizeof c->fp8_why, "cuBLASLt %s, activation scales %s, weight "
+                 "scales %s (tried:%s)",
+                 c->fp8_mode == KC_LT_WBLK_AVEC ? "A=weights(BLK128x128) B=acts(VEC128)"
+                                                : "A=acts(VEC128) B=weights(BLK128x128)",
+                 c->act_scale_bm ? "block-major" : "row-major",
+                 c->w_scale_tr ? "transposed" : "as stored", tried);
+    else
+        snprintf(c->fp8_why, sizeof c->fp8_why, "no cuBLASLt FP8 arrangement matched the "
+                 "reference (tried:%s); FP8 GEMMs use the CUDA-core kernel", tried);
+    if (why)
+        *why = c->fp8_why;
+    return c->fp8_mode;
+}
+
+/* ---- dispatcher ---- */
+
+int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
+            size_t ldy, int accumulate, int force)
+{
+    if (M == 0 || w->rows == 0)
+        return 0;
+    int want_lt = force == 2 || (force == 0 && (int)M > c->gemv_max_m);
+    if (want_lt && w->type == K_W_FP8 && w->cols % 128 == 0 && w->rows % 128 == 0 && ldy % 4 == 0 &&
+        kc_ctx_fp8_lt_mode(c, NULL) != KC_LT_NONE) {
+        size_t Ml = force == 2 ? M : M & ~(size_t)15;
+        if (Ml) {
+            int rc = lt_fp8_from_f32(c, x, ldx, Ml, w, y, ldy, accumulate);
+            if (rc)
+                return rc;
+        }
+        return gemv(x + Ml * ldx, ldx, M - Ml, w, y + Ml * ldy, ldy, accumulate, c->st);
+    }
+    if (want_lt && w->type == K_W_BF16 && w->cols % 8 == 0 && ldy % 4 == 0)
+        return lt_bf16_from_f32(c, x, ldx, M, w, y, ldy, accumulate);
+    return gemv(x, ldx, M, w, y, ldy, accumulate, c->st);
+}

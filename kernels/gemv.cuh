@@ -1,0 +1,79 @@
+/* gemv: the weight-streaming row-dot used by kc_gemm's GEMV kernel and by the MoE
+ * expert kernels. Internal to kernels/ .cu files. */
+#ifndef DSR1_GEMV_CUH
+#define DSR1_GEMV_CUH
+
+#include "cuda_util.cuh"
+
+template <int WT>
+struct wvec;
+template <>
+struct wvec<0> { static const int V = 4, B = 4; };
+template <>
+struct wvec<1> { static const int V = 8, B = 2; };
+template <>
+struct wvec<2> { static const int V = 16, B = 1; };
+
+template <int WT>
+__device__ __forceinline__ void decode16(uint4 r, float *f)
+{
+    if (WT == 0) {
+        f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y);
+        f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
+    } else if (WT == 1) {
+        uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(u[i] << 16);
+            f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+        }
+    } else {
+        uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 a = kc_fp8x2((uint16_t)(u[i] & 0xffff));
+            float2 b = kc_fp8x2((uint16_t)(u[i] >> 16));
+            f[4 * i] = a.x, f[4 * i + 1] = a.y, f[4 * i + 2] = b.x, f[4 * i + 3] = b.y;
+        }
+    }
+}
+
+/* A warp dots one weight row (wrow; srow = its block-scale row for FP8) with the
+ * activation rows xr[m], m < nm; every lane ends with the sums in acc. Needs K a
+ * multiple of 16 bytes of weights and 16-byte aligned rows. */
+template <int WT, int MT>
+__device__ __forceinline__ void warp_rowdot(const uint8_t *wrow, const float *srow, size_t K,
+                                            const float *const *xr, int nm, float *acc)
+{
+    constexpr int V = wvec<WT>::V, B = wvec<WT>::B;
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        acc[m] = 0.0f;
+#pragma unroll 2
+    for (size_t k0 = (size_t)lane * V; k0 < K; k0 += 32 * V) {
+        uint4 raw = __ldg(reinterpret_cast<const uint4 *>(wrow + k0 * B));
+        float wf[V];
+        decode16<WT>(raw, wf);
+        float s = WT == 2 ? __ldg(srow + (k0 >> 7)) : 1.0f;
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            if (m < nm) {
+                const float4 *xp = reinterpret_cast<const float4 *>(xr[m] + k0);
+                float d = 0.0f;
+#pragma unroll
+                for (int j = 0; j < V / 4; j++) {
+                    float4 xv = xp[j];
+                    d += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z +
+                         wf[4 * j + 3] * xv.w;
+                }
+                acc[m] += WT == 2 ? d * s : d;
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        acc[m] = kc_warp_sum(acc[m]);
+}
+
+#endif

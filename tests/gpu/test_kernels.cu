@@ -1,0 +1,455 @@
+/* test_kernels: every CUDA kernel against its CPU reference (kernels/<op>.c) on fresh
+ * random inputs, outputs poisoned (NaN) before each launch. Prints PASS/FAIL lines with
+ * the measured error and "N passed, M failed"; exit 1 on any failure. GPU only
+ * (make test-gpu). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#include "cuda_kernels.h"
+
+extern "C" {
+#include "attn.h"
+#include "dtype.h"
+#include "embed.h"
+#include "gemm_fp8.h"
+#include "mlp.h"
+#include "rmsnorm.h"
+}
+
+static int g_pass, g_fail;
+static uint64_t g_rng = 0x1234567887654321ull;
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static float rnorm(void)
+{
+    double u1 = ((rnd() >> 11) + 1.0) / 9007199254740993.0, u2 = (rnd() >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static std::vector<float> randv(size_t n, float s = 1.0f)
+{
+    std::vector<float> v(n);
+    for (auto &x : v)
+        x = rnorm() * s;
+    return v;
+}
+
+#define CK(call)                                                                 \
+    do {                                                                         \
+        int _rc = (int)(call);                                                   \
+        if (_rc) {                                                               \
+            printf("FAIL %s:%d %s: %s\n", __FILE__, __LINE__, #call, kc_strerror(_rc)); \
+            g_fail++;                                                            \
+            return;                                                              \
+        }                                                                        \
+    } while (0)
+
+template <class T>
+static T *up(const std::vector<T> &h)
+{
+    T *d = NULL;
+    if (cudaMalloc(&d, h.size() * sizeof(T) + 16) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc failed\n");
+        exit(3);
+    }
+    cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+    return d;
+}
+
+template <class T>
+static T *poisoned(size_t n)
+{
+    T *d = NULL;
+    if (cudaMalloc(&d, n * sizeof(T) + 16) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc failed\n");
+        exit(3);
+    }
+    cudaMemset(d, 0xff, n * sizeof(T)); /* NaN for floats */
+    return d;
+}
+
+template <class T>
+static std::vector<T> down(const T *d, size_t n)
+{
+    std::vector<T> h(n);
+    cudaDeviceSynchronize();
+    cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost);
+    return h;
+}
+
+/* max|a-b| / max|b|; NaN anywhere in a where b is finite fails (INFINITY). */
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(a[i]) != isnan(b[i]))
+            return INFINITY;
+        if (isnan(a[i]))
+            continue;
+        md = fmax(md, fabs((double)a[i] - b[i]));
+        mr = fmax(mr, fabs((double)b[i]));
+    }
+    return mr > 0 ? md / mr : md;
+}
+
+static void report(const char *name, double err, double tol)
+{
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) {
+        printf("FAIL %s: CUDA error %s\n", name, cudaGetErrorString(e));
+        g_fail++;
+    } else if (err <= tol) {
+        printf("PASS %s (rel err %.3g <= %.3g)\n", name, err, tol);
+        g_pass++;
+    } else {
+        printf("FAIL %s: rel err %.3g > %.3g\n", name, err, tol);
+        g_fail++;
+    }
+}
+
+/* A random weight of the given type; fills the host k_weight (host pointers) and the
+ * device one, plus the f32 dequantized values. */
+struct W {
+    k_weight h, d;
+    std::vector<uint8_t> q;
+    std::vector<uint16_t> b;
+    std::vector<float> f, s;
+};
+
+static W make_w(k_wtype t, size_t rows, size_t cols, float sc = 0.05f)
+{
+    W w;
+    w.f = randv(rows * cols, sc);
+    size_t nb = (rows + 127) / 128, kb = (cols + 127) / 128;
+    w.h.type = w.d.type = t;
+    w.h.rows = w.d.rows = rows;
+    w.h.cols = w.d.cols = cols;
+    w.h.scale_ld = w.d.scale_ld = kb;
+    w.h.scale = w.d.scale = NULL;
+    if (t == K_W_FP8) {
+        w.q.resize(rows * cols);
+        w.s.resize(nb * kb);
+        dt_block_quant(w.f.data(), rows, cols, w.q.data(), w.s.data());
+        w.h.data = w.q.data();
+        w.h.scale = w.s.data();
+        w.d.data = up(w.q);
+        w.d.scale = up(w.s);
+    } else if (t == K_W_BF16) {
+        w.b.resize(rows * cols);
+        dt_f32_to_bf16_n(w.f.data(), w.b.data(), rows * cols);
+        w.h.data = w.b.data();
+        w.d.data = up(w.b);
+    } else {
+        w.h.data = w.f.data();
+        w.d.data = up(w.f);
+    }
+    return w;
+}
+
+static void test_rmsnorm(void)
+{
+    size_t rows = 7, dim = 7168, ld = 7200;
+    auto x = randv(rows * ld), w = randv(dim);
+    std::vector<float> ref(rows * ld, 0.0f);
+    k_rmsnorm(x.data(), ld, w.data(), ref.data(), ld, rows, dim, 1e-6f);
+    float *dx = up(x), *dw = up(w), *dy = poisoned<float>(rows * ld);
+    cudaMemset(dy, 0, rows * ld * 4);
+    CK(kc_rmsnorm(dx, ld, dw, dy, ld, rows, dim, 1e-6f, 0));
+    auto got = down(dy, rows * ld);
+    report("rmsnorm 7x7168 strided", rel_err(got.data(), ref.data(), rows * ld), 1e-5);
+}
+
+static void test_rope(void)
+{
+    k_rope_params p = {64, 10000.0, 1, 40.0, 4096.0, 32.0, 1.0, 1.0, 1.0};
+    k_rope r;
+    k_rope_init(&r, &p);
+    size_t T = 5, H = 16, ldh = 192, ldr = H * ldh;
+    auto x = randv(T * ldr);
+    std::vector<int32_t> pos(T);
+    for (size_t t = 0; t < T; t++)
+        pos[t] = (int32_t)(rnd() % 150000);
+    float *dx = up(x);
+    int32_t *dp = up(pos);
+    k_rope_apply(&r, x.data() + 128, T, H, ldr, ldh, pos.data());
+    CK(kc_rope_apply(&r, dx + 128, T, H, ldr, ldh, dp, 0));
+    auto got = down(dx, x.size());
+    report("rope yarn 5x16x64 (positions to 150000)", rel_err(got.data(), x.data(), x.size()), 2e-5);
+}
+
+static void test_embed(void)
+{
+    for (int t = 0; t < 2; t++) {
+        k_wtype ty = t ? K_W_BF16 : K_W_FP8;
+        size_t V = 300, D = 512, row0 = 256;
+        W w = make_w(ty, V, D, 1.0f);
+        std::vector<int32_t> ids = {256, 300, 555, 12, 400, 555, 1000};
+        std::vector<float> ref(ids.size() * D);
+        k_embed(&w.h, row0, ids.data(), ids.size(), ref.data(), D);
+        int32_t *di = up(ids);
+        float *dout = poisoned<float>(ids.size() * D);
+        CK(kc_embed(&w.d, row0, di, ids.size(), dout, D, 0));
+        auto got = down(dout, ref.size());
+        report(t ? "embed bf16 vocab-parallel" : "embed fp8 vocab-parallel",
+               rel_err(got.data(), ref.data(), ref.size()), 0.0);
+    }
+}
+
+static void test_act_quant_and_fp8(kc_ctx *ctx)
+{
+    size_t M = 33, K = 7168 + 64, N = 256;
+    auto x = randv(M * K, 3.0f);
+    size_t nb = (K + 127) / 128;
+    std::vector<uint8_t> a(M * K);
+    std::vector<float> as(M * nb);
+    k_act_quant(x.data(), K, M, K, a.data(), as.data());
+    float *dx = up(x);
+    uint8_t *da = poisoned<uint8_t>(M * K);
+    float *das = poisoned<float>(M * nb);
+    CK(kc_act_quant(dx, K, M, K, da, das, 0));
+    auto ga = down(da, M * K);
+    auto gs = down(das, M * nb);
+    size_t bad = 0;
+    for (size_t i = 0; i < M * K; i++)
+        bad += ga[i] != a[i];
+    double se = rel_err(gs.data(), as.data(), gs.size());
+    printf("%s act_quant 33x7232: %zu of %zu codes differ, scale rel err %.3g\n",
+           bad == 0 && se == 0 ? "PASS" : "FAIL", bad, M * K, se);
+    (bad == 0 && se == 0) ? g_pass++ : g_fail++;
+
+    W w = make_w(K_W_FP8, N, K);
+    std::vector<float> ref(M * N);
+    k_gemm_fp8(a.data(), as.data(), M, w.q.data(), w.s.data(), N, K, ref.data(), N);
+    float *dy = poisoned<float>(M * N);
+    CK(kc_gemm_fp8_simple(da, das, M, (const uint8_t *)w.d.data, w.d.scale, N, K, dy, N, 0));
+    auto got = down(dy, M * N);
+    report("gemm_fp8_simple vs k_gemm_fp8", rel_err(got.data(), ref.data(), ref.size()), 1e-5);
+}
+
+static void test_gemm(kc_ctx *ctx)
+{
+    const char *why;
+    int mode = kc_ctx_fp8_lt_mode(ctx, &why);
+    printf("INFO cuBLASLt FP8 block scaling: %s\n", why);
+    struct {
+        k_wtype t;
+        size_t N, K;
+        const char *name;
+    } shapes[] = {{K_W_FP8, 2048, 7168, "fp8 2048x7168"}, {K_W_FP8, 576, 7168, "fp8 576x7168"},
+                  {K_W_FP8, 24, 40, "fp8 24x40 (scalar path)"},
+                  {K_W_BF16, 1024, 7168, "bf16 1024x7168"}, {K_W_F32, 129, 512, "f32 129x512"}};
+    for (auto &s : shapes) {
+        W w = make_w(s.t, s.N, s.K);
+        size_t Ms[] = {1, 5, 16, 37};
+        for (size_t M : Ms) {
+            auto x = randv(M * s.K);
+            std::vector<float> ref(M * s.N), y0 = randv(M * s.N);
+            ref = y0;
+            k_gemm(x.data(), s.K, M, &w.h, ref.data(), s.N, 1);
+            float *dx = up(x), *dy = up(y0);
+            CK(kc_gemm(ctx, dx, s.K, M, &w.d, dy, s.N, 1, 1));
+            auto got = down(dy, M * s.N);
+            char name[128];
+            snprintf(name, sizeof name, "gemm GEMV %s M=%zu accumulate", s.name, M);
+            report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
+            cudaFree(dx);
+            cudaFree(dy);
+        }
+        if (s.t == K_W_F32 || s.N % 128)
+            continue;
+        /* tensor-core path at prefill sizes */
+        size_t M = 256;
+        auto x = randv(M * s.K);
+        std::vector<float> ref(M * s.N);
+        k_gemm(x.data(), s.K, M, &w.h, ref.data(), s.N, 0);
+        float *dx = up(x), *dy = poisoned<float>(M * s.N);
+        CK(kc_gemm(ctx, dx, s.K, M, &w.d, dy, s.N, 0, 2));
+        auto got = down(dy, M * s.N);
+        char name[128];
+        snprintf(name, sizeof name, "gemm cuBLASLt %s M=256 vs fp32 activations", s.name);
+        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-2);
+        if (s.t == K_W_FP8 && mode != KC_LT_NONE) {
+            size_t nb = (s.K + 127) / 128;
+            std::vector<uint8_t> a(M * s.K);
+            std::vector<float> as(M * nb), r8(M * s.N);
+            k_act_quant(x.data(), s.K, M, s.K, a.data(), as.data());
+            k_gemm_fp8(a.data(), as.data(), M, w.q.data(), w.s.data(), s.N, s.K, r8.data(), s.N);
+            snprintf(name, sizeof name, "gemm cuBLASLt %s M=256 vs k_gemm_fp8 (same quantization)",
+                     s.name);
+            report(name, rel_err(got.data(), r8.data(), r8.size()), 2e-3);
+        }
+        cudaFree(dx);
+        cudaFree(dy);
+    }
+}
+
+static void test_moe(kc_ctx *ctx)
+{
+    size_t E = 16, e0 = 8, n = 8, K = 4, D = 256, I = 128;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t T = pass ? 37 : 3;
+        std::vector<W> g, u, d;
+        std::vector<k_weight> gd, ud, dd;
+        for (size_t e = 0; e < n; e++) {
+            g.push_back(make_w(K_W_FP8, I, D));
+            u.push_back(make_w(K_W_FP8, I, D));
+            d.push_back(make_w(K_W_FP8, D, I));
+        }
+        for (size_t e = 0; e < n; e++)
+            gd.push_back(g[e].d), ud.push_back(u[e].d), dd.push_back(d[e].d);
+        auto x = randv(T * D);
+        std::vector<int32_t> idx(T * K);
+        std::vector<float> w(T * K);
+        for (size_t t = 0; t < T; t++)
+            for (size_t k = 0; k < K; k++) {
+                int32_t e;
+                bool dup;
+                do { /* distinct experts per token, as the router gives */
+                    e = (int32_t)(rnd() % E);
+                    dup = false;
+                    for (size_t j = 0; j < k; j++)
+                        dup |= idx[t * K + j] == e;
+                } while (dup);
+                idx[t * K + k] = e;
+                w[t * K + k] = 0.2f + (rnd() % 100) / 100.0f;
+            }
+        auto y0 = randv(T * D);
+        std::vector<float> ref = y0;
+        for (size_t t = 0; t < T; t++)
+            for (size_t k = 0; k < K; k++) {
+                int32_t e = idx[t * K + k];
+                if (e < (int32_t)e0 || e >= (int32_t)(e0 + n))
+                    continue;
+                k_mlp(x.data() + t * D, D, 1, &g[e - e0].h, &u[e - e0].h, &d[e - e0].h,
+                      ref.data() + t * D, D, 1, &w[t * K + k]);
+            }
+        kc_moe_w *mw;
+        CK(kc_moe_prepare(&mw, n, gd.data(), ud.data(), dd.data()));
+        float *dx = up(x), *dy = up(y0), *dw = up(w);
+        int32_t *di = up(idx);
+        CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D));
+        auto got = down(dy, T * D);
+        char name[96];
+        snprintf(name, sizeof name, "moe grouped experts T=%zu (8 of 16 experts local)", T);
+        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
+        kc_moe_free(mw);
+    }
+    auto g = randv(5000), u = randv(5000);
+    std::vector<float> ref(5000);
+    k_silu_mul(g.data(), u.data(), ref.data(), 5000);
+    float *dg = up(g), *du = up(u), *dh = poisoned<float>(5000);
+    CK(kc_silu_mul(dg, du, dh, 5000, 0));
+    auto got = down(dh, 5000);
+    report("silu_mul", rel_err(got.data(), ref.data(), 5000), 1e-6);
+}
+
+static void test_router(void)
+{
+    k_router_cfg c = {256, 8, 4, 8, 1, 2.5f};
+    size_t T = 33, E = 256;
+    auto logits = randv(T * E, 2.0f);
+    std::vector<float> bias(E);
+    for (auto &b : bias)
+        b = 2.0f + (rnd() % 1000) / 10000.0f;
+    std::vector<int32_t> idx(T * 8);
+    std::vector<float> w(T * 8);
+    k_router(&c, logits.data(), bias.data(), T, idx.data(), w.data());
+    float *dl = up(logits), *db = up(bias), *dw = poisoned<float>(T * 8);
+    int32_t *di = poisoned<int32_t>(T * 8);
+    CK(kc_router(&c, dl, db, T, di, dw, 0));
+    auto gi = down(di, T * 8);
+    auto gw = down(dw, T * 8);
+    size_t bad = 0;
+    for (size_t i = 0; i < T * 8; i++)
+        bad += gi[i] != idx[i];
+    if (bad) {
+        printf("FAIL router: %zu of %zu selected experts differ\n", bad, T * 8);
+        g_fail++;
+    } else {
+        report("router sigmoid/bias/group top-k (256 experts, 8 groups)",
+               rel_err(gw.data(), w.data(), w.size()), 1e-6);
+    }
+}
+
+static void test_attn(void)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        size_t T = 5, S = pass ? 2500 : 37, pos0 = S - T, H = 4, dqk = 192, dv = 128;
+        auto q = randv(T * H * dqk), k = randv(S * H * dqk), v = randv(S * H * dv);
+        std::vector<float> ref(T * H * dv);
+        float scale = 0.1352338f;
+        k_attn_naive(q.data(), H * dqk, k.data(), H * dqk, v.data(), H * dv, ref.data(), H * dv, T,
+                     S, H, dqk, dv, pos0, scale);
+        float *dq = up(q), *dk = up(k), *dvv = up(v), *dout = poisoned<float>(T * H * dv);
+        CK(kc_attn_naive(dq, H * dqk, dk, H * dqk, dvv, H * dv, dout, H * dv, T, S, H, dqk, dv,
+                         pos0, scale, 0));
+        auto got = down(dout, ref.size());
+        char name[64];
+        snprintf(name, sizeof name, "attention naive causal S=%zu", S);
+        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
+    }
+    /* absorbed MLA over the latent cache with an FP8 kv_b */
+    size_t T = 3, S = 1200, pos0 = S - T, H = 4, dn = 128, dv = 128, R = 512, P = 64;
+    W wkv = make_w(K_W_FP8, H * (dn + dv), R);
+    size_t ldq = H * 192;
+    auto q = randv(T * ldq), c = randv(S * R), kpe = randv(S * P);
+    std::vector<float> ql(T * H * R), ol(T * H * R), o(T * H * dv);
+    k_mla_absorb_q(q.data(), ldq, 192, T, H, dn, dv, &wkv.h, ql.data());
+    k_mla_attn(ql.data(), q.data() + dn, ldq, 192, c.data(), R, kpe.data(), P, ol.data(), T, S, H,
+               R, P, pos0, 0.1352338f);
+    k_mla_absorb_v(ol.data(), T, H, dn, dv, &wkv.h, o.data(), H * dv);
+    float *dq = up(q), *dc = up(c), *dk = up(kpe);
+    float *dql = poisoned<float>(ql.size()), *dol = poisoned<float>(ol.size()),
+          *dout = poisoned<float>(o.size());
+    CK(kc_mla_absorb_q(dq, ldq, 192, T, H, dn, dv, &wkv.d, dql, 0));
+    auto gql = down(dql, ql.size());
+    report("mla absorb_q (fp8 kv_b)", rel_err(gql.data(), ql.data(), ql.size()), 2e-5);
+    float *dql_ref = up(ql);
+    CK(kc_mla_attn(dql_ref, dq + dn, ldq, 192, dc, R, dk, P, dol, T, S, H, R, P, pos0, 0.1352338f,
+                   0));
+    auto gol = down(dol, ol.size());
+    report("mla absorbed attention S=1200", rel_err(gol.data(), ol.data(), ol.size()), 2e-5);
+    float *dol_ref = up(ol);
+    CK(kc_mla_absorb_v(dol_ref, T, H, dn, dv, &wkv.d, dout, H * dv, 0));
+    auto go = down(dout, o.size());
+    report("mla absorb_v (fp8 kv_b)", rel_err(go.data(), o.data(), o.size()), 2e-5);
+}
+
+int main(void)
+{
+    int dev = 0;
+    cudaDeviceProp p;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+        printf("FAIL no CUDA device\n");
+        return 1;
+    }
+    printf("INFO device %s, %d SMs, %.0f GiB\n", p.name, p.multiProcessorCount,
+           p.totalGlobalMem / 1073741824.0);
+    kc_ctx *ctx;
+    int rc = kc_ctx_create(&ctx, 0);
+    if (rc) {
+        printf("FAIL kc_ctx_create: %s\n", kc_strerror(rc));
+        return 1;
+    }
+    test_rmsnorm();
+    test_rope();
+    test_embed();
+    test_act_quant_and_fp8(ctx);
+    test_gemm(ctx);
+    test_moe(ctx);
+    test_router();
+    test_attn();
+    kc_ctx_free(ctx);
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
