@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "ident.h"
 #include "mf.h"
+#include "rank_select.h"
 #include "vf.h"
 
 static const char usage_text[] =
@@ -106,106 +106,6 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total, const char *fi
     }
     if (file)
         cli_progress_set_item(o->prog, file);
-}
-
-typedef struct rank_list {
-    uint32_t *v;
-    size_t n, cap;
-} rank_list;
-
-static int push_rank(rank_list *l, uint64_t r)
-{
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 16;
-        uint32_t *nv = realloc(l->v, nc * sizeof *nv);
-        if (!nv)
-            return -1;
-        l->v = nv;
-        l->cap = nc;
-    }
-    l->v[l->n++] = (uint32_t)r;
-    return 0;
-}
-
-/* "3", "0,3,8-15" */
-static int parse_ranks(const char *s, rank_list *l)
-{
-    char *copy = strdup(s), *save = NULL;
-    if (!copy)
-        return CLI_ENOMEM;
-    int rc = CLI_OK;
-    for (char *tok = strtok_r(copy, ",", &save); tok && rc == CLI_OK; tok = strtok_r(NULL, ",", &save)) {
-        char *dash = strchr(tok, '-');
-        uint64_t a, b;
-        if (dash) {
-            *dash = 0;
-            if ((rc = cli_parse_u64(tok, 0, 1u << 20, &a)) || (rc = cli_parse_u64(dash + 1, 0, 1u << 20, &b)))
-                break;
-            if (b < a) {
-                rc = CLI_EINVAL;
-                break;
-            }
-        } else {
-            if ((rc = cli_parse_u64(tok, 0, 1u << 20, &a)))
-                break;
-            b = a;
-        }
-        for (uint64_t r = a; r <= b; r++)
-            if (push_rank(l, r)) {
-                rc = CLI_ENOMEM;
-                break;
-            }
-    }
-    if (rc == CLI_OK && l->n == 0)
-        rc = CLI_EINVAL;
-    free(copy);
-    return rc;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* --rank auto: the runtime's identity rules, with one addition for init containers:
- * a Kubernetes pod without LOCAL_RANK checks every rank of the pod. */
-static int resolve_auto(const mf_manifest *m, int gpn_flag, rank_list *l, char *desc, size_t cap,
-                        dsr1_err *err)
-{
-    rt_ident_flags f;
-    rt_ident_flags_init(&f);
-    f.gpus_per_node = gpn_flag;
-    if (f.gpus_per_node < 0 && !getenv("DSR1_GPUS_PER_NODE"))
-        f.gpus_per_node = (int)m->plan.gpus_per_node;
-    int whole_pod = !getenv("RANK") && !getenv("LOCAL_RANK");
-    if (whole_pod)
-        f.local_rank = 0;
-    rt_ident id;
-    int rc = rt_ident_resolve(&id, &f, NULL, NULL, (int)m->plan.world_size, err);
-    if (rc != 0)
-        return rc;
-    if (id.source == RT_IDENT_SINGLE && m->plan.world_size > 1)
-        return dsr1_err_set(err, DSR1_E_USAGE, 0, 0,
-                            "--rank auto: no identity found (RANK, LWS_WORKER_INDEX or a StatefulSet "
-                            "hostname \"name-N\")");
-    if ((uint32_t)id.world_size != m->plan.world_size)
-        return dsr1_err_set(err, DSR1_E_MISMATCH, 0, 0,
-                            "--rank auto: %s gives world size %d, the manifest's plan has %" PRIu32,
-                            rt_ident_source_name(id.source), id.world_size, m->plan.world_size);
-    if (whole_pod && (id.source == RT_IDENT_LWS || id.source == RT_IDENT_STATEFULSET)) {
-        int gpn = id.gpus_per_node > 0 ? id.gpus_per_node : 1;
-        for (int k = 0; k < gpn; k++)
-            if ((uint32_t)(id.rank + k) < m->plan.world_size && push_rank(l, (uint64_t)id.rank + k))
-                return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
-        snprintf(desc, cap, "%s pod %d: ranks %d-%d", rt_ident_source_name(id.source), id.rank / gpn,
-                 id.rank, id.rank + gpn - 1);
-        return 0;
-    }
-    if (push_rank(l, (uint64_t)id.rank))
-        return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
-    snprintf(desc, cap, "%s: rank %d", rt_ident_source_name(id.source), id.rank);
-    return 0;
 }
 
 static int kv_expect(const char *k, const char *v, void *ud)
@@ -301,31 +201,28 @@ int main(int argc, char **argv)
             return rc == DSR1_E_IO && err.sys_errno != ENOENT ? 3 : 1;
         }
         if (node >= 0) {
-            for (size_t i = 0; i < m->n_ranks; i++)
-                if (m->ranks[i].node == (uint32_t)node && push_rank(&rl, m->ranks[i].rank))
-                    return 3;
-            if (rl.n == 0) {
-                if (!oc.status)
-                    fprintf(stderr, "dsr1-verify: node %" PRId64 " holds no rank (the plan has %" PRIu32
-                                    " nodes)\n", node, m->plan.nodes);
-                mf_free(m);
-                return 2;
-            }
-            snprintf(sel_desc, sizeof sel_desc, "node %" PRId64, node);
-        } else if (strcmp(rank_arg, "auto") == 0) {
-            rc = resolve_auto(m, (int)gpn, &rl, sel_desc, sizeof sel_desc, &err);
+            rc = rank_of_node(m, (uint32_t)node, &rl, &err);
             if (rc != 0) {
                 if (!oc.status)
                     fprintf(stderr, "dsr1-verify: %s\n", err.msg);
                 mf_free(m);
                 return dsr1_err_exit_code(&err);
             }
-        } else if ((rc = parse_ranks(rank_arg, &rl))) {
+            snprintf(sel_desc, sizeof sel_desc, "node %" PRId64, node);
+        } else if (strcmp(rank_arg, "auto") == 0) {
+            rc = rank_auto(m, (int)gpn, &rl, sel_desc, sizeof sel_desc, &err);
+            if (rc != 0) {
+                if (!oc.status)
+                    fprintf(stderr, "dsr1-verify: %s\n", err.msg);
+                mf_free(m);
+                return dsr1_err_exit_code(&err);
+            }
+        } else if ((rc = rank_parse_list(rank_arg, &rl))) {
             mf_free(m);
             return usage("--rank: %s (a rank, a list such as 0,3,8-15, or auto)", cli_strerror(rc));
         }
         mf_free(m);
-        qsort(rl.v, rl.n, sizeof *rl.v, cmp_u32);
+        rank_normalize(&rl);
         o.ranks = rl.v;
         o.n_ranks = rl.n;
     }
