@@ -160,8 +160,9 @@ int main(int argc, char **argv)
         char nt[32], nb[32], hb[CLI_BYTES_LEN];
         commas(plan.n, nt, sizeof nt);
         commas(plan.total_bytes, nb, sizeof nb);
-        printf("%s: preset %s, %u layers%s, %s tensors, %s bytes (%s) in %u file%s%s\n", out, preset,
-               plan.cfg.num_hidden_layers, plan.mtp ? " + MTP" : "", nt, nb,
+        printf("%s: preset %s, %u layer%s%s, %s tensors, %s bytes (%s) in %u file%s%s\n", out, preset,
+               plan.cfg.num_hidden_layers, plan.cfg.num_hidden_layers == 1 ? "" : "s",
+               plan.mtp ? " + MTP" : "", nt, nb,
                cli_format_bytes(plan.total_bytes, 1, hb, sizeof hb), plan.n_files,
                plan.n_files == 1 ? "" : "s", meta ? " (metadata only, no weights)" : "");
     }
