@@ -143,7 +143,13 @@ static int load_layer(const ctx *x, rt_layer *L, int index, dsr1_err *err)
         if ((rc = get_w(x, P("mlp.gate.weight"), E, H, &L->router, err)) ||
             (rc = get_vec(x, P("mlp.gate.e_score_correction_bias"), E, &L->bias, err)))
             return rc;
-        size_t Is = (size_t)cfg->moe_intermediate_size * cfg->n_shared_experts / tp;
+        size_t Is = (size_t)cfg->moe_intermediate_size * cfg->n_shared_experts;
+        /* the planner keeps the shared expert whole when its tp slices would cut FP8
+         * blocks (formats/plan.c); the manifest's slice says which */
+        const mf_tensor *sg = mf_find_tensor(x->e, P("mlp.shared_experts.gate_proj.weight"));
+        L->sh_whole = tp > 1 && sg && sg->source.dim < 0;
+        if (!L->sh_whole)
+            Is /= tp;
         if (cfg->n_shared_experts &&
             ((rc = get_w(x, P("mlp.shared_experts.gate_proj.weight"), Is, H, &L->sh_gate, err)) ||
              (rc = get_w(x, P("mlp.shared_experts.up_proj.weight"), Is, H, &L->sh_up, err)) ||
@@ -515,7 +521,8 @@ static int ffn(rt_model *m, rt_layer *L, const float *x, size_t T, float *out, d
             for (size_t d = 0; d < H; d++)
                 out[rows[i] * H + d] += yg[i * H + d] * wg[i];
     }
-    if (m->cfg.n_shared_experts && k_mlp(x, H, T, &L->sh_gate, &L->sh_up, &L->sh_down, out, H, 1, NULL))
+    if (m->cfg.n_shared_experts && !L->sh_whole &&
+        k_mlp(x, H, T, &L->sh_gate, &L->sh_up, &L->sh_down, out, H, 1, NULL))
         rc = oom(err, "moe");
 out:
     sc_free(&s);
@@ -543,6 +550,11 @@ static int layer_forward(rt_model *m, rt_comm *c, rt_layer *L, rt_kv *kv, size_t
     k_rmsnorm(h, H, L->post_norm, xn, H, T, H, eps);
     if ((rc = ffn(m, L, xn, T, a, err)) || (rc = tp_allreduce(m, c, a, T * H, err)))
         goto out;
+    if (L->sh_whole && m->cfg.n_shared_experts &&
+        k_mlp(xn, H, T, &L->sh_gate, &L->sh_up, &L->sh_down, a, H, 1, NULL)) {
+        rc = oom(err, "moe");
+        goto out;
+    }
     for (size_t i = 0; i < T * H; i++)
         h[i] += a[i];
 out:

@@ -46,7 +46,10 @@ typedef struct rt_layer {
     uint32_t n_experts;                    /* local experts */
     int32_t *expert_id;                    /* ascending global ids */
     k_weight *e_gate, *e_up, *e_down;
-    k_weight sh_gate, sh_up, sh_down;      /* shared expert (tp-split) */
+    k_weight sh_gate, sh_up, sh_down;      /* shared expert */
+    int sh_whole;                          /* tp > 1 but the shard holds the whole shared
+                                              expert (its rows do not split on FP8 blocks):
+                                              added after the all-reduce, not before */
     /* MTP layer extras */
     float *enorm, *hnorm, *head_norm;
     k_weight eh_proj, mtp_embed, mtp_head;
