@@ -226,8 +226,15 @@ typedef struct run {
     dsr1_err io_err;
 } run;
 
+static int cmp_reason(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static void emit(run *r, const char *file, reasons *rs, uint64_t bytes)
 {
+    /* Parallel checks find problems in any order; sorted output is reproducible. */
+    qsort(rs->r, rs->n, sizeof *rs->r, cmp_reason);
     if (rs->more)
         add_reason(rs, "%zu more problems not listed", rs->more);
     vf_item it = {file, rs->n == 0, bytes, rs->n, (const char *const *)rs->r};
@@ -524,6 +531,8 @@ static int source_check(run *r, const mf_manifest *m, ld_shard **open, const siz
             }
             checked++;
             if (v > 0) {
+#pragma omp atomic
+                r->sum->source_tensors_differ++;
 #pragma omp critical(vf_src)
                 add_reason(&shard_rs[refs[i].shard], "tensor %s bytes [%" PRIu64 ", %" PRIu64 "): %s",
                            t->name, t->offset, t->offset + t->bytes, msg);

@@ -75,7 +75,9 @@ typedef struct vf_summary {
     size_t shards_checked;       /* shard files fully checked (structure [+ hashes]) */
     size_t tensors_hashed;
     uint64_t bytes_hashed;
-    size_t source_tensors_checked, source_tensors_unchecked;
+    size_t source_tensors_checked;   /* value-compared with the checkpoint */
+    size_t source_tensors_differ;    /* of those, not equal */
+    size_t source_tensors_unchecked; /* transforms the value check does not cover */
     double seconds;
     char ranks_desc[128];        /* "all", "rank 3", "ranks 8-15" */
 } vf_summary;

@@ -85,9 +85,13 @@ static void on_item(void *ctx, const vf_item *it)
     if (it->ok) {
         printf("%s: OK\n", it->file);
     } else {
+        /* One line per file: the first reasons, the rest counted (--json has all). */
+        size_t show = it->n_reasons < 3 ? it->n_reasons : 3;
         printf("%s: FAILED (", it->file);
-        for (size_t i = 0; i < it->n_reasons; i++)
+        for (size_t i = 0; i < show; i++)
             printf("%s%s", i ? "; " : "", it->reasons[i]);
+        if (it->n_reasons > show)
+            printf("; and %zu more", it->n_reasons - show);
         printf(")\n");
     }
     fflush(stdout);
@@ -240,7 +244,7 @@ int main(int argc, char **argv)
     double gbs = sum.seconds > 0 ? (double)sum.bytes_hashed / sum.seconds / 1e9 : 0;
     const char *mode = o.quick ? "quick" : "full";
     if (oc.json) {
-        json_t *j = json_pack("{s:s, s:b, s:i, s:s, s:s, s:o, s:{s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:I}}",
+        json_t *j = json_pack("{s:s, s:b, s:i, s:s, s:s, s:o, s:{s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I}}",
                               "dir", dir, "ok", code == 0, "exit", code, "mode", mode, "checked",
                               sel_desc[0] ? sel_desc : sum.ranks_desc, "files", oc.files, "summary",
                               "files_ok", (json_int_t)sum.files_ok, "files_failed",
@@ -249,6 +253,7 @@ int main(int argc, char **argv)
                               (json_int_t)sum.tensors_hashed, "bytes_hashed",
                               (json_int_t)sum.bytes_hashed, "seconds", sum.seconds, "gb_per_s", gbs,
                               "source_tensors_checked", (json_int_t)sum.source_tensors_checked,
+                              "source_tensors_differ", (json_int_t)sum.source_tensors_differ,
                               "source_tensors_unchecked", (json_int_t)sum.source_tensors_unchecked);
         if (code != 0)
             json_object_set_new(j, "error", json_string(err.msg));
@@ -260,15 +265,15 @@ int main(int argc, char **argv)
     } else if (!oc.status) {
         if (rc == DSR1_E_IO || rc == DSR1_E_NOMEM || rc == DSR1_E_USAGE || rc == DSR1_E_INTERNAL)
             fprintf(stderr, "dsr1-verify: %s\n", err.msg);
-        printf("dsr1-verify: %s: %zu of %zu files OK (%s check, %s), %zu shards, %s hashed in %.2f s (%.2f "
+        printf("dsr1-verify: %s: %zu of %zu files OK (%s check, %s), shards: %zu, %s hashed in %.2f s (%.2f "
                "GB/s)%s\n",
                code == 0 ? "OK" : "FAILED", sum.files_ok, sum.files_ok + sum.files_failed, mode,
                sel_desc[0] ? sel_desc : sum.ranks_desc, sum.shards_checked, gb, sum.seconds, gbs,
                code == 1 && sum.files_failed == 0 ? ": nothing verified" : "");
         if (o.source)
-            printf("dsr1-verify: source: %zu tensors equal to the checkpoint, %zu with transforms not "
-                   "value-checked\n",
-                   sum.source_tensors_checked, sum.source_tensors_unchecked);
+            printf("dsr1-verify: source: %zu tensors compared with the checkpoint, %zu differ, %zu with "
+                   "transforms not value-checked\n",
+                   sum.source_tensors_checked, sum.source_tensors_differ, sum.source_tensors_unchecked);
     }
     free(rl.v);
     return code;
