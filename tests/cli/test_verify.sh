@@ -31,7 +31,7 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0x04]))' "$1" "$2"
 }
 resign_manifest() { # after editing manifest.json on purpose: make XXH128SUMS agree again
-  local h; h=$(xxh128sum "$T/c/manifest.json" | cut -d' ' -f1)
+  local h; h=$(xxh128sum "$T/c/manifest.json" 2>/dev/null | cut -d' ' -f1)
   sed -i "s/^[0-9a-f]*  manifest.json\$/$h  manifest.json/" "$T/c/XXH128SUMS"
 }
 
@@ -45,8 +45,7 @@ expect_exit "clean --source (rebuild check)" 0 "$V" --source "$T/ck" --no-progre
 expect_out "clean --source: coverage per stage" "^\(source\) pp stage 1: OK"
 expect_out "clean --source: values compared" "source: [1-9][0-9]* tensors compared with the checkpoint, 0 differ"
 expect_exit "clean --expect-plan" 0 "$V" --expect-plan tp=2,pp=2,dp=2,world_size=8,dtype=fp8 --no-progress "$T/sh"
-"$V" --no-progress "$T/sh" | xxh128sum >/dev/null
-( cd "$T/sh" && xxh128sum -c --quiet XXH128SUMS ) && pass "stock xxh128sum -c agrees" || fail "xxh128sum -c"
+( cd "$T/sh" && xxh128sum -c --quiet XXH128SUMS 2>/dev/null ) && pass "stock xxh128sum -c agrees" || fail "xxh128sum -c"
 
 # a flipped bit, named by tensor and byte range
 fresh
