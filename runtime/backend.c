@@ -24,6 +24,7 @@ void rt_generate_result_free(rt_generate_result *r)
         return;
     free(r->tokens);
     free(r->logits);
+    free(r->mtp_logits);
     memset(r, 0, sizeof *r);
 }
 

@@ -50,6 +50,10 @@ typedef struct rt_generate_args {
     int max_new_tokens;           /* >= 1 */
     rt_sampling sampling;
     int keep_logits;              /* fill result.logits: prompt rows + (N - 1) decode rows */
+    int keep_mtp_logits;          /* fill result.mtp_logits (shards made with --mtp): row i =
+                                     the MTP module's draft logits for position i + 2, from
+                                     the hidden state at i and the token at i + 1; same rows
+                                     as logits */
     int verify_full;              /* hash every tensor at load (LD_HASH) */
     rt_attn_mode attn;
     int no_cache;                 /* recompute the whole sequence for every new token */
@@ -66,6 +70,7 @@ typedef struct rt_generate_result {
     int32_t *tokens;              /* n_tokens generated ids */
     size_t n_tokens;
     float *logits;                /* rows x vocab, when keep_logits */
+    float *mtp_logits;            /* rows x vocab, when keep_mtp_logits */
     size_t rows, vocab;
 } rt_generate_result;
 

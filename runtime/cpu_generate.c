@@ -52,18 +52,23 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
     dsr1_err *err = &j->err;
     size_t V = mdl->vocab, n0 = a->n_prompt, N = (size_t)a->max_new_tokens, cap = n0 + N;
     int out_rank = mdl->has_head && mdl->tp_rank == 0;
+    int mtp = a->keep_mtp_logits && mdl->has_head;
     int rc = 0;
     float *logits = mdl->has_head ? malloc(cap * V * sizeof(float)) : NULL;
+    float *hid = mtp ? malloc(cap * mdl->hidden * sizeof(float)) : NULL;
+    float *mlog = mtp ? malloc(cap * V * sizeof(float)) : NULL;
     int32_t *seq = malloc(cap * sizeof(int32_t));
     rt_generate_result *res = j->res;
-    size_t rows = 0;
+    size_t rows = 0, mrows = 0;
     if (out_rank) {
         res->tokens = malloc(N * sizeof(int32_t));
         if (a->keep_logits)
             res->logits = malloc((n0 + N - 1) * V * sizeof(float));
+        if (mtp)
+            res->mtp_logits = malloc((n0 + N - 1) * V * sizeof(float));
     }
-    if ((mdl->has_head && !logits) || !seq ||
-        (out_rank && (!res->tokens || (a->keep_logits && !res->logits)))) {
+    if ((mdl->has_head && !logits) || !seq || (mtp && (!hid || !mlog)) ||
+        (out_rank && (!res->tokens || (a->keep_logits && !res->logits) || (mtp && !res->mtp_logits)))) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory for %zu tokens of logits", cap);
         goto out;
     }
@@ -75,7 +80,7 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
         size_t T = 1, pos0 = len - 1;
         if (step == 0 || a->no_cache)
             T = len, pos0 = 0;
-        if ((rc = rt_model_forward(mdl, c, kv, seq + pos0, T, pos0, a->attn, logits, NULL, err)))
+        if ((rc = rt_model_forward(mdl, c, kv, seq + pos0, T, pos0, a->attn, logits, mtp ? hid : NULL, err)))
             goto out;
         int32_t tok = 0;
         if (out_rank) {
@@ -94,6 +99,17 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
         }
         if (mdl->has_head && mdl->tp > 1 && (rc = rt_comm_broadcast(c, RT_GROUP_TP, &tok, sizeof tok, 0, err)))
             goto out;
+        if (mtp) {
+            /* draft of position pos0 + t + 2 from hidden t and the token at pos0 + t + 1 */
+            seq[len] = tok;
+            if ((rc = rt_model_mtp_forward(mdl, c, kv, hid, seq + pos0 + 1, T, pos0, a->attn, mlog, err)))
+                goto out;
+            if (out_rank) {
+                size_t from = step == 0 ? 0 : T - 1;
+                memcpy(res->mtp_logits + (mrows * V), mlog + from * V, (T - from) * V * sizeof(float));
+                mrows += T - from;
+            }
+        }
         if (mdl->pp > 1 && (rc = rt_comm_broadcast(c, RT_GROUP_PP, &tok, sizeof tok, mdl->pp - 1, err)))
             goto out;
         seq[len++] = tok;
@@ -106,6 +122,8 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
     }
 out:
     free(logits);
+    free(hid);
+    free(mlog);
     free(seq);
     return rc;
 }
@@ -119,7 +137,10 @@ static void *rank_main(void *p)
     dsr1_err *err = &j->err;
     int rc = rt_model_load(&mdl, j->m, j->dir, (uint32_t)j->comm->rank, j->a->verify_full ? LD_HASH : 0, err);
     if (rc == 0)
-        rc = rt_kv_init(&kv, mdl, j->a->n_prompt + (size_t)j->a->max_new_tokens, 0, err);
+        rc = rt_kv_init(&kv, mdl, j->a->n_prompt + (size_t)j->a->max_new_tokens, j->a->keep_mtp_logits, err);
+    if (rc == 0 && j->a->keep_mtp_logits && mdl->has_head && !mdl->mtp)
+        rc = dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                          "MTP logits requested, but the shards hold no MTP layer (dsr1-shard --mtp)");
     if (rc != 0)
         fail(j);
     /* nobody computes until every rank holds a verified shard */

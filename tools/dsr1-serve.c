@@ -15,7 +15,7 @@
 static const char usage_text[] =
     "usage: dsr1-serve generate --manifest DIR/manifest.json --prompt-ids ID,ID,...\n"
     "                  [--backend cpu|cuda] [--max-new-tokens N] [--logits-out FILE.npy]\n"
-    "                  [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+    "                  [--mtp-logits-out FILE.npy] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
     "                  [--verify header|full] [--attn auto|absorb|naive] [--no-cache]\n"
     "                  [--threads N] [--rank R --world-size W --local-rank L\n"
     "                   --gpus-per-node G --master-addr HOST --master-port PORT --timeout S]\n";
@@ -32,6 +32,9 @@ static void help(void)
           "  --max-new-tokens N   tokens to generate (default 16)\n"
           "  --logits-out FILE    write float32 .npy [rows, vocab]: every prompt position, then\n"
           "                       one row per decode step (N - 1 rows for N new tokens)\n"
+          "  --mtp-logits-out FILE  shards made with --mtp: the MTP module's draft logits, same\n"
+          "                       rows; row i drafts position i + 2 from the hidden state at i\n"
+          "                       and the token at i + 1\n"
           "  --temperature T      0 (default) = greedy; R1 recommends 0.6 with --top-p 0.95\n"
           "  --top-p P            nucleus mass in (0, 1] (default 1 = off)\n"
           "  --top-k K            keep the K most likely tokens (default 0 = off)\n"
@@ -112,7 +115,7 @@ static int cmd_generate(int argc, char **argv)
 {
     enum { O_MANIFEST = 256, O_PROMPT, O_BACKEND, O_MAXNEW, O_LOGITS, O_TEMP, O_TOPP, O_TOPK, O_SEED,
            O_VERIFY, O_ATTN, O_NOCACHE, O_THREADS, O_RANK, O_WORLD, O_LOCAL, O_GPN, O_ADDR, O_PORT,
-           O_TIMEOUT };
+           O_TIMEOUT, O_MTP };
     static const struct option opts[] = {
         {"manifest", required_argument, 0, O_MANIFEST}, {"prompt-ids", required_argument, 0, O_PROMPT},
         {"backend", required_argument, 0, O_BACKEND},   {"max-new-tokens", required_argument, 0, O_MAXNEW},
@@ -124,11 +127,12 @@ static int cmd_generate(int argc, char **argv)
         {"world-size", required_argument, 0, O_WORLD},  {"local-rank", required_argument, 0, O_LOCAL},
         {"gpus-per-node", required_argument, 0, O_GPN}, {"master-addr", required_argument, 0, O_ADDR},
         {"master-port", required_argument, 0, O_PORT},  {"timeout", required_argument, 0, O_TIMEOUT},
+        {"mtp-logits-out", required_argument, 0, O_MTP},
         {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
     rt_generate_args a;
     rt_generate_args_init(&a);
     a.max_new_tokens = 16;
-    const char *backend = "cpu", *logits_out = NULL;
+    const char *backend = "cpu", *logits_out = NULL, *mtp_out = NULL;
     int32_t *ids = NULL;
     int c;
     uint64_t u;
@@ -154,6 +158,7 @@ static int cmd_generate(int argc, char **argv)
             a.max_new_tokens = (int)u;
             break;
         case O_LOGITS: logits_out = optarg; break;
+        case O_MTP: mtp_out = optarg; break;
         case O_TEMP:
             if (parse_float(optarg, 0, 100, &d))
                 return usage("--temperature: a number in [0, 100], got \"%s\"", optarg);
@@ -222,6 +227,7 @@ static int cmd_generate(int argc, char **argv)
         return usage("%s", "--prompt-ids is required");
     a.prompt = ids;
     a.keep_logits = logits_out != NULL;
+    a.keep_mtp_logits = mtp_out != NULL;
     rt_generate_result res;
     memset(&res, 0, sizeof res);
     dsr1_err err;
@@ -243,6 +249,10 @@ static int cmd_generate(int argc, char **argv)
             code = 3;
         }
         if (logits_out && rt_npy_write_f32(logits_out, res.logits, res.rows, res.vocab, &err) != 0) {
+            fprintf(stderr, "dsr1-serve: %s\n", err.msg);
+            code = 3;
+        }
+        if (mtp_out && rt_npy_write_f32(mtp_out, res.mtp_logits, res.rows, res.vocab, &err) != 0) {
             fprintf(stderr, "dsr1-serve: %s\n", err.msg);
             code = 3;
         }
