@@ -228,18 +228,18 @@ static size_t representatives(const ck_tensor_desc *t, size_t n, size_t *rep, si
 static int geom_check(const geom *g, const size_t *rep, size_t nrep, dsr1_err *err)
 {
     const ck_config *c = g->cfg;
-    if (g->tp % g->ep)
-        return dsr1_err_set(err, DSR1_E_USAGE, PLAN_ERR_DIVIDE, 0,
-                            "ep=%u does not divide tp=%u (each EP group is tp/ep ranks)", g->ep, g->tp);
-    if (c->n_routed_experts % g->ep)
-        return dsr1_err_set(err, DSR1_E_USAGE, PLAN_ERR_DIVIDE, 0,
-                            "ep=%u does not divide the %u routed experts", g->ep, c->n_routed_experts);
     if (c->num_attention_heads % g->tp)
         return dsr1_err_set(err, DSR1_E_USAGE, PLAN_ERR_DIVIDE, 0,
                             "tp=%u does not divide num_attention_heads=%u", g->tp, c->num_attention_heads);
     if (c->vocab_size % g->tp)
         return dsr1_err_set(err, DSR1_E_USAGE, PLAN_ERR_DIVIDE, 0,
                             "tp=%u does not divide vocab_size=%u", g->tp, c->vocab_size);
+    if (g->tp % g->ep)
+        return dsr1_err_set(err, DSR1_E_USAGE, PLAN_ERR_DIVIDE, 0,
+                            "ep=%u does not divide tp=%u (each EP group is tp/ep ranks)", g->ep, g->tp);
+    if (c->n_routed_experts % g->ep)
+        return dsr1_err_set(err, DSR1_E_USAGE, PLAN_ERR_DIVIDE, 0,
+                            "ep=%u does not divide the %u routed experts", g->ep, c->n_routed_experts);
     for (size_t k = 0; k < nrep; k++) {
         const ck_tensor_desc *w = &g->t[rep[k]];
         int dim;

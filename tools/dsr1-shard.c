@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ck.h"
 #include "cli.h"
@@ -255,6 +256,10 @@ static void print_plan_text(const args *a, const plan *p, const plan_suggestion 
            "%s in all %u GPUs, KV cache for at least %" PRIu64 " tokens per rank\n",
            p->n_shards, gb(p->total_unique_bytes, b1), gb(maxw, b2), gb(p->total_unique_bytes * p->req.dp, b3),
            p->world, minkv);
+    if (plan_shared_replicated(p))
+        printf("note: the shared expert (%u rows) cannot split %u ways on 128-blocks; every tp rank holds it "
+               "whole and adds its output after the all-reduce\n",
+               c->moe_intermediate_size * c->n_shared_experts, p->req.tp);
     if (p->fits) {
         printf("fits: yes\n");
         return;
@@ -397,8 +402,18 @@ static int cmd_plan(const args *a)
     return rc;
 }
 
-/* progress and temp-file hooks */
-static void on_progress(void *ctx, uint64_t b) { cli_progress_add(ctx, b); }
+/* progress and temp-file hooks. DSR1_SHARD_TEST_STALL_BATCHES=N (tests only) stops the
+ * run after N batches, mid-write with temp files open, so tests can kill it there. */
+static uint64_t stall_at, batches_seen;
+static void on_progress(void *ctx, uint64_t b)
+{
+    cli_progress_add(ctx, b);
+    if (stall_at && ++batches_seen >= stall_at) {
+        fprintf(stderr, "dsr1-shard: test stall after %" PRIu64 " batches\n", batches_seen);
+        for (;;)
+            pause();
+    }
+}
 static void on_item(void *ctx, const char *n) { cli_progress_set_item(ctx, n); }
 static void on_total(void *ctx, uint64_t t) { cli_progress_set_total(ctx, t); }
 static void on_temp(void *ctx, const char *path, int active)
@@ -472,6 +487,9 @@ int main(int argc, char **argv)
     parse_args(argc, argv, &a);
     if (strcmp(a.cmd, "plan") == 0)
         return cmd_plan(&a);
+    const char *stall = getenv("DSR1_SHARD_TEST_STALL_BATCHES");
+    if (stall && cli_parse_u64(stall, 1, UINT64_MAX, &stall_at))
+        usage_err("DSR1_SHARD_TEST_STALL_BATCHES=%s: expected a positive integer", stall);
     cli_signals_install();
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit must surface as EFBIG, exit 3 */
     return cmd_run(&a);
