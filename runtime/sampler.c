@@ -49,9 +49,9 @@ int32_t rt_sample(rt_sampler *s, const float *logits, size_t vocab)
     size_t n = vocab;
     if (s->p.top_k > 0 && (size_t)s->p.top_k < n)
         n = (size_t)s->p.top_k;
-    double sum = 0;
+    double sum = 0, zmax = c[0].z;
     for (size_t i = 0; i < n; i++)
-        sum += c[i].z = exp(c[i].z - c[0].z);
+        sum += c[i].z = exp(c[i].z - zmax);
     if (s->p.top_p > 0 && s->p.top_p < 1) {
         double acc = 0;
         size_t keep = n;
