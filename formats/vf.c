@@ -144,32 +144,31 @@ int vf_sums_check(const mf_manifest *m, hx128 manifest_digest, char *const *file
     return bad;
 }
 
-static int cmp_size(const void *a, const void *b)
-{
-    size_t x = *(const size_t *)a, y = *(const size_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 long vf_shards_of_ranks(const mf_manifest *m, const uint32_t *ranks, size_t n, size_t *out,
                         dsr1_err *err)
 {
-    size_t k = 0;
+    unsigned char *mark = calloc(m->n_shards ? m->n_shards : 1, 1);
+    if (!mark) {
+        dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         const mf_shard *s = mf_shard_of_rank(m, ranks[i]);
         if (!s) {
+            free(mark);
             dsr1_err_set(err, DSR1_E_USAGE, 0, 0,
                          "rank %" PRIu32 " is not in this deployment (world size %" PRIu32 ")",
                          ranks[i], m->plan.world_size);
             return -1;
         }
-        out[k++] = (size_t)(s - m->shards);
+        mark[s - m->shards] = 1;
     }
-    qsort(out, k, sizeof *out, cmp_size);
-    size_t u = 0;
-    for (size_t i = 0; i < k; i++)
-        if (u == 0 || out[u - 1] != out[i])
-            out[u++] = out[i];
-    return (long)u;
+    size_t k = 0;
+    for (size_t i = 0; i < m->n_shards; i++)
+        if (mark[i])
+            out[k++] = i;
+    free(mark);
+    return (long)k;
 }
 
 /* ---- per-item reasons ---- */
