@@ -129,7 +129,11 @@ fi
 mkfifo "$T/fifo"
 "$P" extract "$T/fifo" "$T/k" -q >/dev/null 2>&1 &
 xp=$!
-{ head -c 4500000 "$T/a1/all.tar"; sleep 60; } >"$T/fifo" &
+# one process writes part of the archive and then stalls, holding the FIFO open
+"$PY" -c '
+import sys, time
+sys.stdout.buffer.write(open(sys.argv[1], "rb").read(4500000)); sys.stdout.flush(); time.sleep(60)' \
+  "$T/a1/all.tar" >"$T/fifo" &
 wp=$!
 for _ in $(seq 200); do ls "$T/k"/.dsr1-partial.model-* >/dev/null 2>&1 && break; sleep 0.05; done
 kill -9 $xp; wait $xp 2>/dev/null
