@@ -62,10 +62,11 @@ void kc_ctx_set_gemv_max_m(kc_ctx *c, int m);
 /* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
             size_t ldy, int accumulate, int force);
-/* FP8 x FP8 blockwise on already quantized activations through cuBLASLt (the prefill
- * path without the quantization step, for benchmarks). -1 when cuBLASLt cannot. */
-int kc_gemm_fp8_lt(kc_ctx *c, const uint8_t *a, const float *as, size_t M, const uint8_t *q,
-                   const float *ws, size_t N, size_t K, float *y, size_t ldy);
+/* The two halves of kc_gemm's cuBLASLt FP8 path, for benchmarks: quantize x [M, K]
+ * into the context's scratch, then run only the block-scaled matmul on it (y = ...).
+ * -1 when no cuBLASLt arrangement verified. */
+int kc_gemm_fp8_prep(kc_ctx *c, const float *x, size_t ldx, size_t M, size_t K);
+int kc_gemm_fp8_prepped(kc_ctx *c, size_t M, const k_weight *w, float *y, size_t ldy);
 /* cuBLASLt BF16 GEMM y[M,N] = a[M,K] b[N,K]^T with bf16 inputs, fp32 output (peaks). */
 int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, size_t N,
                     size_t K, float *y);

@@ -48,7 +48,8 @@ struct kc_ctx {
     int fp8_mode;       /* KC_LT_*, -1 = not checked yet */
     int act_scale_bm;   /* activation scales block-major ([nb][M]) */
     int w_scale_tr;     /* weight scales transposed ([kb][nb]) */
-    char fp8_why[256];
+    int lt_partial_n;   /* the verified arrangement also handles N % 128 != 0 */
+    char fp8_why[512];
     /* grow-only scratch */
     void *buf[KC_SCRATCH_N];
     size_t cap[KC_SCRATCH_N];
@@ -493,13 +494,26 @@ static int lt_fp8_from_f32(kc_ctx *c, const float *x, size_t ldx, size_t M, cons
                   (const uint8_t *)w->data, w->scale, w->rows, K, y, ldy, accumulate);
 }
 
-int kc_gemm_fp8_lt(kc_ctx *c, const uint8_t *a, const float *as, size_t M, const uint8_t *q,
-                   const float *ws, size_t N, size_t K, float *y, size_t ldy)
+int kc_gemm_fp8_prep(kc_ctx *c, const float *x, size_t ldx, size_t M, size_t K)
 {
     if (kc_ctx_fp8_lt_mode(c, NULL) == KC_LT_NONE)
         return -1;
-    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, a, as, M, q, ws, N, K, y, ldy,
-                  0);
+    size_t nb = (K + 127) / 128;
+    uint8_t *a = (uint8_t *)kc_ctx_scratch(c, SCR_A8, M * K);
+    float *as = (float *)kc_ctx_scratch(c, SCR_AS, M * nb * sizeof(float));
+    if (!a || !as)
+        return -1;
+    return c->act_scale_bm ? kc_act_quant_strided(x, ldx, M, K, a, K, as, 1, M, c->st)
+                           : kc_act_quant_strided(x, ldx, M, K, a, K, as, nb, 1, c->st);
+}
+
+int kc_gemm_fp8_prepped(kc_ctx *c, size_t M, const k_weight *w, float *y, size_t ldy)
+{
+    if (kc_ctx_fp8_lt_mode(c, NULL) == KC_LT_NONE || w->type != K_W_FP8)
+        return -1;
+    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, (const uint8_t *)c->buf[SCR_A8],
+                  (const float *)c->buf[SCR_AS], M, (const uint8_t *)w->data, w->scale, w->rows,
+                  w->cols, y, ldy, 0);
 }
 
 int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, size_t N,
@@ -620,17 +634,33 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
                     }
                 }
     }
+    if (ok && c->fp8_mode != KC_LT_NONE) {
+        /* rows that end mid-block (kv_a_proj's 576): N = 320 = 2.5 blocks */
+        const size_t Np = 320;
+        kc_gemm_fp8_simple(a, as, M, q, ws, Np, K, ref, Np, c->st);
+        cudaMemsetAsync(out, 0xff, M * Np * 4, c->st);
+        int rc = lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, a,
+                        c->act_scale_bm ? asT : as, M, q, ws, Np, K, out, Np, 0);
+        float e = -1.0f;
+        if (rc == 0) {
+            rel_err_kernel<<<1, 256, 0, c->st>>>(out, ref, M * Np, err);
+            cudaMemcpyAsync(&e, err, 4, cudaMemcpyDeviceToHost, c->st);
+            cudaStreamSynchronize(c->st);
+        }
+        c->lt_partial_n = rc == 0 && e >= 0 && e < 1e-3f;
+    }
     cudaStreamSynchronize(c->st);
     cudaGetLastError();
     cudaFree(a), cudaFree(q), cudaFree(as), cudaFree(asT), cudaFree(ws), cudaFree(ref);
     cudaFree(out), cudaFree(err);
     if (c->fp8_mode != KC_LT_NONE)
         snprintf(c->fp8_why, sizeof c->fp8_why, "cuBLASLt %s, activation scales %s, weight "
-                 "scales %s (tried:%s)",
+                 "scales %s, partial row blocks %s (tried:%s)",
                  c->fp8_mode == KC_LT_WBLK_AVEC ? "A=weights(BLK128x128) B=acts(VEC128)"
                                                 : "A=acts(VEC128) B=weights(BLK128x128)",
                  c->act_scale_bm ? "block-major" : "row-major",
-                 c->w_scale_tr ? "transposed" : "as stored", tried);
+                 c->w_scale_tr ? "transposed" : "as stored", c->lt_partial_n ? "ok" : "not used",
+                 tried);
     else
         snprintf(c->fp8_why, sizeof c->fp8_why, "no cuBLASLt FP8 arrangement matched the "
                  "reference (tried:%s); FP8 GEMMs use the CUDA-core kernel", tried);
@@ -647,8 +677,8 @@ int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, 
     if (M == 0 || w->rows == 0)
         return 0;
     int want_lt = force == 2 || (force == 0 && (int)M > c->gemv_max_m);
-    if (want_lt && w->type == K_W_FP8 && w->cols % 128 == 0 && w->rows % 128 == 0 && ldy % 4 == 0 &&
-        kc_ctx_fp8_lt_mode(c, NULL) != KC_LT_NONE) {
+    if (want_lt && w->type == K_W_FP8 && w->cols % 128 == 0 && w->rows % 16 == 0 && ldy % 4 == 0 &&
+        kc_ctx_fp8_lt_mode(c, NULL) != KC_LT_NONE && (w->rows % 128 == 0 || c->lt_partial_n)) {
         size_t Ml = force == 2 ? M : M & ~(size_t)15;
         if (Ml) {
             int rc = lt_fp8_from_f32(c, x, ldx, Ml, w, y, ldy, accumulate);

@@ -37,13 +37,43 @@ $(BUILD)/obj/tests/gpu/%.cu.o: tests/gpu/%.cu $(CUDA_HDRS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
-GPU_BINS := $(BUILD)/bin/test-kernels-gpu
-gpu-build: $(GPU_BINS)
+# The CUDA backend of dsr1-serve: its strong rt_cuda_generate is linked before
+# libdsr1rt.a, so the weak stub in runtime/backend_nocuda.c is not pulled in.
+CUDA_RT_OBJ := $(BUILD)/obj/runtime/cuda/cuda_generate.cu.o $(BUILD)/obj/runtime/cuda/cuda_model.cu.o \
+               $(BUILD)/obj/runtime/comm_nccl.cu.o $(BUILD)/obj/runtime/upload.cu.o $(KCU_OBJ)
+ifneq ($(wildcard tools/dsr1-serve.c),)
+$(BUILD)/bin/dsr1-serve: tools/dsr1-serve.c $(CUDA_RT_OBJ) $(LIBRT) $(LIBFMT)
+	@mkdir -p $(dir $@) $(BUILD)/obj/tools
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $(BUILD)/obj/tools/dsr1-serve.o
+	$(CXX) $(LDFLAGS) -o $@ $(BUILD)/obj/tools/dsr1-serve.o $(CUDA_RT_OBJ) $(LIBRT) $(LIBFMT) \
+	  $(CUDA_LIBS) $(LIBS)
+endif
 
-.PHONY: test-gpu gpu-build
+# GPU benchmarks
+$(BUILD)/bin/bench-load-gpu: $(BUILD)/obj/tests/gpu/bench_load.cu.o $(CUDA_RT_OBJ) $(LIBRT) $(LIBFMT)
+	@mkdir -p $(dir $@)
+	$(CXX) -fopenmp -pthread -Wl,--as-needed -o $@ $(filter %.o,$^) $(LIBRT) $(LIBFMT) \
+	  $(CUDA_LIBS) -ljansson -lxxhash -lcrypto -lm
+$(BUILD)/bin/bench-decode-gpu: $(BUILD)/obj/tests/gpu/bench_decode.cu.o $(CUDA_RT_OBJ) $(LIBRT) $(LIBFMT)
+	@mkdir -p $(dir $@)
+	$(CXX) -fopenmp -pthread -Wl,--as-needed -o $@ $(filter %.o,$^) $(LIBRT) $(LIBFMT) \
+	  $(CUDA_LIBS) -ljansson -lxxhash -lcrypto -lm
+$(BUILD)/obj/tests/gpu/%.cu.o: NVFLAGS += -Iruntime/cuda
+
+GPU_BINS := $(BUILD)/bin/test-kernels-gpu $(BUILD)/bin/bench-load-gpu $(BUILD)/bin/bench-decode-gpu
+gpu-build: $(GPU_BINS) $(BUILD)/bin/dsr1-serve
+
+NGPU ?= 2
+.PHONY: test-gpu gpu-build test-nccl bench-load bench-decode
 test-gpu: $(GPU_BINS)
 	@NCCL_NVLS_ENABLE=0 $(BUILD)/bin/test-kernels-gpu
+test-nccl: all $(GPU_BINS)
+	@BIN=$(BUILD)/bin NCCL_NVLS_ENABLE=0 tests/gpu/test_nccl.sh $(NGPU)
+bench-load: all $(GPU_BINS)
+	@BIN=$(BUILD)/bin scripts/bench_load.sh
+bench-decode: all $(GPU_BINS)
+	@BIN=$(BUILD)/bin scripts/bench_decode.sh
 else
-test-gpu gpu-build:
+test-gpu gpu-build test-nccl bench-load bench-decode:
 	@echo "nvcc not found: the CUDA targets need the CUDA toolkit (nvcc, cuBLASLt, NCCL)"; exit 2
 endif

@@ -1,0 +1,280 @@
+/* rt_comm over NCCL (see comm_nccl.h). */
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+extern "C" {
+#include "comm_nccl.h"
+}
+
+typedef struct nccl_impl {
+    ncclComm_t g[RT_GROUP_COUNT];
+    cudaStream_t st;
+    double timeout;
+    int aborted;
+    char reason[512];
+    float *scratch; /* barrier */
+} nccl_impl;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static nccl_impl *IM(rt_comm *c) { return (nccl_impl *)c->impl; }
+
+static void abort_all(nccl_impl *x, const char *reason)
+{
+    if (!x->aborted) {
+        x->aborted = 1;
+        snprintf(x->reason, sizeof x->reason, "%s", reason);
+    }
+    for (int i = 0; i < RT_GROUP_COUNT; i++)
+        if (x->g[i]) {
+            ncclCommAbort(x->g[i]);
+            x->g[i] = NULL;
+        }
+}
+
+static int aborted_err(nccl_impl *x, dsr1_err *err)
+{
+    return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_ABORTED, 0, "communication aborted: %s",
+                        x->reason);
+}
+
+/* Poll until the communicator has no operation in progress (non-blocking mode). */
+static int settle(nccl_impl *x, ncclComm_t comm, ncclResult_t r, const char *what, dsr1_err *err)
+{
+    double t0 = now_s();
+    while (r == ncclInProgress) {
+        if (now_s() - t0 > x->timeout) {
+            char why[256];
+            snprintf(why, sizeof why, "NCCL %s did not complete within %.0f s (a peer rank died, "
+                     "stalled or never joined)", what, x->timeout);
+            abort_all(x, why);
+            return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_TIMEOUT, 0, "%s", why);
+        }
+        sched_yield();
+        ncclCommGetAsyncError(comm, &r);
+    }
+    if (r != ncclSuccess) {
+        char why[256];
+        snprintf(why, sizeof why, "NCCL %s failed: %s (%s)", what, ncclGetErrorString(r),
+                 ncclGetLastError(comm));
+        abort_all(x, why);
+        return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "%s", why);
+    }
+    return 0;
+}
+
+static int wait_stream(nccl_impl *x, const char *what, dsr1_err *err)
+{
+    double t0 = now_s();
+    for (;;) {
+        cudaError_t q = cudaStreamQuery(x->st);
+        if (q == cudaSuccess)
+            return 0;
+        if (q != cudaErrorNotReady) {
+            char why[256];
+            snprintf(why, sizeof why, "CUDA error while waiting for %s: %s", what,
+                     cudaGetErrorString(q));
+            abort_all(x, why);
+            return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "%s", why);
+        }
+        for (int i = 0; i < RT_GROUP_COUNT; i++) {
+            ncclResult_t r = ncclSuccess;
+            if (x->g[i] && ncclCommGetAsyncError(x->g[i], &r) == ncclSuccess && r != ncclSuccess &&
+                r != ncclInProgress) {
+                char why[256];
+                snprintf(why, sizeof why, "NCCL error during %s: %s (%s)", what,
+                         ncclGetErrorString(r), ncclGetLastError(x->g[i]));
+                abort_all(x, why);
+                return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "%s", why);
+            }
+        }
+        if (now_s() - t0 > x->timeout) {
+            char why[256];
+            snprintf(why, sizeof why, "%s did not complete within %.0f s (a peer rank died or "
+                     "stalled)", what, x->timeout);
+            abort_all(x, why);
+            return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_TIMEOUT, 0, "%s", why);
+        }
+        sched_yield();
+    }
+}
+
+static int ck(rt_comm *c, rt_group g, dsr1_err *err)
+{
+    nccl_impl *x = IM(c);
+    if (x->aborted)
+        return aborted_err(x, err);
+    if (g < 0 || g >= RT_GROUP_COUNT || !x->g[g])
+        return dsr1_err_set(err, DSR1_E_INTERNAL, RT_COMM_ERR_ARG, 0, "bad group %d", (int)g);
+    return 0;
+}
+
+static int op_allreduce(rt_comm *c, rt_group g, float *buf, size_t n, dsr1_err *err)
+{
+    int rc = ck(c, g, err);
+    if (rc || n == 0)
+        return rc;
+    nccl_impl *x = IM(c);
+    return settle(x, x->g[g], ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, x->g[g], x->st),
+                  "all-reduce", err);
+}
+
+static int op_allgather(rt_comm *c, rt_group g, const void *send, size_t bytes, void *recv,
+                        dsr1_err *err)
+{
+    int rc = ck(c, g, err);
+    if (rc || bytes == 0)
+        return rc;
+    nccl_impl *x = IM(c);
+    return settle(x, x->g[g], ncclAllGather(send, recv, bytes, ncclUint8, x->g[g], x->st),
+                  "all-gather", err);
+}
+
+static int op_broadcast(rt_comm *c, rt_group g, void *buf, size_t bytes, int root, dsr1_err *err)
+{
+    int rc = ck(c, g, err);
+    if (rc || bytes == 0)
+        return rc;
+    nccl_impl *x = IM(c);
+    return settle(x, x->g[g], ncclBroadcast(buf, buf, bytes, ncclUint8, root, x->g[g], x->st),
+                  "broadcast", err);
+}
+
+static int op_send(rt_comm *c, const void *buf, size_t bytes, int peer, dsr1_err *err)
+{
+    int rc = ck(c, RT_GROUP_WORLD, err);
+    if (rc || bytes == 0)
+        return rc;
+    nccl_impl *x = IM(c);
+    ncclComm_t w = x->g[RT_GROUP_WORLD];
+    return settle(x, w, ncclSend(buf, bytes, ncclUint8, peer, w, x->st), "send", err);
+}
+
+static int op_recv(rt_comm *c, void *buf, size_t bytes, int peer, dsr1_err *err)
+{
+    int rc = ck(c, RT_GROUP_WORLD, err);
+    if (rc || bytes == 0)
+        return rc;
+    nccl_impl *x = IM(c);
+    ncclComm_t w = x->g[RT_GROUP_WORLD];
+    return settle(x, w, ncclRecv(buf, bytes, ncclUint8, peer, w, x->st), "recv", err);
+}
+
+static int op_barrier(rt_comm *c, rt_group g, dsr1_err *err)
+{
+    int rc = op_allreduce(c, g, IM(c)->scratch, 1, err);
+    return rc ? rc : wait_stream(IM(c), "barrier", err);
+}
+
+static void op_abort(rt_comm *c, const char *reason)
+{
+    abort_all(IM(c), reason ? reason : "aborted");
+}
+
+static void op_free(rt_comm *c)
+{
+    nccl_impl *x = IM(c);
+    if (x) {
+        cudaStreamSynchronize(x->st);
+        for (int i = RT_GROUP_COUNT - 1; i >= 0; i--)
+            if (x->g[i])
+                ncclCommDestroy(x->g[i]);
+        cudaFree(x->scratch);
+        free(x);
+    }
+    free(c);
+}
+
+static const rt_comm_ops nccl_ops = {"nccl",     op_allreduce, op_allgather, op_broadcast, op_send,
+                                     op_recv,    op_barrier,   op_abort,     op_free};
+
+int rt_comm_nccl_unique_id(uint8_t id[128], dsr1_err *err)
+{
+    ncclUniqueId u;
+    ncclResult_t r = ncclGetUniqueId(&u);
+    if (r != ncclSuccess)
+        return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "ncclGetUniqueId: %s",
+                            ncclGetErrorString(r));
+    memcpy(id, &u, 128);
+    return 0;
+}
+
+int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const uint8_t id[128],
+                        void *stream, double timeout_s, dsr1_err *err)
+{
+    *out = NULL;
+    setenv("NCCL_NVLS_ENABLE", "0", 0);
+    rt_comm *c = (rt_comm *)calloc(1, sizeof *c);
+    nccl_impl *x = (nccl_impl *)calloc(1, sizeof *x);
+    if (!c || !x) {
+        free(c);
+        free(x);
+        return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
+    }
+    c->ops = &nccl_ops;
+    c->impl = x;
+    x->st = (cudaStream_t)stream;
+    x->timeout = timeout_s > 0 ? timeout_s : 300;
+    if (rt_comm_layout(c, rank, tp, pp, dp) != 0) {
+        op_free(c);
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_COMM_ERR_ARG, 0,
+                            "rank %d outside tp %d x pp %d x dp %d", rank, tp, pp, dp);
+    }
+    if (cudaMalloc(&x->scratch, 64) != cudaSuccess) {
+        op_free(c);
+        return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "cudaMalloc failed");
+    }
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclUniqueId u;
+    memcpy(&u, id, 128);
+    int rc;
+    ncclResult_t r = ncclCommInitRankConfig(&x->g[RT_GROUP_WORLD], c->size, u, rank, &cfg);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        op_free(c);
+        return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "ncclCommInitRank: %s",
+                            ncclGetErrorString(r));
+    }
+    if ((rc = settle(x, x->g[RT_GROUP_WORLD], r, "communicator setup", err))) {
+        op_free(c);
+        return rc;
+    }
+    /* TP: same dp and pp; PP: same dp and tp (comm.h layout) */
+    int tp_color = c->dp_rank * pp + c->pp_rank, pp_color = c->dp_rank * tp + c->tp_rank;
+    ncclConfig_t cfg2 = NCCL_CONFIG_INITIALIZER;
+    cfg2.blocking = 0;
+    r = ncclCommSplit(x->g[RT_GROUP_WORLD], tp_color, c->tp_rank, &x->g[RT_GROUP_TP], &cfg2);
+    if ((rc = settle(x, x->g[RT_GROUP_WORLD], r, "TP communicator split", err)) ||
+        (rc = settle(x, x->g[RT_GROUP_TP], ncclInProgress, "TP communicator split", err))) {
+        op_free(c);
+        return rc;
+    }
+    ncclConfig_t cfg3 = NCCL_CONFIG_INITIALIZER;
+    cfg3.blocking = 0;
+    r = ncclCommSplit(x->g[RT_GROUP_WORLD], pp_color, c->pp_rank, &x->g[RT_GROUP_PP], &cfg3);
+    if ((rc = settle(x, x->g[RT_GROUP_WORLD], r, "PP communicator split", err)) ||
+        (rc = settle(x, x->g[RT_GROUP_PP], ncclInProgress, "PP communicator split", err))) {
+        op_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+int rt_comm_nccl_wait(rt_comm *c, dsr1_err *err)
+{
+    nccl_impl *x = IM(c);
+    if (x->aborted)
+        return aborted_err(x, err);
+    return wait_stream(x, "GPU work and collectives", err);
+}

@@ -1,0 +1,298 @@
+/* rt_cuda_generate: this process is one rank of the plan on one GPU (backend.h).
+ *
+ * Sequence: identity (runtime/ident.h, flags > torchrun env > Kubernetes) -> GPU =
+ * local rank -> TCP rendezvous with rank 0 (runtime/boot.h: manifest digest, plan and
+ * shard identity checked on every rank, NCCL unique id handed out) -> load + upload
+ * the shard (hashing overlapped with --verify full) -> fence "loaded" (a rank that
+ * failed to load stops every rank with its message) -> NCCL communicators -> prefill +
+ * decode exactly as the CPU backend does (runtime/cpu_generate.c): the output rank
+ * (last stage, tp rank 0) samples and the token goes to its TP group, then along the
+ * PP group -> fence "done".
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_model.h"
+
+extern "C" {
+#include "backend.h"
+#include "boot.h"
+#include "comm_nccl.h"
+#include "hx.h"
+#include "ident.h"
+#include "mf.h"
+#include "sampler.h"
+}
+
+static int cuda_fail(dsr1_err *err, cudaError_t e, const char *what)
+{
+    return dsr1_err_set(err, DSR1_E_IO, RT_ERR_MODEL, 0, "cuda: %s: %s", what,
+                        cudaGetErrorString(e));
+}
+
+static void shard_identity(const mf_manifest *m, uint32_t rank, char *out, size_t cap)
+{
+    const mf_shard *s = mf_shard_of_rank(m, rank);
+    char hex[HX_HEX_LEN + 1] = "";
+    if (s)
+        hx_hex(s->xxh3_128, hex);
+    snprintf(out, cap, "%s xxh3=%s pp=%u tp=%u", s ? s->file : "?", hex, s ? s->pp_stage : 0,
+             s ? s->tp_rank : 0);
+}
+
+typedef struct gen_state {
+    const rt_generate_args *a;
+    cm_model *cm;
+    rt_comm *comm;
+    cudaStream_t st;
+    int32_t *dtok;
+} gen_state;
+
+static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *err)
+{
+    const rt_generate_args *a = g->a;
+    rt_model *mdl = g->cm->h;
+    size_t V = mdl->vocab, n0 = a->n_prompt, N = (size_t)a->max_new_tokens, cap = n0 + N;
+    int rc = 0;
+    float *logits = mdl->has_head ? (float *)malloc(cap * V * sizeof(float)) : NULL;
+    int32_t *seq = (int32_t *)malloc(cap * sizeof(int32_t));
+    size_t rows = 0;
+    if (out_rank) {
+        res->tokens = (int32_t *)malloc(N * sizeof(int32_t));
+        if (a->keep_logits)
+            res->logits = (float *)malloc((n0 + N - 1) * V * sizeof(float));
+    }
+    if ((mdl->has_head && !logits) || !seq ||
+        (out_rank && (!res->tokens || (a->keep_logits && !res->logits)))) {
+        rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory for %zu tokens", cap);
+        goto out;
+    }
+    memcpy(seq, a->prompt, n0 * sizeof(int32_t));
+    {
+        size_t len = n0;
+        rt_sampler smp;
+        rt_sampler_init(&smp, &a->sampling);
+        for (size_t step = 0; step < N; step++) {
+            size_t T = 1, pos0 = len - 1;
+            if (step == 0 || a->no_cache)
+                T = len, pos0 = 0;
+            size_t row0 = (a->keep_logits && step == 0) ? 0 : T - 1;
+            if ((rc = cm_forward(g->cm, g->comm, seq + pos0, T, pos0, row0, logits, err)))
+                goto out;
+            int32_t tok = 0;
+            if (out_rank) {
+                size_t nrows = T - row0;
+                if (a->keep_logits) {
+                    memcpy(res->logits + rows * V, logits, nrows * V * sizeof(float));
+                    rows += nrows;
+                }
+                tok = rt_sample(&smp, logits + (nrows - 1) * V, V);
+                if (tok < 0) {
+                    rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
+                                      "out of memory while sampling");
+                    goto out;
+                }
+                res->tokens[step] = tok;
+            }
+            int bt = mdl->has_head && mdl->tp > 1, bp = mdl->pp > 1;
+            if (bt || bp) {
+                cudaError_t e = cudaMemcpyAsync(g->dtok, &tok, sizeof tok, cudaMemcpyHostToDevice,
+                                                g->st);
+                if (e != cudaSuccess) {
+                    rc = cuda_fail(err, e, "token");
+                    goto out;
+                }
+                if ((bt && (rc = rt_comm_broadcast(g->comm, RT_GROUP_TP, g->dtok, sizeof tok, 0,
+                                                   err))) ||
+                    (bp && (rc = rt_comm_broadcast(g->comm, RT_GROUP_PP, g->dtok, sizeof tok,
+                                                   mdl->pp - 1, err))) ||
+                    (rc = rt_comm_nccl_wait(g->comm, err)))
+                    goto out;
+                e = cudaMemcpy(&tok, g->dtok, sizeof tok, cudaMemcpyDeviceToHost);
+                if (e != cudaSuccess) {
+                    rc = cuda_fail(err, e, "token");
+                    goto out;
+                }
+            }
+            seq[len++] = tok;
+        }
+    }
+    if (out_rank) {
+        res->n_tokens = N;
+        res->rows = rows;
+        res->vocab = V;
+        res->have_output = 1;
+    }
+out:
+    free(logits);
+    free(seq);
+    return rc;
+}
+
+extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *res,
+                                dsr1_err *err)
+{
+    memset(res, 0, sizeof *res);
+    if (!a->prompt || a->n_prompt == 0)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "empty prompt");
+    if (a->max_new_tokens < 1)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "max_new_tokens must be >= 1");
+    if (a->keep_mtp_logits)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                            "the CUDA backend does not run the MTP module yet (--backend cpu)");
+    if (a->attn == RT_ATTN_NAIVE)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                            "the CUDA backend runs absorbed attention only (--attn auto|absorb)");
+    mf_manifest *m = NULL;
+    int rc = mf_load(&m, a->manifest_path, err);
+    if (rc)
+        return rc;
+    char *dir = strdup(a->manifest_path);
+    rt_boot *boot = NULL;
+    cm_model *cm = NULL;
+    rt_comm *comm = NULL;
+    cudaStream_t st = NULL;
+    int32_t *dtok = NULL;
+    char **expect = NULL;
+    double timeout = a->timeout_s > 0 ? a->timeout_s : 600;
+    if (!dir) {
+        mf_free(m);
+        return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = 0;
+    else
+        strcpy(dir, ".");
+
+    rt_ident id;
+    {
+        rt_ident_flags fl;
+        rt_ident_flags_init(&fl);
+        fl.rank = a->rank, fl.world_size = a->world_size, fl.local_rank = a->local_rank;
+        fl.gpus_per_node = a->gpus_per_node, fl.master_port = a->master_port;
+        fl.master_addr = a->master_addr;
+        if ((rc = rt_ident_resolve(&id, &fl, NULL, NULL, (int)m->plan.world_size, err)))
+            goto out;
+    }
+    if ((uint32_t)id.world_size != m->plan.world_size) {
+        rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_ARG, 0,
+                          "this process says world size %d (%s), the manifest's plan has %u ranks",
+                          id.world_size, rt_ident_source_name(id.source), m->plan.world_size);
+        goto out;
+    }
+    {
+        int ndev = 0;
+        cudaError_t e = cudaGetDeviceCount(&ndev);
+        if (e != cudaSuccess || ndev == 0) {
+            rc = dsr1_err_set(err, DSR1_E_IO, RT_ERR_NO_CUDA, 0, "rank %d: no CUDA device (%s)",
+                              id.rank, cudaGetErrorString(e));
+            goto out;
+        }
+        if (id.local_rank >= ndev) {
+            rc = dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                              "rank %d: local rank %d but this node shows %d GPU(s)", id.rank,
+                              id.local_rank, ndev);
+            goto out;
+        }
+        if ((e = cudaSetDevice(id.local_rank)) != cudaSuccess ||
+            (e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)) != cudaSuccess ||
+            (e = cudaMalloc((void **)&dtok, 64)) != cudaSuccess) {
+            rc = cuda_fail(err, e, "device setup");
+            goto out;
+        }
+    }
+    {
+        rt_boot_self self;
+        memset(&self, 0, sizeof self);
+        self.rank = id.rank;
+        self.world_size = id.world_size;
+        hx128 d;
+        if ((rc = hx_file(a->manifest_path, &d, err)))
+            goto out;
+        for (int i = 0; i < 8; i++) {
+            self.digest[i] = (uint8_t)(d.hi >> (56 - 8 * i));
+            self.digest[8 + i] = (uint8_t)(d.lo >> (56 - 8 * i));
+        }
+        snprintf(self.plan, sizeof self.plan, "tp=%u ep=%u pp=%u dp=%u world=%u dtype=%s mtp=%d",
+                 m->plan.tp, m->plan.ep, m->plan.pp, m->plan.dp, m->plan.world_size,
+                 m->plan.dtype, m->plan.mtp);
+        shard_identity(m, (uint32_t)id.rank, self.shard, sizeof self.shard);
+        uint8_t uid[RT_BOOT_ID_BYTES] = {0};
+        rt_boot_opts bo;
+        memset(&bo, 0, sizeof bo);
+        bo.addr = id.master_addr;
+        bo.port = id.master_port;
+        bo.timeout_ms = (int)(timeout * 1000);
+        bo.linger_ms = -1;
+        if (id.rank == 0) {
+            if (id.world_size > 1 && (rc = rt_comm_nccl_unique_id(uid, err)))
+                goto out;
+            expect = (char **)calloc((size_t)id.world_size, sizeof *expect);
+            for (int r = 0; expect && r < id.world_size; r++)
+                if ((expect[r] = (char *)malloc(RT_BOOT_STR_MAX)))
+                    shard_identity(m, (uint32_t)r, expect[r], RT_BOOT_STR_MAX);
+            bo.unique_id = uid;
+            bo.expect_shard = (const char *const *)expect;
+        }
+        if ((rc = rt_boot_join(&boot, &self, &bo, uid, err)))
+            goto out;
+        rt_upload_opts uo;
+        rt_upload_opts_init(&uo);
+        const char *meth = getenv("DSR1_UPLOAD");
+        if (meth && strcmp(meth, "register") == 0)
+            uo.method = RT_UP_REGISTER;
+        rc = cm_load(&cm, m, dir, id.rank, a->n_prompt + (size_t)a->max_new_tokens, &uo,
+                     a->verify_full, st, err);
+        dsr1_err ferr;
+        dsr1_err_clear(&ferr);
+        int frc = rt_boot_fence(boot, "loaded", rc == 0, rc ? err->msg : NULL,
+                                (int)(timeout * 1000), &ferr);
+        if (rc)
+            goto out; /* our own error is the root cause */
+        if (frc) {
+            rc = frc;
+            *err = ferr;
+            goto out;
+        }
+        if (id.world_size > 1 &&
+            (rc = rt_comm_nccl_create(&comm, id.rank, (int)m->plan.tp, (int)m->plan.pp,
+                                      (int)m->plan.dp, uid, st, timeout, err)))
+            goto out;
+    }
+    {
+        gen_state g = {a, cm, comm, st, dtok};
+        rt_model *mdl = cm->h;
+        int out_rank = mdl->has_head && mdl->tp_rank == 0 &&
+                       (comm ? comm->dp_rank == 0 : 1);
+        rc = run(&g, res, out_rank, err);
+        if (rc && comm)
+            rt_comm_abort(comm, err->msg);
+        dsr1_err ferr;
+        dsr1_err_clear(&ferr);
+        int frc = rt_boot_fence(boot, "done", rc == 0, rc ? err->msg : NULL,
+                                (int)(timeout * 1000), &ferr);
+        if (!rc && frc) {
+            rc = frc;
+            *err = ferr;
+        }
+    }
+out:
+    if (rc)
+        rt_generate_result_free(res);
+    rt_comm_free(comm);
+    cm_free(cm);
+    rt_boot_close(boot);
+    if (expect) {
+        for (int r = 0; r < id.world_size; r++)
+            free(expect[r]);
+        free(expect);
+    }
+    cudaFree(dtok);
+    if (st)
+        cudaStreamDestroy(st);
+    free(dir);
+    mf_free(m);
+    return rc;
+}

@@ -1,0 +1,515 @@
+/* cm: the DeepSeek-V3 forward pass of one rank on a GPU (see cuda_model.h). */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_model.h"
+#include "cuda_util.cuh"
+
+extern "C" {
+#include "comm_nccl.h"
+#include "ld.h"
+#include "st.h"
+}
+
+static int cu_err(dsr1_err *err, int status, const char *what)
+{
+    return dsr1_err_set(err, DSR1_E_IO, RT_ERR_MODEL, 0, "cuda: %s: %s", what,
+                        kc_strerror(status));
+}
+
+#define CUK(call, what)                                   \
+    do {                                                  \
+        int _s = (int)(call);                             \
+        if (_s)                                           \
+            return cu_err(err, _s, what);                 \
+    } while (0)
+
+/* ---- device mirror of the host views ---- */
+
+static int dev_w(cm_model *m, const k_weight *hw, k_weight *dw, const char *what, dsr1_err *err)
+{
+    *dw = *hw;
+    if (!hw->data)
+        return 0;
+    const char *p = (const char *)hw->data, *s = (const char *)hw->scale;
+    if (p < m->base || p >= m->base + m->arena_bytes || (s && (s < m->base || s >= m->base + m->arena_bytes)))
+        return dsr1_err_set(err, DSR1_E_INTERNAL, RT_ERR_MODEL, 0,
+                            "cuda: weight %s does not point into the shard mapping", what);
+    dw->data = m->arena + (p - m->base);
+    dw->scale = s ? (const float *)(m->arena + (s - m->base)) : NULL;
+    return 0;
+}
+
+static int dev_vec(const float *h, size_t n, float **out, dsr1_err *err)
+{
+    *out = NULL;
+    if (!h)
+        return 0;
+    cudaError_t e = cudaMalloc((void **)out, n * sizeof(float));
+    if (e == cudaSuccess)
+        e = cudaMemcpy(*out, h, n * sizeof(float), cudaMemcpyHostToDevice);
+    return e == cudaSuccess ? 0 : cu_err(err, (int)e, "norm vector");
+}
+
+typedef struct hash_job {
+    const ld_shard *s;
+    int bad, rc;
+    dsr1_err err;
+    char first[512];
+} hash_job;
+
+static void hash_bad(void *ctx, const mf_tensor *t, const char *msg)
+{
+    hash_job *j = (hash_job *)ctx;
+    if (!j->first[0])
+        snprintf(j->first, sizeof j->first, "tensor %s: %s", t->name, msg);
+}
+
+static void *hash_main(void *p)
+{
+    hash_job *j = (hash_job *)p;
+    dsr1_err_clear(&j->err);
+    j->rc = ld_hash_check(j->s, hash_bad, j, &j->err);
+    return NULL;
+}
+
+int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, size_t cap,
+            const rt_upload_opts *up, int verify_full, cudaStream_t st, dsr1_err *err)
+{
+    *out = NULL;
+    cm_model *m = (cm_model *)calloc(1, sizeof *m);
+    if (!m)
+        return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+    m->st = st;
+    int rc = rt_model_load(&m->h, mf, dir, (uint32_t)rank, 0, err);
+    if (rc) {
+        free(m);
+        return rc;
+    }
+    const st_file *f = ld_file((const ld_shard *)m->h->shard);
+    m->base = (const char *)st_base(f);
+    m->arena_bytes = st_file_size(f);
+    cudaError_t e = cudaMalloc((void **)&m->arena, m->arena_bytes);
+    if (e != cudaSuccess) {
+        rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
+                          "cuda: cannot allocate %.2f GiB for the shard of rank %d: %s",
+                          m->arena_bytes / 1073741824.0, rank, cudaGetErrorString(e));
+        goto fail;
+    }
+    {
+        /* full hashing reads the same pages as the upload, on other cores */
+        hash_job hj;
+        memset(&hj, 0, sizeof hj);
+        hj.s = (const ld_shard *)m->h->shard;
+        pthread_t th;
+        int hashing = verify_full && pthread_create(&th, NULL, hash_main, &hj) == 0;
+        if (verify_full && !hashing) {
+            rc = dsr1_err_set(err, DSR1_E_IO, RT_ERR_MODEL, 0, "cannot start the hash thread");
+            goto fail;
+        }
+        rt_upload_opts uo;
+        if (up)
+            uo = *up;
+        else
+            rt_upload_opts_init(&uo);
+        uo.stream = st;
+        rt_upload_stats us;
+        rc = rt_upload(m->arena, m->base, m->arena_bytes, &uo, &us, err);
+        m->upload_s = us.seconds;
+        if (hashing) {
+            pthread_join(th, NULL);
+            if (!rc && hj.rc < 0)
+                rc = hj.rc, *err = hj.err;
+            else if (!rc && hj.rc > 0)
+                rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                                  "%s: %d tensor(s) differ from the manifest; first: %s",
+                                  ld_path((const ld_shard *)m->h->shard), hj.rc, hj.first);
+        }
+        if (rc)
+            goto fail;
+    }
+    {
+        rt_model *h = m->h;
+        size_t H = h->hidden;
+        if (h->has_embed && (rc = dev_w(m, &h->embed, &m->embed, "embed", err)))
+            goto fail;
+        if (h->has_head && ((rc = dev_w(m, &h->lm_head, &m->lm_head, "lm_head", err)) ||
+                            (rc = dev_vec(h->final_norm, H, &m->final_norm, err))))
+            goto fail;
+        m->n_layers = h->n_layers;
+        m->L = (cm_layer *)calloc(m->n_layers ? m->n_layers : 1, sizeof *m->L);
+        if (!m->L) {
+            rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < m->n_layers; i++) {
+            const rt_layer *hl = &h->layers[i];
+            cm_layer *L = &m->L[i];
+            L->h = hl;
+            if ((rc = dev_w(m, &hl->q_a, &L->q_a, "q_a", err)) ||
+                (rc = dev_w(m, &hl->q_b, &L->q_b, "q_b", err)) ||
+                (rc = dev_w(m, &hl->kv_a, &L->kv_a, "kv_a", err)) ||
+                (rc = dev_w(m, &hl->kv_b, &L->kv_b, "kv_b", err)) ||
+                (rc = dev_w(m, &hl->o, &L->o, "o_proj", err)) ||
+                (rc = dev_vec(hl->in_norm, H, &L->in_norm, err)) ||
+                (rc = dev_vec(hl->post_norm, H, &L->post_norm, err)) ||
+                (rc = dev_vec(hl->q_a_norm, h->q_lora, &L->q_a_norm, err)) ||
+                (rc = dev_vec(hl->kv_a_norm, h->kv_lora, &L->kv_a_norm, err)))
+                goto fail;
+            if (!hl->moe) {
+                if ((rc = dev_w(m, &hl->gate, &L->gate, "gate", err)) ||
+                    (rc = dev_w(m, &hl->up, &L->up, "up", err)) ||
+                    (rc = dev_w(m, &hl->down, &L->down, "down", err)))
+                    goto fail;
+                continue;
+            }
+            if ((rc = dev_w(m, &hl->router, &L->router, "router", err)) ||
+                (rc = dev_vec(hl->bias, h->rcfg.n_experts, &L->bias, err)))
+                goto fail;
+            if (h->cfg.n_shared_experts &&
+                ((rc = dev_w(m, &hl->sh_gate, &L->sh_gate, "shared gate", err)) ||
+                 (rc = dev_w(m, &hl->sh_up, &L->sh_up, "shared up", err)) ||
+                 (rc = dev_w(m, &hl->sh_down, &L->sh_down, "shared down", err))))
+                goto fail;
+            size_t n = hl->n_experts;
+            if (n) {
+                for (size_t j = 1; j < n; j++)
+                    if (hl->expert_id[j] != hl->expert_id[0] + (int32_t)j) {
+                        rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                                          "layer %d: local experts are not a contiguous id range; "
+                                          "the CUDA backend needs one",
+                                          hl->index);
+                        goto fail;
+                    }
+                L->e0 = (size_t)hl->expert_id[0];
+                k_weight *g = (k_weight *)calloc(3 * n, sizeof *g), *u = g + n, *d = g + 2 * n;
+                if (!g) {
+                    rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+                    goto fail;
+                }
+                for (size_t j = 0; j < n && !rc; j++)
+                    rc = dev_w(m, &hl->e_gate[j], &g[j], "expert gate", err) ||
+                         dev_w(m, &hl->e_up[j], &u[j], "expert up", err) ||
+                         dev_w(m, &hl->e_down[j], &d[j], "expert down", err);
+                int krc = rc ? 0 : kc_moe_prepare(&L->moe, n, g, u, d);
+                free(g);
+                if (rc)
+                    goto fail;
+                if (krc) {
+                    rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                                      "layer %d: experts have mixed shapes/types or rows not a "
+                                      "multiple of 16 bytes (%s)",
+                                      hl->index, kc_strerror(krc));
+                    goto fail;
+                }
+            }
+        }
+    }
+    if ((rc = kc_ctx_create(&m->kc, st))) {
+        rc = cu_err(err, rc, "cuBLASLt context");
+        goto fail;
+    }
+    m->cap = cap;
+    m->c = (float **)calloc(m->n_layers + 1, sizeof(float *));
+    m->kpe = (float **)calloc(m->n_layers + 1, sizeof(float *));
+    if (!m->c || !m->kpe) {
+        rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < m->n_layers; i++)
+        if (cudaMalloc((void **)&m->c[i], cap * m->h->kv_lora * sizeof(float)) != cudaSuccess ||
+            cudaMalloc((void **)&m->kpe[i], cap * m->h->dr * sizeof(float)) != cudaSuccess) {
+            rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
+                              "cuda: no room for a KV cache of %zu tokens", cap);
+            goto fail;
+        }
+    {
+        int32_t *ph = (int32_t *)malloc((cap ? cap : 1) * sizeof(int32_t));
+        if (!ph || cudaMalloc((void **)&m->pos, (cap ? cap : 1) * sizeof(int32_t)) != cudaSuccess) {
+            free(ph);
+            rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < cap; i++)
+            ph[i] = (int32_t)i;
+        cudaMemcpy(m->pos, ph, cap * sizeof(int32_t), cudaMemcpyHostToDevice);
+        free(ph);
+    }
+    *out = m;
+    return 0;
+fail:
+    cm_free(m);
+    return rc;
+}
+
+void cm_free(cm_model *m)
+{
+    if (!m)
+        return;
+    if (m->st)
+        cudaStreamSynchronize(m->st);
+    for (size_t i = 0; m->L && i < m->n_layers; i++) {
+        cm_layer *L = &m->L[i];
+        cudaFree(L->in_norm), cudaFree(L->post_norm), cudaFree(L->q_a_norm);
+        cudaFree(L->kv_a_norm), cudaFree(L->bias);
+        kc_moe_free(L->moe);
+    }
+    free(m->L);
+    for (size_t i = 0; i < m->n_layers; i++) {
+        if (m->c)
+            cudaFree(m->c[i]);
+        if (m->kpe)
+            cudaFree(m->kpe[i]);
+    }
+    free(m->c);
+    free(m->kpe);
+    cudaFree(m->pos);
+    cudaFree(m->pool);
+    cudaFree(m->final_norm);
+    cudaFree(m->arena);
+    kc_ctx_free(m->kc);
+    rt_model_free(m->h);
+    free(m);
+}
+
+/* ---- scratch ---- */
+
+void cm_scratch_reset(cm_model *m) { m->pool_used = 0; }
+
+void *cm_scratch(cm_model *m, size_t n)
+{
+    n = (n + 255) & ~(size_t)255;
+    if (m->pool_used + n > m->pool_cap)
+        return NULL;
+    void *p = m->pool + m->pool_used;
+    m->pool_used += n;
+    return p;
+}
+
+int cm_reserve(cm_model *m, size_t T, dsr1_err *err)
+{
+    rt_model *h = m->h;
+    size_t H = h->hidden, Hl = h->heads, R = h->kv_lora, P = h->dr, dq = h->dn + h->dr;
+    size_t E = h->rcfg.n_experts ? h->rcfg.n_experts : 1, K = h->rcfg.top_k ? h->rcfg.top_k : 1;
+    size_t I = 0;
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const rt_layer *L = h->layers + i;
+        I = L->gate.rows > I ? L->gate.rows : I;
+        I = L->sh_gate.rows > I ? L->sh_gate.rows : I;
+    }
+    size_t Vl = h->has_head ? h->lm_head.rows : 0, tp = (size_t)h->tp;
+    size_t per = 4 * (4 * H + h->q_lora + Hl * dq + (R + P) + 2 * Hl * R + Hl * h->dv + E + 2 * K +
+                      3 * I + Vl * (1 + tp) + 1);
+    size_t need = T * per + 64 * 256 + 4096;
+    if (need <= m->pool_cap)
+        return 0;
+    cudaStreamSynchronize(m->st);
+    cudaFree(m->pool);
+    m->pool = NULL;
+    m->pool_cap = 0;
+    cudaError_t e = cudaMalloc((void **)&m->pool, need);
+    if (e != cudaSuccess)
+        return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
+                            "cuda: no room for %zu bytes of activations (%zu tokens)", need, T);
+    m->pool_cap = need;
+    return 0;
+}
+
+__global__ void add_kernel(float *h, const float *a, size_t n)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < n)
+        h[i] += a[i];
+}
+
+static int add(cm_model *m, float *h, const float *a, size_t n)
+{
+    if (!n)
+        return 0;
+    add_kernel<<<kc_blocks(n, 256), 256, 0, m->st>>>(h, a, n);
+    return (int)cudaGetLastError();
+}
+
+static int tp_allreduce(cm_model *m, rt_comm *c, float *buf, size_t n, dsr1_err *err)
+{
+    if (m->h->tp == 1 || !c)
+        return 0;
+    return rt_comm_allreduce_sum_f32(c, RT_GROUP_TP, buf, n, err);
+}
+
+#define NEED(p)                                                                   \
+    do {                                                                          \
+        if (!(p))                                                                 \
+            return dsr1_err_set(err, DSR1_E_INTERNAL, RT_ERR_MODEL, 0,            \
+                                "cuda: activation scratch exhausted (%s)", #p);   \
+    } while (0)
+
+static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t T, size_t pos0,
+                     float *out, dsr1_err *err)
+{
+    rt_model *h = m->h;
+    size_t H = h->hidden, R = h->kv_lora, P = h->dr, dn = h->dn, dv = h->dv, Hl = h->heads;
+    size_t dq = dn + P, S = pos0 + T, ql = h->q_lora;
+    float eps = (float)h->cfg.rms_norm_eps;
+    if (S > m->cap)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                            "sequence of %zu tokens exceeds the KV cache of %zu", S, m->cap);
+    float *qa = (float *)cm_scratch(m, T * ql * 4), *q = (float *)cm_scratch(m, T * Hl * dq * 4);
+    float *kva = (float *)cm_scratch(m, T * (R + P) * 4), *o = (float *)cm_scratch(m, T * Hl * dv * 4);
+    float *qlat = (float *)cm_scratch(m, T * Hl * R * 4), *olat = (float *)cm_scratch(m, T * Hl * R * 4);
+    NEED(qa && q && kva && o && qlat && olat);
+    float *cc = m->c[li], *kp = m->kpe[li];
+    const int32_t *pos = m->pos + pos0;
+    cudaStream_t st = m->st;
+    CUK(kc_gemm(m->kc, x, H, T, &L->q_a, qa, ql, 0, 0), "q_a_proj");
+    CUK(kc_gemm(m->kc, x, H, T, &L->kv_a, kva, R + P, 0, 0), "kv_a_proj");
+    CUK(kc_rmsnorm(qa, ql, L->q_a_norm, qa, ql, T, ql, eps, st), "q_a_layernorm");
+    CUK(kc_gemm(m->kc, qa, ql, T, &L->q_b, q, Hl * dq, 0, 0), "q_b_proj");
+    CUK(kc_rmsnorm(kva, R + P, L->kv_a_norm, cc + pos0 * R, R, T, R, eps, st), "kv_a_layernorm");
+    CUK(cudaMemcpy2DAsync(kp + pos0 * P, P * 4, kva + R, (R + P) * 4, P * 4, T,
+                          cudaMemcpyDeviceToDevice, st),
+        "k_pe copy");
+    CUK(kc_rope_apply(&h->rope, kp + pos0 * P, T, 1, P, P, pos, st), "rope k");
+    CUK(kc_rope_apply(&h->rope, q + dn, T, Hl, Hl * dq, dq, pos, st), "rope q");
+    CUK(kc_mla_absorb_q(q, Hl * dq, dq, T, Hl, dn, dv, &L->kv_b, qlat, st), "absorb q");
+    CUK(kc_mla_attn(qlat, q + dn, Hl * dq, dq, cc, R, kp, P, olat, T, S, Hl, R, P, pos0,
+                    h->softmax_scale, st),
+        "mla attention");
+    CUK(kc_mla_absorb_v(olat, T, Hl, dn, dv, &L->kv_b, o, Hl * dv, st), "absorb v");
+    CUK(kc_gemm(m->kc, o, Hl * dv, T, &L->o, out, H, 0, 0), "o_proj");
+    return 0;
+}
+
+static int mlp(cm_model *m, const k_weight *g, const k_weight *u, const k_weight *d,
+               const float *x, size_t T, float *out, int accumulate, dsr1_err *err)
+{
+    size_t H = m->h->hidden, I = g->rows;
+    float *gb = (float *)cm_scratch(m, T * I * 4), *ub = (float *)cm_scratch(m, T * I * 4);
+    NEED(gb && ub);
+    CUK(kc_gemm(m->kc, x, H, T, g, gb, I, 0, 0), "mlp gate");
+    CUK(kc_gemm(m->kc, x, H, T, u, ub, I, 0, 0), "mlp up");
+    CUK(kc_silu_mul(gb, ub, gb, T * I, m->st), "silu");
+    CUK(kc_gemm(m->kc, gb, I, T, d, out, H, accumulate, 0), "mlp down");
+    return 0;
+}
+
+static int ffn(cm_model *m, cm_layer *L, const float *x, size_t T, float *out, dsr1_err *err)
+{
+    rt_model *h = m->h;
+    const rt_layer *hl = L->h;
+    size_t H = h->hidden;
+    if (!hl->moe)
+        return mlp(m, &L->gate, &L->up, &L->down, x, T, out, 0, err);
+    size_t E = h->rcfg.n_experts, K = h->rcfg.top_k;
+    float *lr = (float *)cm_scratch(m, T * E * 4), *w = (float *)cm_scratch(m, T * K * 4);
+    int32_t *idx = (int32_t *)cm_scratch(m, T * K * 4);
+    NEED(lr && w && idx);
+    CUK(kc_gemm(m->kc, x, H, T, &L->router, lr, E, 0, 0), "router gate");
+    int rc = kc_router(&h->rcfg, lr, L->bias, T, idx, w, m->st);
+    if (rc)
+        return dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                            "cuda router: config unsupported (%u experts, %u groups): %s",
+                            h->rcfg.n_experts, h->rcfg.n_group, kc_strerror(rc));
+    m->dbg_idx = idx;
+    m->dbg_T = T;
+    CUK(cudaMemsetAsync(out, 0, T * H * 4, m->st), "memset");
+    if (L->moe)
+        CUK(kc_moe(m->kc, L->moe, x, H, T, idx, w, K, L->e0, out, H), "routed experts");
+    if (h->cfg.n_shared_experts && !hl->sh_whole)
+        return mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, T, out, 1, err);
+    return 0;
+}
+
+int cm_layer_forward(cm_model *m, rt_comm *c, size_t li, float *hb, size_t T, size_t pos0,
+                     dsr1_err *err)
+{
+    rt_model *h = m->h;
+    cm_layer *L = &m->L[li];
+    size_t H = h->hidden;
+    float eps = (float)h->cfg.rms_norm_eps;
+    size_t mark = m->pool_used;
+    float *xn = (float *)cm_scratch(m, T * H * 4), *a = (float *)cm_scratch(m, T * H * 4);
+    NEED(xn && a);
+    int rc;
+    CUK(kc_rmsnorm(hb, H, L->in_norm, xn, H, T, H, eps, m->st), "input_layernorm");
+    if ((rc = attention(m, L, li, xn, T, pos0, a, err)) || (rc = tp_allreduce(m, c, a, T * H, err)))
+        goto out;
+    CUK(add(m, hb, a, T * H), "residual");
+    CUK(kc_rmsnorm(hb, H, L->post_norm, xn, H, T, H, eps, m->st), "post_attention_layernorm");
+    if ((rc = ffn(m, L, xn, T, a, err)) || (rc = tp_allreduce(m, c, a, T * H, err)))
+        goto out;
+    if (L->h->sh_whole && h->cfg.n_shared_experts &&
+        (rc = mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, xn, T, a, 1, err)))
+        goto out;
+    CUK(add(m, hb, a, T * H), "residual");
+out:
+    m->pool_used = mark;
+    if (rc && err)
+        dsr1_err_prefix(err, "layer %d", L->h->index);
+    return rc;
+}
+
+static int wait(cm_model *m, rt_comm *c, dsr1_err *err)
+{
+    if (c && strcmp(c->ops->name, "nccl") == 0)
+        return rt_comm_nccl_wait(c, err);
+    cudaError_t e = cudaStreamSynchronize(m->st);
+    return e == cudaSuccess ? 0 : cu_err(err, (int)e, "stream");
+}
+
+int cm_forward(cm_model *m, rt_comm *c, const int32_t *ids, size_t T, size_t pos0, size_t row0,
+               float *logits_h, dsr1_err *err)
+{
+    rt_model *h = m->h;
+    size_t H = h->hidden;
+    int rc;
+    if (T == 0)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "forward of zero tokens");
+    for (size_t t = 0; t < T; t++)
+        if (ids[t] < 0 || (uint32_t)ids[t] >= h->vocab)
+            return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                                "token id %d at position %zu is outside the vocabulary [0, %zu)",
+                                ids[t], t, h->vocab);
+    if ((rc = cm_reserve(m, T, err)))
+        return rc;
+    cm_scratch_reset(m);
+    float *hb = (float *)cm_scratch(m, T * H * 4);
+    int32_t *dids = (int32_t *)cm_scratch(m, T * 4);
+    NEED(hb && dids);
+    if (h->has_embed) {
+        CUK(cudaMemcpyAsync(dids, ids, T * 4, cudaMemcpyHostToDevice, m->st), "ids");
+        CUK(kc_embed(&m->embed, h->embed_row0, dids, T, hb, H, m->st), "embed");
+        if ((rc = tp_allreduce(m, c, hb, T * H, err)))
+            return rc;
+    } else if ((rc = rt_comm_recv(c, hb, T * H * 4,
+                                  rt_comm_group_member(c, RT_GROUP_PP, h->pp_stage - 1), err))) {
+        return rc;
+    }
+    for (size_t i = 0; i < m->n_layers; i++)
+        if ((rc = cm_layer_forward(m, c, i, hb, T, pos0, err)))
+            return rc;
+    if (!h->has_head)
+        return rt_comm_send(c, hb, T * H * 4, rt_comm_group_member(c, RT_GROUP_PP, h->pp_stage + 1),
+                            err);
+    if (!logits_h)
+        return 0;
+    size_t n = T - row0, Vl = h->lm_head.rows, tp = (size_t)h->tp;
+    float *xn = (float *)cm_scratch(m, n * H * 4), *loc = (float *)cm_scratch(m, n * Vl * 4);
+    float *all = tp > 1 ? (float *)cm_scratch(m, tp * n * Vl * 4) : loc;
+    NEED(xn && loc && all);
+    CUK(kc_rmsnorm(hb + row0 * H, H, m->final_norm, xn, H, n, H, (float)h->cfg.rms_norm_eps, m->st),
+        "final norm");
+    CUK(kc_gemm(m->kc, xn, H, n, &m->lm_head, loc, Vl, 0, 0), "lm_head");
+    if (tp > 1 && (rc = rt_comm_allgather(c, RT_GROUP_TP, loc, n * Vl * 4, all, err)))
+        return rc;
+    if ((rc = wait(m, c, err)))
+        return rc;
+    /* [tp][n][Vl] -> [n][tp * Vl] */
+    for (size_t r = 0; r < tp; r++)
+        CUK(cudaMemcpy2D(logits_h + r * Vl, tp * Vl * 4, all + r * n * Vl, Vl * 4, Vl * 4, n,
+                         cudaMemcpyDeviceToHost),
+            "logits");
+    return 0;
+}

@@ -1,0 +1,89 @@
+/* cm: one rank's DeepSeek-V3 forward pass on a GPU. CUDA host code (C++), used by
+ * runtime/cuda/cuda_generate.cu and the GPU benchmarks.
+ *
+ * The rank's shard is loaded by the CPU runtime's loader (rt_model_load: checked
+ * against the manifest, zero-copy weight views into the read-only mapping). cm copies
+ * the whole shard file into one device arena (runtime/upload.h) and mirrors every view
+ * at the same offset, so a tensor's device address is arena + its file offset. Norm
+ * vectors and the router bias (already fp32 on the host) are copied separately.
+ *
+ * The forward pass follows rt_model_forward step by step (same layer order, same TP
+ * all-reduce points, same PP send/recv and vocab-parallel embed/lm_head), with
+ * kernels/cuda_kernels.h in place of the CPU kernels and comm on device buffers.
+ * Attention always uses the absorbed form over the latent cache (RT_ATTN_AUTO and
+ * RT_ATTN_ABSORB; the CPU tests show both forms agree).
+ *
+ * Lifetimes: cm_model owns the rt_model, the arena and all device buffers; the
+ * manifest must outlive it.
+ */
+#ifndef DSR1_CUDA_MODEL_H
+#define DSR1_CUDA_MODEL_H
+
+#include <cuda_runtime.h>
+
+#include "cuda_kernels.h"
+
+extern "C" {
+#include "backend.h"
+#include "comm.h"
+#include "model.h"
+#include "upload.h"
+}
+
+typedef struct cm_layer {
+    const rt_layer *h;
+    k_weight q_a, q_b, kv_a, kv_b, o, gate, up, down, router, sh_gate, sh_up, sh_down;
+    float *in_norm, *post_norm, *q_a_norm, *kv_a_norm, *bias;
+    kc_moe_w *moe;
+    size_t e0; /* first local expert id */
+} cm_layer;
+
+typedef struct cm_model {
+    rt_model *h;
+    cudaStream_t st;
+    kc_ctx *kc;
+    char *arena;
+    const char *base;
+    uint64_t arena_bytes;
+    double upload_s;
+    k_weight embed, lm_head;
+    float *final_norm;
+    cm_layer *L;
+    size_t n_layers;
+    /* latent cache: per layer c [cap, R], kpe [cap, P] */
+    size_t cap;
+    float **c, **kpe;
+    int32_t *pos; /* 0..cap-1 */
+    /* routing of the last MoE layer run (device idx [dbg_T, top_k]), for benchmarks */
+    const int32_t *dbg_idx;
+    size_t dbg_T;
+    /* scratch, grown per forward */
+    char *pool;
+    size_t pool_cap, pool_used;
+} cm_model;
+
+/* Load rank `rank` of manifest m (shard files in dir), upload it, make a cache of cap
+ * tokens. up: upload options (NULL: defaults). verify_full: hash every tensor while it
+ * uploads (the check runs in parallel with the copy). */
+int cm_load(cm_model **out, const mf_manifest *m, const char *dir, int rank, size_t cap,
+            const rt_upload_opts *up, int verify_full, cudaStream_t st, dsr1_err *err);
+void cm_free(cm_model *m);
+
+/* Run T tokens (host ids) at positions pos0.. through this rank's layers; comm may be
+ * NULL when the plan has one rank. On the last stage, when logits_h != NULL, rows
+ * [row0, T) of the logits go to logits_h [(T - row0), vocab] (host) and the stream is
+ * synchronized (bounded through the comm when present). */
+int cm_forward(cm_model *m, rt_comm *comm, const int32_t *ids, size_t T, size_t pos0,
+               size_t row0, float *logits_h, dsr1_err *err);
+
+/* One decoder layer on device h [T, hidden] in place (benchmarks). */
+int cm_layer_forward(cm_model *m, rt_comm *comm, size_t li, float *h, size_t T, size_t pos0,
+                     dsr1_err *err);
+/* Make room for a forward of T tokens before any buffer is handed out (a reallocation
+ * waits for the stream, so no queued kernel still uses the old pool). */
+int cm_reserve(cm_model *m, size_t T, dsr1_err *err);
+/* Device scratch of n bytes valid until the next cm_forward / cm_layer_forward. */
+void *cm_scratch(cm_model *m, size_t n);
+void cm_scratch_reset(cm_model *m);
+
+#endif

@@ -1,0 +1,41 @@
+/* rt_upload: move host bytes (a shard's read-only mapping) into device memory at
+ * near host-to-device bandwidth without pinning the whole shard.
+ *
+ * Methods:
+ *  - RT_UP_PINNED: two pinned staging buffers of `chunk` bytes, double-buffered: the
+ *    host threads copy chunk i+1 from the mapping (page cache) into one buffer while
+ *    the DMA engine moves chunk i from the other;
+ *  - RT_UP_REGISTER: page-lock a window of the mapping itself (cudaHostRegister,
+ *    read-only) chunk by chunk, at most two chunks at a time, and DMA straight from it.
+ * Either way at most 2 x chunk bytes are pinned at once.
+ *
+ * Lifetimes: nothing is kept after the call; dev must hold len bytes.
+ */
+#ifndef DSR1_RT_UPLOAD_H
+#define DSR1_RT_UPLOAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+typedef enum { RT_UP_PINNED = 0, RT_UP_REGISTER = 1 } rt_up_method;
+
+typedef struct rt_upload_opts {
+    rt_up_method method;
+    size_t chunk;        /* bytes per chunk; 0: 64 MiB */
+    int threads;         /* host copy threads (PINNED); 0: up to 16 */
+    void *stream;        /* cudaStream_t; NULL: a private stream */
+} rt_upload_opts;
+
+typedef struct rt_upload_stats {
+    uint64_t bytes;
+    double seconds;      /* wall time of the whole call, synchronized */
+} rt_upload_stats;
+
+void rt_upload_opts_init(rt_upload_opts *o);
+/* Copy len bytes from host to device memory dev; returns when the copy is complete. */
+int rt_upload(void *dev, const void *host, uint64_t len, const rt_upload_opts *o,
+              rt_upload_stats *st, dsr1_err *err);
+
+#endif

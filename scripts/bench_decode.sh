@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# bench_decode.sh [WORKDIR]: per-layer decode step time vs the HBM roofline at batch 1,
+# 8 and 64, prefill GEMM TFLOP/s vs cuBLASLt, on the one-rank shard bench_load.sh makes
+# (made here if missing), then all-reduce latency when several GPUs are visible, and
+# the projection for the 61-layer model on 8 GPUs (make bench-decode).
+set -eu
+cd "$(dirname "$0")/.."
+W=${1:-/tmp/dsr1-bench}
+BIN=${BIN:-build/bin}
+PY=${PY:-python3}
+export NCCL_NVLS_ENABLE=0
+if [ ! -f "$W/shard/manifest.json" ]; then
+  mkdir -p "$W"
+  "$BIN/dsr1-synth" --preset r1 --layers "${LAYERS:-4}" --out "$W/ckpt" --force --quiet
+  "$BIN/dsr1-shard" run "$W/ckpt" --out "$W/shard" --tp 1 --quiet
+fi
+"$BIN/bench-decode-gpu" --manifest "$W/shard/manifest.json" --ctx "${CTX:-1024}" | tee "$W/decode.txt"
+NG=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$NG" -ge 2 ]; then
+  for n in 2 4 8; do
+    [ "$n" -le "$NG" ] || break
+    scripts/launch_local.sh "$n" -- "$BIN/bench-decode-gpu" --allreduce | tee -a "$W/decode.txt"
+  done
+fi
+"$PY" scripts/decode_projection.py "$W/decode.txt"

@@ -1,0 +1,403 @@
+/* bench-decode-gpu: per-layer decode step time against the HBM roofline, prefill GEMM
+ * TFLOP/s against cuBLASLt at the same shapes, and (multi-GPU) all-reduce latency.
+ *
+ *   bench-decode-gpu --manifest DIR/manifest.json [--ctx N] [--batches 1,8,64]
+ *                    [--reps N] [--prefill-m M]
+ *   bench-decode-gpu --allreduce [--hidden 7168]     (one process per GPU, torchrun env)
+ *
+ * Decode: the plan must have one rank (dsr1-shard with tp=1). The latent cache is
+ * filled with ctx positions of pseudo-random values; a step of batch B runs B new
+ * tokens of one sequence through one layer (cm_layer_forward), timed with CUDA events
+ * after warm-up, median of --reps. Bytes touched = every weight of the layer that the
+ * step reads (attention, dense MLP or router + shared expert + the distinct experts
+ * the router picked, read back from the run) + the latent cache read. Roofline = bytes
+ * / the device-to-device copy bandwidth measured in the same run ((read + write) /
+ * time). GB and TB are 1e9 / 1e12 bytes. */
+#include <algorithm>
+#include <set>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#include "cuda_model.h"
+#include "cuda_util.cuh"
+
+extern "C" {
+#include "boot.h"
+#include "comm_nccl.h"
+#include "ident.h"
+#include "mf.h"
+}
+
+#define CK(x)                                                                      \
+    do {                                                                           \
+        cudaError_t _e = (x);                                                      \
+        if (_e != cudaSuccess) {                                                   \
+            fprintf(stderr, "bench-decode: %s: %s\n", #x, cudaGetErrorString(_e)); \
+            exit(3);                                                               \
+        }                                                                          \
+    } while (0)
+
+static double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+__global__ void fill_kernel(float *p, size_t n, uint32_t seed, float scale)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 0x2c1b3c6du;
+    h ^= h >> 12;
+    p[i] = ((float)(h & 0xffff) / 32768.0f - 1.0f) * scale;
+}
+
+static void fill(float *p, size_t n, uint32_t seed, float scale)
+{
+    if (n)
+        fill_kernel<<<kc_blocks(n, 256), 256>>>(p, n, seed, scale);
+    CK(cudaGetLastError());
+}
+
+static double wbytes(const k_weight *w)
+{
+    if (!w->data)
+        return 0;
+    double e = w->type == K_W_FP8 ? 1 : w->type == K_W_BF16 ? 2 : 4;
+    double b = (double)w->rows * w->cols * e;
+    if (w->type == K_W_FP8)
+        b += (double)((w->rows + 127) / 128) * w->scale_ld * 4;
+    return b;
+}
+
+static double copy_bw(void)
+{
+    size_t n = 2ull << 30;
+    char *a, *b;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    CK(cudaMemset(a, 1, n));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    std::vector<double> v;
+    for (int k = 0; k < 6; k++) {
+        cudaEventRecord(e0);
+        CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice));
+        cudaEventRecord(e1);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (k)
+            v.push_back(2.0 * n / (ms * 1e-3));
+    }
+    cudaFree(a), cudaFree(b);
+    return median(v);
+}
+
+template <class F>
+static double time_ms(F f, int reps)
+{
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    std::vector<double> v;
+    for (int k = 0; k < reps + 2; k++) {
+        cudaEventRecord(e0);
+        f();
+        cudaEventRecord(e1);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (k >= 2)
+            v.push_back(ms);
+    }
+    CK(cudaGetLastError());
+    return median(v);
+}
+
+static int allreduce_mode(size_t hidden, int reps)
+{
+    rt_ident id;
+    dsr1_err err;
+    dsr1_err_clear(&err);
+    if (rt_ident_resolve(&id, NULL, NULL, NULL, 0, &err)) {
+        fprintf(stderr, "bench-decode: %s\n", err.msg);
+        return 2;
+    }
+    CK(cudaSetDevice(id.local_rank));
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    uint8_t uid[RT_BOOT_ID_BYTES] = {0};
+    if (id.rank == 0 && rt_comm_nccl_unique_id(uid, &err)) {
+        fprintf(stderr, "bench-decode: %s\n", err.msg);
+        return 3;
+    }
+    rt_boot_self self;
+    memset(&self, 0, sizeof self);
+    self.rank = id.rank, self.world_size = id.world_size;
+    snprintf(self.plan, sizeof self.plan, "allreduce-bench tp=%d", id.world_size);
+    rt_boot_opts bo;
+    memset(&bo, 0, sizeof bo);
+    bo.addr = id.master_addr, bo.port = id.master_port, bo.timeout_ms = 120000, bo.linger_ms = -1;
+    bo.unique_id = uid;
+    rt_boot *b;
+    rt_comm *c;
+    if (rt_boot_join(&b, &self, &bo, uid, &err) ||
+        rt_comm_nccl_create(&c, id.rank, id.world_size, 1, 1, uid, st, 120, &err)) {
+        fprintf(stderr, "bench-decode rank %d: %s\n", id.rank, err.msg);
+        return 3;
+    }
+    float *buf;
+    CK(cudaMalloc(&buf, 64 * hidden * 4));
+    fill(buf, 64 * hidden, 7, 1.0f);
+    CK(cudaDeviceSynchronize());
+    size_t toks[3] = {1, 8, 64};
+    for (size_t i = 0; i < 3; i++) {
+        size_t n = toks[i] * hidden;
+        /* one event pair around 100 back-to-back all-reduces: per-call latency */
+        double ms = time_ms(
+            [&] {
+                for (int k = 0; k < 100; k++)
+                    rt_comm_allreduce_sum_f32(c, RT_GROUP_TP, buf, n, &err);
+            },
+            reps);
+        (void)st;
+        if (id.rank == 0)
+            printf("allreduce ranks=%d tokens=%zu bytes=%zu latency_us=%.1f\n", id.world_size,
+                   toks[i], n * 4, ms * 1000.0 / 100);
+    }
+    if (rt_comm_nccl_wait(c, &err)) {
+        fprintf(stderr, "bench-decode rank %d: %s\n", id.rank, err.msg);
+        return 3;
+    }
+    rt_boot_fence(b, "done", 1, NULL, 60000, &err);
+    rt_comm_free(c);
+    rt_boot_close(b);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *manifest = NULL;
+    size_t ctx = 1024, pm = 4096, hidden = 7168;
+    int reps = 20, allreduce = 0;
+    std::vector<size_t> batches = {1, 8, 64};
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--manifest") && i + 1 < argc)
+            manifest = argv[++i];
+        else if (!strcmp(argv[i], "--ctx") && i + 1 < argc)
+            ctx = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--prefill-m") && i + 1 < argc)
+            pm = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--hidden") && i + 1 < argc)
+            hidden = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--allreduce"))
+            allreduce = 1;
+        else if (!strcmp(argv[i], "--batches") && i + 1 < argc) {
+            batches.clear();
+            for (char *s = strtok(argv[++i], ","); s; s = strtok(NULL, ","))
+                batches.push_back((size_t)atol(s));
+        } else {
+            fprintf(stderr, "usage: bench-decode-gpu --manifest DIR/manifest.json [--ctx N] "
+                            "[--batches 1,8,64] [--reps N] [--prefill-m M] | --allreduce\n");
+            return 2;
+        }
+    }
+    if (allreduce)
+        return allreduce_mode(hidden, reps);
+    if (!manifest)
+        return 2;
+    dsr1_err err;
+    dsr1_err_clear(&err);
+    mf_manifest *mf;
+    if (mf_load(&mf, manifest, &err)) {
+        fprintf(stderr, "bench-decode: %s\n", err.msg);
+        return 3;
+    }
+    if (mf->plan.world_size != 1) {
+        fprintf(stderr, "bench-decode: needs a one-rank plan (dsr1-shard --tp 1)\n");
+        return 2;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", manifest);
+    char *sl = strrchr(dir, '/');
+    if (sl)
+        *sl = 0;
+    else
+        strcpy(dir, ".");
+    cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    size_t bmax = *std::max_element(batches.begin(), batches.end());
+    cm_model *m;
+    if (cm_load(&m, mf, dir, 0, ctx + bmax + 8, NULL, 0, st, &err)) {
+        fprintf(stderr, "bench-decode: %s\n", err.msg);
+        return 3;
+    }
+    rt_model *h = m->h;
+    size_t H = h->hidden, R = h->kv_lora, P = h->dr;
+    double bw = copy_bw();
+    const char *why;
+    kc_ctx_fp8_lt_mode(m->kc, &why);
+    printf("device=%s\ncopy_bw_TBps=%.3f\nupload_s=%.2f (%.2f GB)\nfp8_lt=%s\n", p.name,
+           bw / 1e12, m->upload_s, m->arena_bytes / 1e9, why);
+    for (size_t i = 0; i < m->n_layers; i++) {
+        fill(m->c[i], ctx * R, 100 + (uint32_t)i, 1.0f);
+        fill(m->kpe[i], ctx * P, 200 + (uint32_t)i, 1.0f);
+    }
+    if (cm_reserve(m, bmax, &err)) {
+        fprintf(stderr, "bench-decode: %s\n", err.msg);
+        return 3;
+    }
+    float *h0, *hb;
+    CK(cudaMalloc(&h0, bmax * H * 4));
+    CK(cudaMalloc(&hb, bmax * H * 4));
+    fill(h0, bmax * H, 9, 1.0f);
+    CK(cudaDeviceSynchronize());
+    printf("\n%-6s %-5s %6s %10s %10s %12s %8s\n", "layer", "kind", "batch", "step_us", "MB_read",
+           "roofline_us", "of_roof");
+    for (size_t li = 0; li < m->n_layers; li++) {
+        cm_layer *L = &m->L[li];
+        const rt_layer *hl = L->h;
+        double attn = wbytes(&L->q_a) + wbytes(&L->q_b) + wbytes(&L->kv_a) + wbytes(&L->kv_b) +
+                      wbytes(&L->o);
+        for (size_t B : batches) {
+            int rc = 0;
+            /* time only the layer: the copy runs before the start event on the stream */
+            cudaEvent_t e0, e1;
+            cudaEventCreate(&e0), cudaEventCreate(&e1);
+            std::vector<double> v;
+            for (int k = 0; k < reps + 2; k++) {
+                cudaMemcpyAsync(hb, h0, B * H * 4, cudaMemcpyDeviceToDevice, st);
+                cm_scratch_reset(m);
+                cudaEventRecord(e0, st);
+                rc |= cm_layer_forward(m, NULL, li, hb, B, ctx, &err);
+                cudaEventRecord(e1, st);
+                cudaEventSynchronize(e1);
+                float ms;
+                cudaEventElapsedTime(&ms, e0, e1);
+                if (k >= 2)
+                    v.push_back(ms);
+            }
+            if (rc) {
+                fprintf(stderr, "bench-decode: layer %zu: %s\n", li, err.msg);
+                return 3;
+            }
+            double bytes = attn + (double)(ctx + B) * (R + P) * 4;
+            if (!hl->moe) {
+                bytes += wbytes(&L->gate) + wbytes(&L->up) + wbytes(&L->down);
+            } else {
+                bytes += wbytes(&L->router) + wbytes(&L->sh_gate) + wbytes(&L->sh_up) +
+                         wbytes(&L->sh_down);
+                size_t K = h->rcfg.top_k;
+                std::vector<int32_t> idx(m->dbg_T * K);
+                CK(cudaMemcpy(idx.data(), m->dbg_idx, idx.size() * 4, cudaMemcpyDeviceToHost));
+                std::set<int32_t> distinct(idx.begin(), idx.end());
+                double per = hl->n_experts ? wbytes(&hl->e_gate[0]) + wbytes(&hl->e_up[0]) +
+                                                 wbytes(&hl->e_down[0])
+                                           : 0;
+                bytes += per * distinct.size();
+            }
+            double us = median(v) * 1000, roof = bytes / bw * 1e6;
+            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%%\n", li, hl->moe ? "moe" : "dense",
+                   B, us, bytes / 1e6, roof, 100 * roof / us);
+        }
+    }
+    /* prefill GEMMs at the model's shapes: our path (quantize + cuBLASLt) vs cuBLASLt alone */
+    printf("\nprefill GEMM (M tokens x N x K), FP8 block-scaled, TFLOP/s\n");
+    printf("%-22s %6s %6s %6s %10s %12s %8s\n", "weight", "M", "N", "K", "ours", "cuBLASLt", "ratio");
+    struct shp {
+        const char *name;
+        const k_weight *w;
+        size_t M;
+    };
+    std::vector<shp> shapes;
+    for (size_t li = 0; li < m->n_layers; li++) {
+        cm_layer *L = &m->L[li];
+        if (li == 0) {
+            shapes.push_back({"q_a_proj", &L->q_a, pm});
+            shapes.push_back({"q_b_proj", &L->q_b, pm});
+            shapes.push_back({"kv_a_proj_with_mqa", &L->kv_a, pm});
+            shapes.push_back({"o_proj", &L->o, pm});
+        }
+        if (!L->h->moe && L->gate.data && shapes.size() < 8) {
+            shapes.push_back({"dense gate_proj", &L->gate, pm});
+            shapes.push_back({"dense down_proj", &L->down, pm});
+        }
+        if (L->h->moe && L->h->n_experts) {
+            size_t per = pm * h->rcfg.top_k / h->rcfg.n_experts;
+            shapes.push_back({"expert gate_proj", &L->h->e_gate[0], per});
+            shapes.push_back({"expert down_proj", &L->h->e_down[0], per});
+            break;
+        }
+    }
+    float *x, *y;
+    size_t maxk = 0, maxn = 0;
+    for (auto &s : shapes)
+        maxk = std::max(maxk, s.w->cols), maxn = std::max(maxn, s.w->rows);
+    CK(cudaMalloc(&x, pm * maxk * 4));
+    CK(cudaMalloc(&y, pm * maxn * 4));
+    fill(x, pm * maxk, 3, 1.0f);
+    for (auto &s : shapes) {
+        k_weight w;
+        if (s.w == &m->L[0].q_a || s.w == &m->L[0].q_b || s.w == &m->L[0].kv_a ||
+            s.w == &m->L[0].o || s.w->data >= (const void *)m->arena)
+            w = *s.w;
+        /* expert views are host views; translate into the arena */
+        if ((const char *)s.w->data >= m->base && (const char *)s.w->data < m->base + m->arena_bytes) {
+            w = *s.w;
+            w.data = m->arena + ((const char *)s.w->data - m->base);
+            w.scale = (const float *)(m->arena + ((const char *)s.w->scale - m->base));
+        }
+        size_t M = s.M, N = w.rows, K = w.cols;
+        double fl = 2.0 * M * N * K;
+        double ours = time_ms([&] { kc_gemm(m->kc, x, K, M, &w, y, N, 0, 2); }, reps);
+        double lt = -1;
+        if (kc_gemm_fp8_prep(m->kc, x, K, M, K) == 0) {
+            CK(cudaDeviceSynchronize());
+            lt = time_ms([&] { kc_gemm_fp8_prepped(m->kc, M, &w, y, N); }, reps);
+        }
+        printf("%-22s %6zu %6zu %6zu %10.1f %12.1f %7.0f%%\n", s.name, M, N, K, fl / ours / 1e9,
+               lt > 0 ? fl / lt / 1e9 : 0.0, lt > 0 ? 100 * lt / ours : 0.0);
+    }
+    /* the cuBLASLt FP8 block-scaled rate on a large square problem, and BF16 for scale */
+    {
+        size_t n = 8192;
+        std::vector<uint8_t> hq(n * n);
+        for (size_t i = 0; i < hq.size(); i++)
+            hq[i] = (uint8_t)((i * 2654435761u >> 13) & 0x77);
+        std::vector<float> hs((n / 128) * (n / 128), 0.01f);
+        uint8_t *q;
+        float *sc, *xx, *yy;
+        CK(cudaMalloc(&q, n * n));
+        CK(cudaMalloc(&sc, hs.size() * 4));
+        CK(cudaMalloc(&xx, n * n * 4));
+        CK(cudaMalloc(&yy, n * n * 4));
+        CK(cudaMemcpy(q, hq.data(), n * n, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(sc, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice));
+        fill(xx, n * n, 5, 1.0f);
+        k_weight w = {K_W_FP8, q, sc, n, n, n / 128};
+        double fl = 2.0 * n * n * n;
+        if (kc_gemm_fp8_prep(m->kc, xx, n, n, n) == 0) {
+            CK(cudaDeviceSynchronize());
+            double lt = time_ms([&] { kc_gemm_fp8_prepped(m->kc, n, &w, yy, n); }, 5);
+            printf("cuBLASLt FP8 block-scaled 8192^3: %.1f TFLOP/s\n", fl / lt / 1e9);
+        }
+        uint16_t *ab = (uint16_t *)q;
+        CK(cudaFree(q));
+        CK(cudaMalloc(&ab, n * n * 2));
+        kc_f32_to_bf16(xx, ab, n * n, 0);
+        double tb = time_ms([&] { kc_gemm_bf16_lt(m->kc, ab, n, ab, n, n, yy); }, 5);
+        printf("cuBLASLt BF16 8192^3: %.1f TFLOP/s\n", fl / tb / 1e9);
+    }
+    cm_free(m);
+    mf_free(mf);
+    return 0;
+}

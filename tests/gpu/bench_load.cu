@@ -1,0 +1,226 @@
+/* bench-load-gpu: shard upload bandwidth against the same run's ceilings.
+ *
+ *   bench-load-gpu --manifest DIR/manifest.json [--rank R] [--reps N] [--chunk MiB]
+ *
+ * The shard is read once first so every method starts from the page cache. Prints
+ * key=value lines (GB/s = 1e9 bytes/s, medians):
+ *   pinned_h2d    cudaMemcpyAsync from one pinned buffer (the DMA ceiling)
+ *   pageable_h2d  cudaMemcpy straight from the mapping
+ *   up_pinned     rt_upload, pinned double-buffered chunks
+ *   up_register   rt_upload, cudaHostRegister windows of the mapping
+ *   up_verify     rt_upload (pinned) with the full per-tensor hash check in parallel
+ * and checks that the device copy equals the file. Exit 0, or 1 on a content or hash
+ * mismatch, 3 on errors. */
+#include <algorithm>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "ld.h"
+#include "mf.h"
+#include "st.h"
+#include "upload.h"
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+#define CK(x)                                                                     \
+    do {                                                                          \
+        cudaError_t _e = (x);                                                     \
+        if (_e != cudaSuccess) {                                                  \
+            fprintf(stderr, "bench-load: %s: %s\n", #x, cudaGetErrorString(_e));  \
+            return 3;                                                             \
+        }                                                                         \
+    } while (0)
+
+typedef struct hjob {
+    const ld_shard *s;
+    int rc;
+    dsr1_err err;
+    double secs;
+} hjob;
+
+static void bad(void *ctx, const mf_tensor *t, const char *msg)
+{
+    (void)ctx;
+    fprintf(stderr, "bench-load: hash mismatch in %s: %s\n", t->name, msg);
+}
+
+static void *hash_main(void *p)
+{
+    hjob *j = (hjob *)p;
+    double t0 = now_s();
+    dsr1_err_clear(&j->err);
+    j->rc = ld_hash_check(j->s, bad, NULL, &j->err);
+    j->secs = now_s() - t0;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    const char *manifest = NULL;
+    int rank = 0, reps = 3;
+    size_t chunk = 64u << 20;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--manifest") && i + 1 < argc)
+            manifest = argv[++i];
+        else if (!strcmp(argv[i], "--rank") && i + 1 < argc)
+            rank = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--chunk") && i + 1 < argc)
+            chunk = (size_t)atoi(argv[++i]) << 20;
+        else {
+            fprintf(stderr, "usage: bench-load-gpu --manifest DIR/manifest.json [--rank R] "
+                            "[--reps N] [--chunk MiB]\n");
+            return 2;
+        }
+    }
+    if (!manifest || reps < 1)
+        return 2;
+    dsr1_err err;
+    dsr1_err_clear(&err);
+    mf_manifest *m;
+    if (mf_load(&m, manifest, &err)) {
+        fprintf(stderr, "bench-load: %s\n", err.msg);
+        return 3;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", manifest);
+    char *sl = strrchr(dir, '/');
+    if (sl)
+        *sl = 0;
+    else
+        strcpy(dir, ".");
+    const mf_rank *r = &m->ranks[rank];
+    ld_shard *s;
+    if (ld_open(&s, m, dir, r->shard, 0, &err)) {
+        fprintf(stderr, "bench-load: %s\n", err.msg);
+        return 3;
+    }
+    const st_file *f = ld_file(s);
+    const char *base = (const char *)st_base(f);
+    size_t n = st_file_size(f);
+    cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    printf("device=%s\nfile=%s\nbytes=%zu\n", p.name, ld_path(s), n);
+    /* page cache warm-up: touch every page */
+    {
+        double t0 = now_s();
+        unsigned long sum = 0;
+#pragma omp parallel for reduction(+ : sum) schedule(static)
+        for (long i = 0; i < (long)n; i += 4096)
+            sum += (unsigned char)base[i];
+        printf("warm_read_s=%.3f (checksum %lu)\n", now_s() - t0, sum & 0xff);
+    }
+    char *dev;
+    CK(cudaMalloc(&dev, n));
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    /* ceiling: pinned buffer, same byte count */
+    {
+        size_t pb = 256u << 20;
+        char *pin;
+        CK(cudaMallocHost(&pin, pb));
+        memset(pin, 0x5a, pb);
+        std::vector<double> v;
+        for (int k = 0; k < reps + 1; k++) {
+            double t0 = now_s();
+            for (size_t off = 0; off < n; off += pb)
+                CK(cudaMemcpyAsync(dev + off, pin, n - off < pb ? n - off : pb,
+                                   cudaMemcpyHostToDevice, st));
+            CK(cudaStreamSynchronize(st));
+            if (k)
+                v.push_back(n / (now_s() - t0) / 1e9);
+        }
+        printf("pinned_h2d_GBps=%.2f\n", median(v));
+        cudaFreeHost(pin);
+    }
+    {
+        double t0 = now_s();
+        CK(cudaMemcpy(dev, base, n, cudaMemcpyHostToDevice));
+        printf("pageable_h2d_GBps=%.2f\n", n / (now_s() - t0) / 1e9);
+    }
+    const char *names[2] = {"up_pinned", "up_register"};
+    for (int meth = 0; meth < 2; meth++) {
+        rt_upload_opts o;
+        rt_upload_opts_init(&o);
+        o.method = meth ? RT_UP_REGISTER : RT_UP_PINNED;
+        o.chunk = chunk;
+        o.stream = st;
+        std::vector<double> v;
+        int ok = 1;
+        for (int k = 0; k < reps; k++) {
+            CK(cudaMemset(dev, 0, n));
+            rt_upload_stats us;
+            if (rt_upload(dev, base, n, &o, &us, &err)) {
+                printf("%s_error=%s\n", names[meth], err.msg);
+                ok = 0;
+                break;
+            }
+            v.push_back(n / us.seconds / 1e9);
+        }
+        if (!ok)
+            continue;
+        printf("%s_GBps=%.2f\n", names[meth], median(v));
+        /* content check of the last upload, in 256 MiB pieces */
+        size_t pb = 256u << 20;
+        std::vector<char> hb(pb);
+        for (size_t off = 0; off < n; off += pb) {
+            size_t k = n - off < pb ? n - off : pb;
+            CK(cudaMemcpy(hb.data(), dev + off, k, cudaMemcpyDeviceToHost));
+            if (memcmp(hb.data(), base + off, k) != 0) {
+                printf("%s_content=MISMATCH at offset %zu\n", names[meth], off);
+                return 1;
+            }
+        }
+        printf("%s_content=ok\n", names[meth]);
+    }
+    {
+        hjob hj;
+        memset(&hj, 0, sizeof hj);
+        hj.s = s;
+        double t0 = now_s();
+        hash_main(&hj);
+        printf("hash_only_GBps=%.2f\n", n / (now_s() - t0) / 1e9);
+        rt_upload_opts o;
+        rt_upload_opts_init(&o);
+        o.chunk = chunk;
+        o.stream = st;
+        pthread_t th;
+        t0 = now_s();
+        pthread_create(&th, NULL, hash_main, &hj);
+        rt_upload_stats us;
+        int rc = rt_upload(dev, base, n, &o, &us, &err);
+        pthread_join(th, NULL);
+        double t = now_s() - t0;
+        if (rc || hj.rc) {
+            printf("up_verify_error=%s %s (mismatches %d)\n", rc ? err.msg : "",
+                   hj.rc < 0 ? hj.err.msg : "", hj.rc);
+            return hj.rc > 0 ? 1 : 3;
+        }
+        printf("up_verify_GBps=%.2f (upload alone within it %.2f GB/s, hashing %.2f s)\n",
+               n / t / 1e9, n / us.seconds / 1e9, hj.secs);
+    }
+    cudaFree(dev);
+    ld_close(s);
+    mf_free(m);
+    return 0;
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# test_nccl.sh NGPU: the golden checkpoint (tests/golden) sharded for plans of NGPU
+# ranks, run by dsr1-serve --backend cuda (one process per GPU through
+# scripts/launch_local.sh), against the transformers goldens:
+#   logits: max|diff| / max|ref| <= 2e-2 (FP8 paths: activations quantized 1x128 for
+#           prefill GEMMs of more than DSR1_GEMV_MAX_M tokens, exact W8A32 below);
+#   greedy tokens equal to the goldens'.
+# Plus, for NGPU >= 2: the same on two "nodes" (two process groups, NCCL over its
+# network transport), and a rank whose shard is corrupted stopping every rank with
+# one message naming it. GPU machine only. Env: BIN (default build/bin), PY (python3
+# with numpy).
+set -u
+cd "$(dirname "$0")/../.."
+N=${1:?usage: test_nccl.sh NGPU}
+BIN=${BIN:-build/bin}
+PY=${PY:-python3}
+export NCCL_NVLS_ENABLE=0
+T=$(mktemp -d /tmp/dsr1-nccl-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+pass=0 fail=0
+ok() { echo "PASS $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+
+mapfile -t PROMPTS < <("$PY" -c '
+import json; m = json.load(open("tests/golden/ref/goldens.json"))
+for p in m["prompts"]:
+    print(",".join(map(str, p["prompt"])), ",".join(map(str, p["tokens"])), p["new_tokens"])')
+[ "${#PROMPTS[@]}" -ge 1 ] || { bad "cannot read tests/golden/ref/goldens.json"; exit 1; }
+
+case $N in
+  1) PLANS=("1 1 1 fp8" "1 1 1 bf16") ; TWO="" ;;
+  2) PLANS=("2 2 1 fp8" "2 1 1 fp8" "1 1 2 fp8" "2 1 1 bf16") ; TWO="2 2 1 fp8" ;;
+  4) PLANS=("4 4 1 fp8" "2 2 2 fp8" "4 1 1 bf16") ; TWO="4 4 1 fp8" ;;
+  *) echo "test_nccl.sh: NGPU must be 1, 2 or 4" >&2; exit 2 ;;
+esac
+
+# run_plan NAME NODES TP EP PP DTYPE
+run_plan() {
+  local name=$1 nodes=$2 tp=$3 ep=$4 pp=$5 dt=$6 D=$T/shard-$3-$4-$5-$6
+  if [ ! -f "$D/manifest.json" ]; then
+    "$BIN/dsr1-shard" run tests/golden/ckpt --out "$D" --tp "$tp" --ep "$ep" --pp "$pp" \
+      --dtype "$dt" --quiet >"$T/shard.log" 2>&1 || { bad "$name: dsr1-shard: $(tail -2 "$T/shard.log")"; return; }
+  fi
+  local i=0
+  for p in "${PROMPTS[@]}"; do
+    set -- $p
+    local ids=$1 want=$2 n=$3 L=$T/$name-p$i
+    mkdir -p "$L"
+    if scripts/launch_local.sh "$((tp * pp))" --nodes "$nodes" --logdir "$L" -- \
+         "$BIN/dsr1-serve" generate --backend cuda --manifest "$D/manifest.json" \
+         --prompt-ids "$ids" --max-new-tokens "$n" --logits-out "$L/logits.npy" --timeout 120 \
+         >"$L/out" 2>"$L/err"; then
+      got=$(grep -E '^[0-9]+(,[0-9]+)*$' "$L/out" | head -1)
+      [ "$got" = "$want" ] && ok "$name prompt $i greedy tokens" \
+        || bad "$name prompt $i tokens $got, golden $want"
+      r=$("$PY" - "$L/logits.npy" "tests/golden/ref/p${i}_${dt}.npy" <<'PYEOF'
+import sys, numpy as np
+g, r = np.load(sys.argv[1]), np.load(sys.argv[2])
+if g.shape != r.shape: print(f"shape {g.shape} vs {r.shape}"); sys.exit(1)
+e = float(np.abs(g - r).max() / np.abs(r).max())
+print(f"{e:.3g}"); sys.exit(0 if e <= 2e-2 and not np.isnan(g).any() else 1)
+PYEOF
+)
+      [ $? -eq 0 ] && ok "$name prompt $i logits rel err $r <= 2e-2" || bad "$name prompt $i logits rel err $r"
+    else
+      bad "$name prompt $i: dsr1-serve failed: $(tr '\n' ' ' <"$L/err" | head -c 600)"
+    fi
+    i=$((i + 1))
+  done
+}
+
+for plan in "${PLANS[@]}"; do
+  set -- $plan
+  run_plan "tp$1-ep$2-pp$3-$4" 1 "$@"
+done
+if [ -n "$TWO" ]; then
+  set -- $TWO
+  run_plan "two-nodes-tp$1-ep$2-pp$3-$4" 2 "$@"
+  # a corrupted shard on rank 1: every rank stops with one message naming rank 1
+  D=$T/shard-$1-$2-$3-$4 C=$T/corrupt
+  cp -r "$D" "$C"
+  f=$("$PY" -c "import json;m=json.load(open('$C/manifest.json'));print(m['shards'][m['ranks'][1]['shard']]['file'])")
+  sz=$(stat -c %s "$C/$f")
+  printf '\xff' | dd of="$C/$f" bs=1 seek=$((sz - 100)) conv=notrunc status=none
+  L=$T/corrupt-run
+  mkdir -p "$L"
+  set -- ${PROMPTS[0]}
+  scripts/launch_local.sh "$N" --logdir "$L" -- "$BIN/dsr1-serve" generate --backend cuda \
+    --manifest "$C/manifest.json" --prompt-ids "$1" --max-new-tokens 2 --verify full --timeout 60 \
+    >/dev/null 2>&1
+  allok=1
+  for ((r = 0; r < N; r++)); do
+    grep -Eq "rank 1 .*failed 'loaded'|differ from the manifest" "$L/rank$r.err" || { allok=0; echo "  rank $r: $(tail -1 "$L/rank$r.err")"; }
+  done
+  [ $allok = 1 ] && ok "corrupted shard on rank 1: all $N ranks stop naming rank 1" \
+    || bad "corrupted shard on rank 1 not reported by every rank"
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
