@@ -3,6 +3,7 @@
 # /tmp/dsr1-gpu-out): machine facts, make test-gpu, the golden model on 1 GPU, and,
 # per STAGE: "nccl" test_nccl.sh for every GPU count up to those visible (max 4),
 # "load" bench_load.sh, "decode" bench_decode.sh. Binaries come prebuilt in $BIN.
+# Every stage runs under a time limit (env *_STAGE_S) so one call fits the device lease.
 set -u
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-build/bin} PY=${PY:-python3} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
@@ -11,24 +12,24 @@ mkdir -p "$O"
 NG=$(nvidia-smi -L | wc -l)
 summary() { echo "$*" | tee -a "$O/summary.txt"; }
 { nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g | head -2; } 2>&1 | tee "$O/machine.txt"
-"$BIN/test-kernels-gpu" 2>&1 | tee "$O/test-gpu.txt"
+timeout 120 "$BIN/test-kernels-gpu" 2>&1 | tee "$O/test-gpu.txt"
 summary "test-gpu: $(tail -1 "$O/test-gpu.txt")"
 for s in "$@"; do
   case $s in
     nccl)
       for n in 1 2 4; do
         [ "$n" -le "$NG" ] || break
-        tests/gpu/test_nccl.sh "$n" 2>&1 | tee "$O/test-nccl-$n.txt"
+        timeout "${NCCL_STAGE_S:-150}" tests/gpu/test_nccl.sh "$n" 2>&1 | tee "$O/test-nccl-$n.txt"
         summary "test-nccl NGPU=$n: $(tail -1 "$O/test-nccl-$n.txt")"
       done ;;
     nccl-exact)
       DSR1_GEMV_MAX_M=100000 tests/gpu/test_nccl.sh 1 2>&1 | tee "$O/test-nccl-1-exact.txt"
       summary "test-nccl NGPU=1 (no activation quantization): $(tail -1 "$O/test-nccl-1-exact.txt")" ;;
     load)
-      scripts/bench_load.sh /tmp/dsr1-bench 2>&1 | tee "$O/bench-load.txt"
+      timeout "${LOAD_STAGE_S:-240}" scripts/bench_load.sh /tmp/dsr1-bench 2>&1 | tee "$O/bench-load.txt"
       summary "$(tail -8 "$O/bench-load.txt")" ;;
     decode)
-      scripts/bench_decode.sh /tmp/dsr1-bench 2>&1 | tee "$O/bench-decode.txt"
+      timeout "${DECODE_STAGE_S:-180}" scripts/bench_decode.sh /tmp/dsr1-bench 2>&1 | tee "$O/bench-decode.txt"
       summary "$(grep -A40 '^layer' "$O/bench-decode.txt" | head -60)" ;;
   esac
 done

@@ -48,7 +48,7 @@ run_plan() {
     mkdir -p "$L"
     if scripts/launch_local.sh "$((tp * pp))" --nodes "$nodes" --logdir "$L" -- \
          "$BIN/dsr1-serve" generate --backend cuda --manifest "$D/manifest.json" \
-         --prompt-ids "$ids" --max-new-tokens "$n" --logits-out "$L/logits.npy" --timeout 120 \
+         --prompt-ids "$ids" --max-new-tokens "$n" --logits-out "$L/logits.npy" --timeout 60 \
          >"$L/out" 2>"$L/err"; then
       got=$(grep -E '^[0-9]+(,[0-9]+)*$' "$L/out" | head -1)
       [ "$got" = "$want" ] && ok "$name prompt $i greedy tokens" \
@@ -64,6 +64,8 @@ PYEOF
       [ $? -eq 0 ] && ok "$name prompt $i logits rel err $r <= 2e-2" || bad "$name prompt $i logits rel err $r"
     else
       bad "$name prompt $i: dsr1-serve failed: $(tr '\n' ' ' <"$L/err" | head -c 600)"
+      for ((r = 0; r < tp * pp; r++)); do echo "  rank $r: $(tail -2 "$L/rank$r.err" | tr '\n' ' ')"; done
+      return # the other prompts would fail the same way
     fi
     i=$((i + 1))
   done
