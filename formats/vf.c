@@ -869,7 +869,8 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
             free(p);
         }
         closedir(d);
-        qsort(extra, nx, sizeof *extra, cmp_str);
+        if (nx)
+            qsort(extra, nx, sizeof *extra, cmp_str);
         for (size_t i = 0; i < nx; i++) {
             if (!extra[i])
                 continue;
