@@ -271,8 +271,10 @@ static json_t *descriptor(const char *media_type, const blob *b, const char *fil
 {
     json_t *d = json_pack("{s:s, s:s, s:I}", "mediaType", media_type, "digest", b->digest, "size",
                           (json_int_t)b->bytes);
+    /* image.title too: it is the name `oras pull` saves a layer under. */
     if (d && filepath)
-        json_object_set_new(d, "annotations", json_pack("{s:s}", OCI_ANN_FILEPATH, filepath));
+        json_object_set_new(d, "annotations",
+                            json_pack("{s:s, s:s}", OCI_ANN_FILEPATH, filepath, OCI_ANN_TITLE, filepath));
     return d;
 }
 

@@ -12,8 +12,9 @@
  *       artifactType OCI_ARTIFACT_MODEL, config OCI_MT_MODEL_CONFIG, layers:
  *         XXH128SUMS, manifest.json   OCI_MT_WEIGHT_CONFIG_RAW
  *         each shard file (by name)   OCI_MT_WEIGHT_RAW
- *       every layer uncompressed (the file's bytes) with annotation
- *       org.cncf.model.filepath = the file name;
+ *       every layer uncompressed (the file's bytes) with annotations
+ *       org.cncf.model.filepath and org.opencontainers.image.title = the file name
+ *       (the latter is what `oras pull` names files by);
  *     - model config (ModelPack): descriptor, config (format safetensors, precision),
  *       modelfs {type "layers", diffIds = the layer digests in order};
  *     - one blob per file; scopes share them.
@@ -40,6 +41,7 @@
 #define OCI_MT_WEIGHT_RAW "application/vnd.cncf.model.weight.v1.raw"
 #define OCI_MT_WEIGHT_CONFIG_RAW "application/vnd.cncf.model.weight.config.v1.raw"
 #define OCI_ANN_FILEPATH "org.cncf.model.filepath"
+#define OCI_ANN_TITLE "org.opencontainers.image.title"
 #define OCI_ANN_REF_NAME "org.opencontainers.image.ref.name"
 #define OCI_ANN_CREATED "org.opencontainers.image.created"
 

@@ -178,6 +178,13 @@ no_final "$T/xo3" && pass "OCI corrupt blob: nothing placed" || fail "OCI corrup
 rm "$T/o4/blobs/sha256/$blob"
 expect_exit "OCI missing blob: exit 1" 1 "$P" extract "$T/o4" "$T/xo3" -q
 
+# a stock tool copies the layout (as it would to a registry) and we extract the copy
+if command -v skopeo >/dev/null 2>&1; then
+  expect_exit "skopeo copy oci: -> oci:" 0 skopeo copy --quiet "oci:$T/o1:node-00" "oci:$T/sk:node-00"
+  expect_exit "extract the skopeo copy --verify" 0 "$P" extract "$T/sk" "$T/xsk" --verify -q
+  same_files "$T/xsk" $FILES && pass "skopeo copy round trip: identical" || fail "skopeo copy round trip"
+fi
+
 # usage
 expect_exit "usage: no command" 2 "$P"
 expect_exit "usage: unknown command" 2 "$P" frobnicate

@@ -91,6 +91,8 @@ def main():
                 bad(f"{ref}: layer without a plain {ANN_PATH}: {name!r}")
                 continue
             names.append(name)
+            if ld.get("annotations", {}).get("org.opencontainers.image.title") != name:
+                bad(f"{ref}: layer {name} lacks org.opencontainers.image.title = its name (oras pull needs it)")
             want = MT_WEIGHT_CONFIG if name in ("manifest.json", "XXH128SUMS") else MT_WEIGHT
             if ld.get("mediaType") != want:
                 bad(f"{ref}: layer {name} mediaType {ld.get('mediaType')}, expected {want}")
