@@ -410,8 +410,10 @@ static void on_progress(void *ctx, uint64_t b)
     cli_progress_add(ctx, b);
     if (stall_at && ++batches_seen >= stall_at) {
         fprintf(stderr, "dsr1-shard: test stall after %" PRIu64 " batches\n", batches_seen);
-        for (;;)
-            pause();
+        for (int i = 0; i < 120; i++) /* bounded: a broken test must not hang */
+            sleep(1);
+        fprintf(stderr, "dsr1-shard: test stall expired\n");
+        exit(3);
     }
 }
 static void on_item(void *ctx, const char *n) { cli_progress_set_item(ctx, n); }
