@@ -191,8 +191,14 @@ int ld_open(ld_shard **out, const mf_manifest *m, const char *dir, size_t shard_
         goto fail;
     }
     /* Size first: a truncated file must be reported as truncated, not as whatever
-     * header check the cut happens to break. */
+     * header check the cut happens to break. A complete shard of another rank or
+     * deployment has another size too: when the file is a valid safetensors file
+     * whose coordinates differ, that is the better message. */
     if ((uint64_t)sb.st_size != e->bytes) {
+        dsr1_err e2;
+        if (st_open(&s->f, s->path, &e2) == 0 && st_file_size(s->f) == (uint64_t)sb.st_size &&
+            (rc = check_meta(s, err)) != 0)
+            goto fail;
         rc = dsr1_err_set(err, DSR1_E_MISMATCH, LD_ERR_SIZE, 0,
                           "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 " (%s); re-copy the file",
                           s->path, (uint64_t)sb.st_size, e->bytes,
@@ -534,6 +540,7 @@ int ld_hash_check_progress(const ld_shard *s, ld_bad_fn bad, void *ctx, ld_progr
                 break;
             if (r == 0)
                 pause_briefly();
+            progress_tick(&j, 0, &last, progress, pctx); /* the caller's thread may be helping */
         }
     }
     if (atomic_load(&j.io_error)) {

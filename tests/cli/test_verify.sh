@@ -90,6 +90,12 @@ expect_exit "swapped: exit 1" 1 "$V" --quick --no-progress "$T/c"
 expect_out "swapped: first file" "^$S00: FAILED \(file holds pp stage 0 tp rank 1, .*swapped"
 expect_out "swapped: second file" "^$S01: FAILED \(file holds pp stage 0 tp rank 0"
 
+# a shard of another stage (another size) under this name: named as swapped, not truncated
+fresh
+cp "$T/sh/$S10" "$T/c/$S00"
+expect_exit "other stage's shard: exit 1" 1 "$V" --quick --no-progress "$T/c"
+expect_out "other stage's shard: named as swapped" "^$S00: FAILED \(file holds pp stage 1 tp rank 0, .*swapped"
+
 # an edited manifest (valid JSON, one digest changed): XXH128SUMS disagrees
 fresh
 sed -i 's/"tool":"[^"]*"/"tool":"edited by hand"/' "$T/c/manifest.json"
@@ -169,7 +175,7 @@ expect_exit "--rank 5: others garbage, exit 0" 0 "$V" --rank 5 --no-progress "$T
 expect_out "--rank 5: checks rank 5's shard" "^$S01: OK"
 expect_out "--rank 5: summary names the rank" "full check, rank 5\)"
 expect_exit "--node 0 with garbage on node 0's shards: exit 1" 1 "$V" --node 0 --no-progress "$T/c"
-if command -v strace >/dev/null 2>&1; then
+if command -v strace >/dev/null 2>&1 && strace -qq -o /dev/null true 2>/dev/null; then
   strace -f -qq -e trace=%file,%desc -o "$T/trace" "$V" --rank 5 --no-progress "$T/sh" >/dev/null 2>&1
   if grep -q 'model-pp' "$T/trace" && ! grep -E "$S00|$S10|$S11" "$T/trace" >/dev/null; then
     pass "--rank 5: strace shows no other shard opened or stat'ed"
