@@ -59,6 +59,8 @@ cudaStream_t kc_ctx_stream(const kc_ctx *c);
 int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why);
 /* M at or below which kc_gemm uses the GEMV kernel (env DSR1_GEMV_MAX_M, default 16). */
 void kc_ctx_set_gemv_max_m(kc_ctx *c, int m);
+/* GEMV loads in flight per lane: 0 = several (default), 1 = one (for comparisons). */
+void kc_set_gemv_unroll(int one);
 /* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
             size_t ldy, int accumulate, int force);

@@ -29,7 +29,7 @@
 typedef struct lt_plan {
     int used;
     size_t M, N, K, ldy;
-    int wtype, beta, mode;
+    int wtype, beta, mode, dbf16;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -49,7 +49,8 @@ struct kc_ctx {
     int act_scale_bm;   /* activation scales block-major ([nb][M]) */
     int w_scale_tr;     /* weight scales transposed ([kb][nb]) */
     int lt_partial_n;   /* the verified arrangement also handles N % 128 != 0 */
-    char fp8_why[512];
+    int lt_dbf16;       /* the verified arrangement writes bf16 (converted to fp32 after) */
+    char fp8_why[1024];
     /* grow-only scratch */
     void *buf[KC_SCRATCH_N];
     size_t cap[KC_SCRATCH_N];
@@ -159,7 +160,7 @@ void kc_ctx_set_gemv_max_m(kc_ctx *c, int m) { c->gemv_max_m = m; }
 
 /* ---- GEMV kernel ---- */
 
-template <int WT, int MT>
+template <int WT, int MT, int U>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *x, size_t ldx, int M,
                                                    const uint8_t *W, const float *S, size_t sld,
                                                    size_t N, size_t K, float *y, size_t ldy,
@@ -173,8 +174,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, size_t ldx, i
     for (int m = 0; m < MT; m++)
         xr[m] = x + (size_t)(m < M ? m : 0) * ldx;
     float acc[MT];
-    warp_rowdot<WT, MT>(W + n * K * wvec<WT>::B, WT == 2 ? S + (n >> 7) * sld : NULL, K, xr, M,
-                        acc);
+    warp_rowdot<WT, MT, U>(W + n * K * wvec<WT>::B, WT == 2 ? S + (n >> 7) * sld : NULL, K, xr, M,
+                           acc);
     if ((threadIdx.x & 31) == 0)
 #pragma unroll
         for (int m = 0; m < MT; m++)
@@ -205,10 +206,28 @@ __global__ void gemv_scalar_kernel(const float *x, size_t ldx, size_t M, int typ
     }
 }
 
+static int g_unroll = -1; /* DSR1_GEMV_UNROLL=1: one load in flight per lane (comparison) */
+
+template <int WT, int MT>
+static void gemv_one(dim3 grid, cudaStream_t st, const float *xs, size_t ldx, int nm,
+                     const uint8_t *W, const k_weight *w, float *ys, size_t ldy, int accumulate)
+{
+    if (g_unroll == 1)
+        gemv_kernel<WT, MT, 1><<<grid, 256, 0, st>>>(xs, ldx, nm, W, w->scale, w->scale_ld,
+                                                     w->rows, w->cols, ys, ldy, accumulate);
+    else
+        gemv_kernel<WT, MT, (MT <= 4 ? 4 : MT <= 8 ? 2 : 1)><<<grid, 256, 0, st>>>(
+            xs, ldx, nm, W, w->scale, w->scale_ld, w->rows, w->cols, ys, ldy, accumulate);
+}
+
 template <int WT>
 static int gemv_launch(const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
                        size_t ldy, int accumulate, cudaStream_t st)
 {
+    if (g_unroll < 0) {
+        const char *e = getenv("DSR1_GEMV_UNROLL");
+        g_unroll = e && atoi(e) == 1 ? 1 : 0;
+    }
     dim3 grid(kc_blocks(w->rows, 8));
     const uint8_t *W = (const uint8_t *)w->data;
     for (size_t m0 = 0; m0 < M; m0 += 16) {
@@ -216,24 +235,21 @@ static int gemv_launch(const float *x, size_t ldx, size_t M, const k_weight *w, 
         const float *xs = x + m0 * ldx;
         float *ys = y + m0 * ldy;
         if (nm == 1)
-            gemv_kernel<WT, 1><<<grid, 256, 0, st>>>(xs, ldx, 1, W, w->scale, w->scale_ld, w->rows,
-                                                     w->cols, ys, ldy, accumulate);
+            gemv_one<WT, 1>(grid, st, xs, ldx, 1, W, w, ys, ldy, accumulate);
         else if (nm == 2)
-            gemv_kernel<WT, 2><<<grid, 256, 0, st>>>(xs, ldx, 2, W, w->scale, w->scale_ld, w->rows,
-                                                     w->cols, ys, ldy, accumulate);
+            gemv_one<WT, 2>(grid, st, xs, ldx, 2, W, w, ys, ldy, accumulate);
         else if (nm <= 4)
-            gemv_kernel<WT, 4><<<grid, 256, 0, st>>>(xs, ldx, (int)nm, W, w->scale, w->scale_ld,
-                                                     w->rows, w->cols, ys, ldy, accumulate);
+            gemv_one<WT, 4>(grid, st, xs, ldx, (int)nm, W, w, ys, ldy, accumulate);
         else if (nm <= 8)
-            gemv_kernel<WT, 8><<<grid, 256, 0, st>>>(xs, ldx, (int)nm, W, w->scale, w->scale_ld,
-                                                     w->rows, w->cols, ys, ldy, accumulate);
+            gemv_one<WT, 8>(grid, st, xs, ldx, (int)nm, W, w, ys, ldy, accumulate);
         else
-            gemv_kernel<WT, 16><<<grid, 256, 0, st>>>(xs, ldx, (int)nm, W, w->scale, w->scale_ld,
-                                                      w->rows, w->cols, ys, ldy, accumulate);
+            gemv_one<WT, 16>(grid, st, xs, ldx, (int)nm, W, w, ys, ldy, accumulate);
         KC_LAUNCH_CHECK();
     }
     return 0;
 }
+
+void kc_set_gemv_unroll(int one) { g_unroll = one ? 1 : 0; }
 
 /* The vector kernel needs 16-byte aligned rows of W and x. */
 static int gemv_vector_ok(const float *x, size_t ldx, const k_weight *w)
@@ -307,15 +323,15 @@ __global__ void transpose_kernel(const float *in, size_t rows, size_t cols, floa
         out[(i % cols) * rows + i / cols] = in[i];
 }
 
-/* y[m*ldy + n] (=/+=) d[n*M + m] */
-__global__ void add_transposed_kernel(const float *d, size_t M, size_t N, float *y, size_t ldy,
-                                      int accumulate)
+/* y[m*ldy + n] (=/+=) d[m*sm + n*sn], d fp32 or bf16 */
+__global__ void store_kernel(const void *d, int bf16, size_t sm, size_t sn, size_t M, size_t N,
+                             float *y, size_t ldy, int accumulate)
 {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= M * N)
         return;
-    size_t m = i / N, n = i % N;
-    float v = d[n * M + m];
+    size_t m = i / N, n = i % N, j = m * sm + n * sn;
+    float v = bf16 ? kc_bf16(((const uint16_t *)d)[j]) : ((const float *)d)[j];
     y[m * ldy + n] = accumulate ? y[m * ldy + n] + v : v;
 }
 
@@ -346,16 +362,18 @@ static const float *scale_transposed(kc_ctx *c, const float *src, size_t nb, siz
 
 /* ---- cuBLASLt ---- */
 
+/* sa, sb: the scale pointers of the first use (the heuristic may look at them) */
 static lt_plan *plan_get(kc_ctx *c, size_t M, size_t N, size_t K, size_t ldy, int wtype, int beta,
-                         int mode, int *status)
+                         int mode, int dbf16, const float *sa, const float *sb, int *status)
 {
     *status = 0;
     for (int i = 0; i < PLAN_CACHE; i++) {
         lt_plan *p = &c->plans[i];
         if (p->used && p->M == M && p->N == N && p->K == K && p->ldy == ldy &&
-            p->wtype == wtype && p->beta == beta && p->mode == mode)
+            p->wtype == wtype && p->beta == beta && p->mode == mode && p->dbf16 == dbf16)
             return p;
     }
+    cudaDataType_t dt = dbf16 ? CUDA_R_16BF : CUDA_R_32F;
     lt_plan *p = &c->plans[c->next_plan];
     c->next_plan = (c->next_plan + 1) % PLAN_CACHE;
     if (p->used) {
@@ -386,17 +404,21 @@ static lt_plan *plan_get(kc_ctx *c, size_t M, size_t N, size_t K, size_t ldy, in
                                            sizeof am));
         TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bm,
                                            sizeof bm));
+        TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa,
+                                           sizeof sa));
+        TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb,
+                                           sizeof sb));
     }
     if (mode == KC_LT_AVEC_WBLK) {
         /* A = activations (K x M), B = weights (K x N), D = M x N column-major */
         TRY(cublasLtMatrixLayoutCreate(&p->la, in, K, M, K));
         TRY(cublasLtMatrixLayoutCreate(&p->lb, in, K, N, K));
-        TRY(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, M, N, M));
+        TRY(cublasLtMatrixLayoutCreate(&p->lc, dt, M, N, M));
     } else {
         /* A = weights (K x N), B = activations (K x M), D = N x M column-major = y rows */
         TRY(cublasLtMatrixLayoutCreate(&p->la, in, K, N, K));
         TRY(cublasLtMatrixLayoutCreate(&p->lb, in, K, M, K));
-        TRY(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, N, M, ldy));
+        TRY(cublasLtMatrixLayoutCreate(&p->lc, dt, N, M, ldy));
     }
     {
         cublasLtMatmulPreference_t pref;
@@ -418,6 +440,7 @@ static lt_plan *plan_get(kc_ctx *c, size_t M, size_t N, size_t K, size_t ldy, in
 #undef TRY
     p->used = 1;
     p->M = M, p->N = N, p->K = K, p->ldy = ldy, p->wtype = wtype, p->beta = beta, p->mode = mode;
+    p->dbf16 = dbf16;
     return p;
 fail:
     if (p->desc)
@@ -433,45 +456,46 @@ fail:
 }
 
 /* FP8 block-scaled matmul of quantized activations a [M,K] (scales as, arranged per
- * c->act_scale_bm) with weights q [N,K] (scales ws in DeepSeek's [nb][kb] order). */
-static int lt_fp8(kc_ctx *c, int mode, int act_bm, int w_tr, const uint8_t *a, const float *as,
-                  size_t M, const uint8_t *q, const float *ws, size_t N, size_t K, float *y,
-                  size_t ldy, int accumulate)
+ * act_bm) with weights q [N,K] (scales ws in DeepSeek's [nb][kb] order). */
+static int lt_fp8(kc_ctx *c, int mode, int act_bm, int w_tr, int dbf16, const uint8_t *a,
+                  const float *as, size_t M, const uint8_t *q, const float *ws, size_t N, size_t K,
+                  float *y, size_t ldy, int accumulate)
 {
     int st;
     const float *wsp = ws;
+    (void)act_bm;
     if (w_tr) {
         wsp = scale_transposed(c, ws, (N + 127) / 128, (K + 127) / 128);
         if (!wsp)
             return -1;
     }
-    (void)act_bm;
-    float *d = y;
+    int direct = mode == KC_LT_WBLK_AVEC && !dbf16;
+    void *d = y;
     size_t ldd = ldy;
-    if (mode == KC_LT_AVEC_WBLK) {
-        d = (float *)kc_ctx_scratch(c, SCR_D, M * N * sizeof(float));
+    if (!direct) {
+        d = kc_ctx_scratch(c, SCR_D, M * N * (dbf16 ? 2 : 4));
         if (!d)
             return -1;
-        ldd = M;
+        ldd = mode == KC_LT_WBLK_AVEC ? N : M;
     }
-    lt_plan *p = plan_get(c, M, N, K, ldd, K_W_FP8, mode == KC_LT_WBLK_AVEC && accumulate, mode,
-                          &st);
-    if (!p)
-        return st;
     const void *A = mode == KC_LT_WBLK_AVEC ? (const void *)q : (const void *)a;
     const void *B = mode == KC_LT_WBLK_AVEC ? (const void *)a : (const void *)q;
     const float *sa = mode == KC_LT_WBLK_AVEC ? wsp : as;
     const float *sb = mode == KC_LT_WBLK_AVEC ? as : wsp;
+    lt_plan *p = plan_get(c, M, N, K, ldd, K_W_FP8, direct && accumulate, mode, dbf16, sa, sb, &st);
+    if (!p)
+        return st;
     LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa,
                                       sizeof sa));
     LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb,
                                       sizeof sb));
-    float alpha = 1.0f, beta = (mode == KC_LT_WBLK_AVEC && accumulate) ? 1.0f : 0.0f;
+    float alpha = 1.0f, beta = (direct && accumulate) ? 1.0f : 0.0f;
     LT(cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, d, p->lc, d, p->lc,
                       &p->algo, c->ws, WS_BYTES, c->st));
-    if (mode == KC_LT_AVEC_WBLK) {
-        add_transposed_kernel<<<kc_blocks(M * N, 256), 256, 0, c->st>>>(d, M, N, y, ldy,
-                                                                       accumulate);
+    if (!direct) {
+        size_t sm = mode == KC_LT_WBLK_AVEC ? N : 1, sn = mode == KC_LT_WBLK_AVEC ? 1 : M;
+        store_kernel<<<kc_blocks(M * N, 256), 256, 0, c->st>>>(d, dbf16, sm, sn, M, N, y, ldy,
+                                                               accumulate);
         KC_LAUNCH_CHECK();
     }
     return 0;
@@ -490,7 +514,7 @@ static int lt_fp8_from_f32(kc_ctx *c, const float *x, size_t ldx, size_t M, cons
                              : kc_act_quant_strided(x, ldx, M, K, a, K, as, nb, 1, c->st);
     if (rc)
         return rc;
-    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, a, as, M,
+    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, c->lt_dbf16, a, as, M,
                   (const uint8_t *)w->data, w->scale, w->rows, K, y, ldy, accumulate);
 }
 
@@ -511,7 +535,8 @@ int kc_gemm_fp8_prepped(kc_ctx *c, size_t M, const k_weight *w, float *y, size_t
 {
     if (kc_ctx_fp8_lt_mode(c, NULL) == KC_LT_NONE || w->type != K_W_FP8)
         return -1;
-    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, (const uint8_t *)c->buf[SCR_A8],
+    return lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, c->lt_dbf16,
+                  (const uint8_t *)c->buf[SCR_A8],
                   (const float *)c->buf[SCR_AS], M, (const uint8_t *)w->data, w->scale, w->rows,
                   w->cols, y, ldy, 0);
 }
@@ -520,7 +545,7 @@ int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, s
                     size_t K, float *y)
 {
     int st;
-    lt_plan *p = plan_get(c, M, N, K, N, K_W_BF16, 0, KC_LT_WBLK_AVEC, &st);
+    lt_plan *p = plan_get(c, M, N, K, N, K_W_BF16, 0, KC_LT_WBLK_AVEC, 0, NULL, NULL, &st);
     if (!p)
         return st;
     float alpha = 1.0f, beta = 0.0f;
@@ -539,7 +564,8 @@ static int lt_bf16_from_f32(kc_ctx *c, const float *x, size_t ldx, size_t M, con
     f32_to_bf16_rows_kernel<<<kc_blocks(M * K, 256), 256, 0, c->st>>>(x, ldx, xb, K, M * K);
     KC_LAUNCH_CHECK();
     int st;
-    lt_plan *p = plan_get(c, M, N, K, ldy, K_W_BF16, accumulate, KC_LT_WBLK_AVEC, &st);
+    lt_plan *p = plan_get(c, M, N, K, ldy, K_W_BF16, accumulate, KC_LT_WBLK_AVEC, 0, NULL, NULL,
+                          &st);
     if (!p)
         return st;
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -600,7 +626,7 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
              cudaMalloc(&ws, nb * kb * 4) == cudaSuccess &&
              cudaMalloc(&ref, M * N * 4) == cudaSuccess &&
              cudaMalloc(&out, M * N * 4) == cudaSuccess && cudaMalloc(&err, 4) == cudaSuccess;
-    char tried[200] = "";
+    char tried[400] = "";
     size_t tl = 0;
     if (ok) {
         fill_test_kernel<<<kc_blocks(M * K, 256), 256, 0, c->st>>>(a, M * K, as, M * kb, 11u);
@@ -609,12 +635,13 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
         kc_gemm_fp8_simple(a, as, M, q, ws, N, K, ref, N, c->st);
         /* Most likely first: cuBLAS column-major reading of DeepSeek's row-major grids. */
         static const int modes[2] = {KC_LT_WBLK_AVEC, KC_LT_AVEC_WBLK};
+        for (int ob = 0; ob < 2 && c->fp8_mode == KC_LT_NONE; ob++)
         for (int mi = 0; mi < 2 && c->fp8_mode == KC_LT_NONE; mi++)
             for (int abm = 0; abm < 2 && c->fp8_mode == KC_LT_NONE; abm++)
                 for (int wtr = 0; wtr < 2 && c->fp8_mode == KC_LT_NONE; wtr++) {
                     cudaMemsetAsync(out, 0xff, M * N * 4, c->st);
-                    int rc = lt_fp8(c, modes[mi], abm, wtr, a, abm ? asT : as, M, q, ws, N, K,
-                                    out, N, 0);
+                    int rc = lt_fp8(c, modes[mi], abm, wtr, ob, a, abm ? asT : as, M, q, ws, N,
+                                    K, out, N, 0);
                     float e = -1.0f;
                     if (rc == 0) {
                         rel_err_kernel<<<1, 256, 0, c->st>>>(out, ref, M * N, err);
@@ -622,15 +649,21 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
                         cudaStreamSynchronize(c->st);
                     }
                     cudaGetLastError();
-                    if (tl < sizeof tried)
-                        tl += (size_t)snprintf(tried + tl, sizeof tried - tl, " m%d/a%d/w%d:%s",
-                                               modes[mi], abm, wtr,
-                                               rc ? "refused" : e >= 0 && e < 1e-3f ? "ok"
-                                                                                     : "wrong");
+                    if (tl < sizeof tried) {
+                        char r[48];
+                        if (rc)
+                            snprintf(r, sizeof r, "refused(%d)", rc <= -1000 ? -rc - 1000 : rc);
+                        else
+                            snprintf(r, sizeof r, "%s(%.1e)", e >= 0 && e < 1e-3f ? "ok" : "wrong",
+                                     e);
+                        tl += (size_t)snprintf(tried + tl, sizeof tried - tl, " %s/m%d/a%d/w%d:%s",
+                                               ob ? "bf16" : "f32", modes[mi], abm, wtr, r);
+                    }
                     if (rc == 0 && e >= 0 && e < 1e-3f) {
                         c->fp8_mode = modes[mi];
                         c->act_scale_bm = abm;
                         c->w_scale_tr = wtr;
+                        c->lt_dbf16 = ob;
                     }
                 }
     }
@@ -639,7 +672,7 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
         const size_t Np = 320;
         kc_gemm_fp8_simple(a, as, M, q, ws, Np, K, ref, Np, c->st);
         cudaMemsetAsync(out, 0xff, M * Np * 4, c->st);
-        int rc = lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, a,
+        int rc = lt_fp8(c, c->fp8_mode, c->act_scale_bm, c->w_scale_tr, c->lt_dbf16, a,
                         c->act_scale_bm ? asT : as, M, q, ws, Np, K, out, Np, 0);
         float e = -1.0f;
         if (rc == 0) {
@@ -654,11 +687,11 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
     cudaFree(a), cudaFree(q), cudaFree(as), cudaFree(asT), cudaFree(ws), cudaFree(ref);
     cudaFree(out), cudaFree(err);
     if (c->fp8_mode != KC_LT_NONE)
-        snprintf(c->fp8_why, sizeof c->fp8_why, "cuBLASLt %s, activation scales %s, weight "
-                 "scales %s, partial row blocks %s (tried:%s)",
+        snprintf(c->fp8_why, sizeof c->fp8_why, "cuBLASLt %s, %s output, activation scales %s, "
+                 "weight scales %s, partial row blocks %s (tried:%s)",
                  c->fp8_mode == KC_LT_WBLK_AVEC ? "A=weights(BLK128x128) B=acts(VEC128)"
                                                 : "A=acts(VEC128) B=weights(BLK128x128)",
-                 c->act_scale_bm ? "block-major" : "row-major",
+                 c->lt_dbf16 ? "bf16" : "fp32", c->act_scale_bm ? "block-major" : "row-major",
                  c->w_scale_tr ? "transposed" : "as stored", c->lt_partial_n ? "ok" : "not used",
                  tried);
     else

@@ -40,8 +40,9 @@ __device__ __forceinline__ void decode16(uint4 r, float *f)
 
 /* A warp dots one weight row (wrow; srow = its block-scale row for FP8) with the
  * activation rows xr[m], m < nm; every lane ends with the sums in acc. Needs K a
- * multiple of 16 bytes of weights and 16-byte aligned rows. */
-template <int WT, int MT>
+ * multiple of 16 bytes of weights and 16-byte aligned rows. Each lane keeps U 16-byte
+ * weight loads in flight before it uses the first (decode is latency bound otherwise). */
+template <int WT, int MT, int U = (MT <= 4 ? 4 : MT <= 8 ? 2 : 1)>
 __device__ __forceinline__ void warp_rowdot(const uint8_t *wrow, const float *srow, size_t K,
                                             const float *const *xr, int nm, float *acc)
 {
@@ -50,24 +51,37 @@ __device__ __forceinline__ void warp_rowdot(const uint8_t *wrow, const float *sr
 #pragma unroll
     for (int m = 0; m < MT; m++)
         acc[m] = 0.0f;
-#pragma unroll 2
-    for (size_t k0 = (size_t)lane * V; k0 < K; k0 += 32 * V) {
-        uint4 raw = __ldg(reinterpret_cast<const uint4 *>(wrow + k0 * B));
-        float wf[V];
-        decode16<WT>(raw, wf);
-        float s = WT == 2 ? __ldg(srow + (k0 >> 7)) : 1.0f;
+    for (size_t k0 = (size_t)lane * V; k0 < K; k0 += 32 * V * U) {
+        uint4 raw[U];
+        float s[U];
 #pragma unroll
-        for (int m = 0; m < MT; m++) {
-            if (m < nm) {
-                const float4 *xp = reinterpret_cast<const float4 *>(xr[m] + k0);
-                float d = 0.0f;
+        for (int u = 0; u < U; u++) {
+            size_t kk = k0 + (size_t)u * 32 * V;
+            if (kk < K) {
+                raw[u] = __ldg(reinterpret_cast<const uint4 *>(wrow + kk * B));
+                s[u] = WT == 2 ? __ldg(srow + (kk >> 7)) : 1.0f;
+            }
+        }
 #pragma unroll
-                for (int j = 0; j < V / 4; j++) {
-                    float4 xv = xp[j];
-                    d += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z +
-                         wf[4 * j + 3] * xv.w;
+        for (int u = 0; u < U; u++) {
+            size_t kk = k0 + (size_t)u * 32 * V;
+            if (kk >= K)
+                break;
+            float wf[V];
+            decode16<WT>(raw[u], wf);
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                if (m < nm) {
+                    const float4 *xp = reinterpret_cast<const float4 *>(xr[m] + kk);
+                    float d = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < V / 4; j++) {
+                        float4 xv = xp[j];
+                        d += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z +
+                             wf[4 * j + 3] * xv.w;
+                    }
+                    acc[m] += WT == 2 ? d * s[u] : d;
                 }
-                acc[m] += WT == 2 ? d * s : d;
             }
         }
     }

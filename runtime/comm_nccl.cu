@@ -249,23 +249,59 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
         op_free(c);
         return rc;
     }
-    /* TP: same dp and pp; PP: same dp and tp (comm.h layout) */
-    int tp_color = c->dp_rank * pp + c->pp_rank, pp_color = c->dp_rank * tp + c->tp_rank;
-    ncclConfig_t cfg2 = NCCL_CONFIG_INITIALIZER;
-    cfg2.blocking = 0;
-    r = ncclCommSplit(x->g[RT_GROUP_WORLD], tp_color, c->tp_rank, &x->g[RT_GROUP_TP], &cfg2);
-    if ((rc = settle(x, x->g[RT_GROUP_WORLD], r, "TP communicator split", err)) ||
-        (rc = settle(x, x->g[RT_GROUP_TP], ncclInProgress, "TP communicator split", err))) {
-        op_free(c);
-        return rc;
-    }
-    ncclConfig_t cfg3 = NCCL_CONFIG_INITIALIZER;
-    cfg3.blocking = 0;
-    r = ncclCommSplit(x->g[RT_GROUP_WORLD], pp_color, c->pp_rank, &x->g[RT_GROUP_PP], &cfg3);
-    if ((rc = settle(x, x->g[RT_GROUP_WORLD], r, "PP communicator split", err)) ||
-        (rc = settle(x, x->g[RT_GROUP_PP], ncclInProgress, "PP communicator split", err))) {
-        op_free(c);
-        return rc;
+    /* TP and PP communicators from their own unique ids: the first member of each group
+     * makes one, and an all-gather over WORLD hands every rank its leaders' ids (plain
+     * initialization, bounded like the world one). */
+    {
+        uint8_t mine[256], *dall = NULL, *all = (uint8_t *)malloc((size_t)c->size * 256);
+        memset(mine, 0, sizeof mine);
+        ncclUniqueId t;
+        if (c->tp_rank == 0 && ncclGetUniqueId(&t) == ncclSuccess)
+            memcpy(mine, &t, 128);
+        if (c->pp_rank == 0 && ncclGetUniqueId(&t) == ncclSuccess)
+            memcpy(mine + 128, &t, 128);
+        cudaError_t ce = all ? cudaMalloc((void **)&dall, (size_t)(c->size + 1) * 256)
+                             : cudaErrorMemoryAllocation;
+        if (ce == cudaSuccess)
+            ce = cudaMemcpy(dall + (size_t)c->size * 256, mine, 256, cudaMemcpyHostToDevice);
+        if (ce != cudaSuccess) {
+            free(all);
+            cudaFree(dall);
+            op_free(c);
+            return dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "cuda: %s",
+                                cudaGetErrorString(ce));
+        }
+        rc = settle(x, x->g[RT_GROUP_WORLD],
+                    ncclAllGather(dall + (size_t)c->size * 256, dall, 256, ncclUint8,
+                                  x->g[RT_GROUP_WORLD], x->st),
+                    "group id exchange", err);
+        if (!rc)
+            rc = wait_stream(x, "group id exchange", err);
+        if (!rc && cudaMemcpy(all, dall, (size_t)c->size * 256, cudaMemcpyDeviceToHost) != cudaSuccess)
+            rc = dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "cuda: group id copy");
+        cudaFree(dall);
+        static const rt_group gs[2] = {RT_GROUP_TP, RT_GROUP_PP};
+        for (int i = 0; i < 2 && !rc; i++) {
+            rt_group g = gs[i];
+            int leader = rt_comm_group_member(c, g, 0);
+            memcpy(&u, all + (size_t)leader * 256 + (size_t)i * 128, 128);
+            ncclConfig_t gc = NCCL_CONFIG_INITIALIZER;
+            gc.blocking = 0;
+            ncclResult_t gr = ncclCommInitRankConfig(&x->g[g], rt_comm_group_size(c, g), u,
+                                                     rt_comm_group_index(c, g), &gc);
+            if (gr != ncclSuccess && gr != ncclInProgress)
+                rc = dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0,
+                                  "ncclCommInitRank (%s group): %s", i ? "PP" : "TP",
+                                  ncclGetErrorString(gr));
+            else
+                rc = settle(x, x->g[g], gr, i ? "PP communicator setup" : "TP communicator setup",
+                            err);
+        }
+        free(all);
+        if (rc) {
+            op_free(c);
+            return rc;
+        }
     }
     *out = c;
     return 0;

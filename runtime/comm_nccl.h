@@ -5,8 +5,9 @@
  * becomes an error naming the timeout, never a hang. The communicators are created in
  * NCCL's non-blocking mode for the same reason (initialization is bounded too).
  *
- * Groups: WORLD is the communicator made from the unique id; TP and PP are split from
- * it (ncclCommSplit) following comm.h's rank layout.
+ * Groups: WORLD is the communicator made from the unique id; each TP and PP group gets
+ * its own communicator, initialized from an id its first member makes and the WORLD
+ * communicator all-gathers (ncclCommSplit in non-blocking mode stalled in testing).
  *
  * NVLink SHARP (NVLS) must stay off on the shared machines: rt_comm_nccl_create sets
  * NCCL_NVLS_ENABLE=0 in the environment before NCCL reads it unless it is already set.

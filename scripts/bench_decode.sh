@@ -5,7 +5,7 @@
 # the projection for the 61-layer model on 8 GPUs (make bench-decode).
 set -eu
 cd "$(dirname "$0")/.."
-W=${1:-/tmp/dsr1-bench}
+W=${1:-/dev/shm/dsr1-bench}
 BIN=${BIN:-build/bin}
 PY=${PY:-python3}
 export NCCL_NVLS_ENABLE=0

@@ -6,7 +6,7 @@
 # its one-rank shard in WORKDIR unless they exist. Env: BIN (default build/bin), PY.
 set -eu
 cd "$(dirname "$0")/.."
-W=${1:-/tmp/dsr1-bench}
+W=${1:-/dev/shm/dsr1-bench}
 BIN=${BIN:-build/bin}
 PY=${PY:-python3}
 LAYERS=${LAYERS:-4}
@@ -18,7 +18,7 @@ if [ ! -f "$W/shard/manifest.json" ]; then
   t1=$(date +%s.%N)
   "$BIN/dsr1-shard" run "$W/ckpt" --out "$W/shard" --tp 1 --quiet
   t2=$(date +%s.%N)
-  echo "prepared: synth $(echo "$t1 - $t0" | bc) s, shard $(echo "$t2 - $t1" | bc) s"
+  echo "prepared: synth $(awk "BEGIN{print $t1 - $t0}") s, shard $(awk "BEGIN{print $t2 - $t1}") s"
 fi
 f=$(ls "$W"/shard/*.safetensors | head -1)
 "$BIN/bench-load-gpu" --manifest "$W/shard/manifest.json" | tee "$W/load.txt"

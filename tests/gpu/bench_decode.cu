@@ -57,11 +57,14 @@ __global__ void fill_kernel(float *p, size_t n, uint32_t seed, float scale)
     p[i] = ((float)(h & 0xffff) / 32768.0f - 1.0f) * scale;
 }
 
+static cudaStream_t g_st; /* every timed piece runs on the model's stream */
+
 static void fill(float *p, size_t n, uint32_t seed, float scale)
 {
     if (n)
-        fill_kernel<<<kc_blocks(n, 256), 256>>>(p, n, seed, scale);
+        fill_kernel<<<kc_blocks(n, 256), 256, 0, g_st>>>(p, n, seed, scale);
     CK(cudaGetLastError());
+    CK(cudaStreamSynchronize(g_st));
 }
 
 static double wbytes(const k_weight *w)
@@ -102,13 +105,14 @@ static double copy_bw(void)
 template <class F>
 static double time_ms(F f, int reps)
 {
+    cudaStream_t st = g_st;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0), cudaEventCreate(&e1);
     std::vector<double> v;
     for (int k = 0; k < reps + 2; k++) {
-        cudaEventRecord(e0);
+        cudaEventRecord(e0, st);
         f();
-        cudaEventRecord(e1);
+        cudaEventRecord(e1, st);
         cudaEventSynchronize(e1);
         float ms;
         cudaEventElapsedTime(&ms, e0, e1);
@@ -131,6 +135,7 @@ static int allreduce_mode(size_t hidden, int reps)
     CK(cudaSetDevice(id.local_rank));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    g_st = st;
     uint8_t uid[RT_BOOT_ID_BYTES] = {0};
     if (id.rank == 0 && rt_comm_nccl_unique_id(uid, &err)) {
         fprintf(stderr, "bench-decode: %s\n", err.msg);
@@ -180,11 +185,83 @@ static int allreduce_mode(size_t hidden, int reps)
     return 0;
 }
 
+/* Time each piece of layer li alone at batch B (fresh random inputs). */
+static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
+{
+    rt_model *h = m->h;
+    cm_layer *L = &m->L[li];
+    size_t H = h->hidden, Hl = h->heads, R = h->kv_lora, P = h->dr, dn = h->dn, dv = h->dv;
+    size_t dq = dn + P, S = ctx + B;
+    cudaStream_t st = m->st;
+    size_t big = B * std::max<size_t>(std::max<size_t>(H, 18432), Hl * R) * 4 + (1 << 20);
+    float *x, *y, *z;
+    CK(cudaMalloc(&x, big));
+    CK(cudaMalloc(&y, big));
+    CK(cudaMalloc(&z, big));
+    fill(x, big / 4, 77, 1.0f);
+    CK(cudaDeviceSynchronize());
+    printf("\nbreakdown layer %zu (%s) batch %zu:\n", li, L->h->moe ? "moe" : "dense", B);
+    auto g = [&](const char *name, const k_weight *w) {
+        if (!w->data)
+            return;
+        double ms = time_ms([&] { kc_gemm(m->kc, x, w->cols, B, w, y, w->rows, 0, 0); }, reps);
+        double b = wbytes(w);
+        printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s\n", name, ms * 1e3, b / 1e6, b / ms / 1e6);
+    };
+    g("q_a_proj", &L->q_a);
+    g("kv_a_proj", &L->kv_a);
+    g("q_b_proj", &L->q_b);
+    g("o_proj", &L->o);
+    if (!L->h->moe) {
+        g("gate_proj", &L->gate);
+        g("down_proj", &L->down);
+        kc_set_gemv_unroll(1);
+        g("gate_proj (1 load/lane)", &L->gate);
+        kc_set_gemv_unroll(0);
+    } else {
+        g("router", &L->router);
+        g("shared gate_proj", &L->sh_gate);
+        g("shared down_proj", &L->sh_down);
+    }
+    double t;
+    t = time_ms([&] { kc_mla_absorb_q(x, Hl * dq, dq, B, Hl, dn, dv, &L->kv_b, y, st); }, reps);
+    printf("  %-22s %8.1f us\n", "absorb_q", t * 1e3);
+    t = time_ms([&] {
+        kc_mla_attn(y, x + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, z, B, S, Hl, R, P, ctx,
+                    0.1f, st);
+    }, reps);
+    printf("  %-22s %8.1f us  (S=%zu)\n", "mla_attn", t * 1e3, S);
+    t = time_ms([&] { kc_mla_absorb_v(z, B, Hl, dn, dv, &L->kv_b, y, Hl * dv, st); }, reps);
+    printf("  %-22s %8.1f us\n", "absorb_v", t * 1e3);
+    t = time_ms([&] { kc_rmsnorm(x, H, L->in_norm, y, H, B, H, 1e-6f, st); }, reps);
+    printf("  %-22s %8.1f us\n", "rmsnorm", t * 1e3);
+    if (L->h->moe && L->moe) {
+        size_t E = h->rcfg.n_experts, K = h->rcfg.top_k;
+        int32_t *idx;
+        float *w;
+        CK(cudaMalloc(&idx, B * K * 4));
+        CK(cudaMalloc(&w, B * K * 4));
+        fill(z, B * E, 5, 3.0f);
+        kc_router(&h->rcfg, z, L->bias, B, idx, w, st);
+        t = time_ms([&] { kc_router(&h->rcfg, z, L->bias, B, idx, w, st); }, reps);
+        printf("  %-22s %8.1f us\n", "router top-k", t * 1e3);
+        t = time_ms([&] { kc_moe(m->kc, L->moe, x, H, B, idx, w, K, L->e0, y, H); }, reps);
+        std::vector<int32_t> hi(B * K);
+        CK(cudaMemcpy(hi.data(), idx, hi.size() * 4, cudaMemcpyDeviceToHost));
+        std::set<int32_t> d(hi.begin(), hi.end());
+        double b = d.size() * (wbytes(&L->h->e_gate[0]) * 3);
+        printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s (%zu experts)\n", "routed experts", t * 1e3,
+               b / 1e6, b / t / 1e6, d.size());
+        cudaFree(idx), cudaFree(w);
+    }
+    cudaFree(x), cudaFree(y), cudaFree(z);
+}
+
 int main(int argc, char **argv)
 {
     const char *manifest = NULL;
     size_t ctx = 1024, pm = 4096, hidden = 7168;
-    int reps = 20, allreduce = 0;
+    int reps = 10, allreduce = 0;
     std::vector<size_t> batches = {1, 8, 64};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--manifest") && i + 1 < argc)
@@ -235,6 +312,7 @@ int main(int argc, char **argv)
     CK(cudaGetDeviceProperties(&p, 0));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    g_st = st;
     size_t bmax = *std::max_element(batches.begin(), batches.end());
     cm_model *m;
     if (cm_load(&m, mf, dir, 0, ctx + bmax + 8, NULL, 0, st, &err)) {
@@ -310,6 +388,10 @@ int main(int argc, char **argv)
                    B, us, bytes / 1e6, roof, 100 * roof / us);
         }
     }
+    for (size_t li = 0; li < m->n_layers; li++)
+        if (li == 0 || (m->L[li].h->moe && (li == 0 || !m->L[li - 1].h->moe)))
+            for (size_t B : {(size_t)1, bmax})
+                breakdown(m, li, B, ctx, reps);
     /* prefill GEMMs at the model's shapes: our path (quantize + cuBLASLt) vs cuBLASLt alone */
     printf("\nprefill GEMM (M tokens x N x K), FP8 block-scaled, TFLOP/s\n");
     printf("%-22s %6s %6s %6s %10s %12s %8s\n", "weight", "M", "N", "K", "ours", "cuBLASLt", "ratio");
@@ -358,6 +440,11 @@ int main(int argc, char **argv)
         }
         size_t M = s.M, N = w.rows, K = w.cols;
         double fl = 2.0 * M * N * K;
+        int grc = kc_gemm(m->kc, x, K, M, &w, y, N, 0, 2);
+        if (grc) {
+            printf("%-22s failed: %s\n", s.name, kc_strerror(grc));
+            continue;
+        }
         double ours = time_ms([&] { kc_gemm(m->kc, x, K, M, &w, y, N, 0, 2); }, reps);
         double lt = -1;
         if (kc_gemm_fp8_prep(m->kc, x, K, M, K) == 0) {
@@ -393,9 +480,14 @@ int main(int argc, char **argv)
         uint16_t *ab = (uint16_t *)q;
         CK(cudaFree(q));
         CK(cudaMalloc(&ab, n * n * 2));
-        kc_f32_to_bf16(xx, ab, n * n, 0);
-        double tb = time_ms([&] { kc_gemm_bf16_lt(m->kc, ab, n, ab, n, n, yy); }, 5);
-        printf("cuBLASLt BF16 8192^3: %.1f TFLOP/s\n", fl / tb / 1e9);
+        kc_f32_to_bf16(xx, ab, n * n, st);
+        int brc = kc_gemm_bf16_lt(m->kc, ab, n, ab, n, n, yy);
+        if (brc) {
+            printf("cuBLASLt BF16 8192^3: failed: %s\n", kc_strerror(brc));
+        } else {
+            double tb = time_ms([&] { kc_gemm_bf16_lt(m->kc, ab, n, ab, n, n, yy); }, 5);
+            printf("cuBLASLt BF16 8192^3: %.1f TFLOP/s\n", fl / tb / 1e9);
+        }
     }
     cm_free(m);
     mf_free(mf);

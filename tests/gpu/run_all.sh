@@ -18,6 +18,7 @@ for s in "$@"; do
   case $s in
     nccl)
       for n in 1 2 4; do
+        [ "$n" -ge "${NCCL_FROM:-1}" ] || continue
         [ "$n" -le "$NG" ] || break
         timeout "${NCCL_STAGE_S:-150}" tests/gpu/test_nccl.sh "$n" 2>&1 | tee "$O/test-nccl-$n.txt"
         summary "test-nccl NGPU=$n: $(tail -1 "$O/test-nccl-$n.txt")"
@@ -26,10 +27,10 @@ for s in "$@"; do
       DSR1_GEMV_MAX_M=100000 tests/gpu/test_nccl.sh 1 2>&1 | tee "$O/test-nccl-1-exact.txt"
       summary "test-nccl NGPU=1 (no activation quantization): $(tail -1 "$O/test-nccl-1-exact.txt")" ;;
     load)
-      timeout "${LOAD_STAGE_S:-240}" scripts/bench_load.sh /tmp/dsr1-bench 2>&1 | tee "$O/bench-load.txt"
+      timeout "${LOAD_STAGE_S:-240}" scripts/bench_load.sh /dev/shm/dsr1-bench 2>&1 | tee "$O/bench-load.txt"
       summary "$(tail -8 "$O/bench-load.txt")" ;;
     decode)
-      timeout "${DECODE_STAGE_S:-180}" scripts/bench_decode.sh /tmp/dsr1-bench 2>&1 | tee "$O/bench-decode.txt"
+      timeout "${DECODE_STAGE_S:-180}" scripts/bench_decode.sh /dev/shm/dsr1-bench 2>&1 | tee "$O/bench-decode.txt"
       summary "$(grep -A40 '^layer' "$O/bench-decode.txt" | head -60)" ;;
   esac
 done
