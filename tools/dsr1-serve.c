@@ -132,7 +132,7 @@ static int cmd_generate(int argc, char **argv)
     rt_generate_args a;
     rt_generate_args_init(&a);
     a.max_new_tokens = 16;
-    const char *backend = "cpu", *logits_out = NULL, *mtp_out = NULL;
+    const char *backend = "cpu", *logits_out = NULL, *mtp_out = NULL, *prompt_arg = NULL;
     int32_t *ids = NULL;
     int c;
     uint64_t u;
@@ -142,11 +142,7 @@ static int cmd_generate(int argc, char **argv)
         switch (c) {
         case 'h': help(); return 0;
         case O_MANIFEST: a.manifest_path = optarg; break;
-        case O_PROMPT:
-            free(ids);
-            if (parse_ids(optarg, &ids, &a.n_prompt) != 0)
-                return usage("--prompt-ids: expected comma-separated token ids, got \"%s\"", optarg);
-            break;
+        case O_PROMPT: prompt_arg = optarg; break;
         case O_BACKEND:
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
                 return usage("--backend: cpu or cuda, got \"%s\"", optarg);
@@ -223,8 +219,10 @@ static int cmd_generate(int argc, char **argv)
         return usage("unexpected argument \"%s\"", argv[optind]);
     if (!a.manifest_path)
         return usage("%s", "--manifest is required");
-    if (!ids)
+    if (!prompt_arg)
         return usage("%s", "--prompt-ids is required");
+    if (parse_ids(prompt_arg, &ids, &a.n_prompt) != 0)
+        return usage("--prompt-ids: expected comma-separated token ids, got \"%s\"", prompt_arg);
     a.prompt = ids;
     a.keep_logits = logits_out != NULL;
     a.keep_mtp_logits = mtp_out != NULL;

@@ -95,7 +95,7 @@ TEST(rt_npy_writer_format)
     CHECK_CONTAINS(err.msg, "nodir/x.npy");
 }
 
-TEST(rt_generate_defaults_and_no_cuda)
+TEST(rt_generate_defaults_and_weak_cuda_stub)
 {
     rt_generate_args a;
     rt_generate_args_init(&a);
@@ -111,4 +111,8 @@ TEST(rt_generate_defaults_and_no_cuda)
     CHECK_CONTAINS(err.msg, "empty prompt");
     rt_generate_result_free(&r);
     rt_generate_result_free(NULL);
+    /* the unit-test runner links libdsr1rt.a alone: the weak CUDA stub answers */
+    CHECK_EQ_INT(rt_cuda_generate(&a, &r, &err), DSR1_E_INTERNAL);
+    CHECK_EQ_INT(err.code, RT_ERR_NO_CUDA);
+    CHECK_CONTAINS(err.msg, "built without CUDA support");
 }
