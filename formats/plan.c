@@ -378,9 +378,9 @@ static int stage_split(const stage_costs *sc, uint32_t pp, uint32_t *cut, uint64
     if (pp == 0 || pp > L)
         return -1;
     uint64_t *pre = malloc((L + 1) * sizeof *pre);
-    uint64_t *f = malloc((size_t)(pp + 1) * (L + 1) * sizeof *f);
-    double *q = malloc((size_t)(pp + 1) * (L + 1) * sizeof *q);
-    uint32_t *arg = malloc((size_t)(pp + 1) * (L + 1) * sizeof *arg);
+    uint64_t *f = calloc((size_t)(pp + 1) * (L + 1), sizeof *f);
+    double *q = calloc((size_t)(pp + 1) * (L + 1), sizeof *q);
+    uint32_t *arg = calloc((size_t)(pp + 1) * (L + 1), sizeof *arg);
     if (!pre || !f || !q || !arg) {
         free(pre); free(f); free(q); free(arg);
         return -1;
