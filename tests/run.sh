@@ -15,8 +15,10 @@ passed=0; failed=0
 run_one() { # name, command...
   local name=$1; shift
   local out=$log/$(echo "$name" | tr '/ ' '__').log
-  "$@" >"$out" 2>&1
+  # A hang must end as a failure, never stall CI.
+  timeout -k 10 "${TEST_TIMEOUT:-900}" "$@" >"$out" 2>&1
   local rc=$?
+  [ "$rc" -eq 124 ] && echo "FAIL $name: timed out after ${TEST_TIMEOUT:-900}s" >>"$out"
   local p f
   p=$(grep -c '^PASS' "$out"); f=$(grep -c '^FAIL' "$out")
   if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
