@@ -38,6 +38,16 @@ __device__ __forceinline__ void decode16(uint4 r, float *f)
     }
 }
 
+/* Weights stream through once: keep them out of L1 so the activation rows stay there. */
+__device__ __forceinline__ uint4 kc_ld_stream(const void *p)
+{
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
 /* A warp dots one weight row (wrow; srow = its block-scale row for FP8) with the
  * activation rows xr[m], m < nm; every lane ends with the sums in acc. Needs K a
  * multiple of 16 bytes of weights and 16-byte aligned rows. Each lane keeps U 16-byte
@@ -58,7 +68,7 @@ __device__ __forceinline__ void warp_rowdot(const uint8_t *wrow, const float *sr
         for (int u = 0; u < U; u++) {
             size_t kk = k0 + (size_t)u * 32 * V;
             if (kk < K) {
-                raw[u] = __ldg(reinterpret_cast<const uint4 *>(wrow + kk * B));
+                raw[u] = kc_ld_stream(wrow + kk * B);
                 s[u] = WT == 2 ? __ldg(srow + (kk >> 7)) : 1.0f;
             }
         }

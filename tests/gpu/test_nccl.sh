@@ -81,7 +81,9 @@ if [ -n "$TWO" ]; then
   # a corrupted shard on rank 1: every rank stops with one message naming rank 1
   D=$T/shard-$1-$2-$3-$4 C=$T/corrupt
   cp -r "$D" "$C"
-  f=$("$PY" -c "import json;m=json.load(open('$C/manifest.json'));print(m['shards'][m['ranks'][1]['shard']]['file'])")
+  f=$("$PY" -c "
+import json; m = json.load(open('$C/manifest.json')); s = m['ranks'][1]['shard']
+print(s if isinstance(s, str) else m['shards'][s]['file'])")
   sz=$(stat -c %s "$C/$f")
   printf '\xff' | dd of="$C/$f" bs=1 seek=$((sz - 100)) conv=notrunc status=none
   L=$T/corrupt-run
