@@ -1,4 +1,5 @@
 /* cm: the DeepSeek-V3 forward pass of one rank on a GPU (see cuda_model.h). */
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +71,9 @@ static void hash_bad(void *ctx, const mf_tensor *t, const char *msg)
 static void *hash_main(void *p)
 {
     hash_job *j = (hash_job *)p;
+    /* leave the upload its copy threads (rt_upload uses up to 16) */
+    int n = omp_get_num_procs() - 16;
+    omp_set_num_threads(n < 4 ? 4 : n);
     dsr1_err_clear(&j->err);
     j->rc = ld_hash_check(j->s, hash_bad, j, &j->err);
     return NULL;

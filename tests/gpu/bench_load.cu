@@ -12,6 +12,7 @@
  * and checks that the device copy equals the file. Exit 0, or 1 on a content or hash
  * mismatch, 3 on errors. */
 #include <algorithm>
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,9 +64,13 @@ static void bad(void *ctx, const mf_tensor *t, const char *msg)
     fprintf(stderr, "bench-load: hash mismatch in %s: %s\n", t->name, msg);
 }
 
+static int g_hash_threads; /* 0 = OpenMP default */
+
 static void *hash_main(void *p)
 {
     hjob *j = (hjob *)p;
+    if (g_hash_threads > 0)
+        omp_set_num_threads(g_hash_threads);
     double t0 = now_s();
     dsr1_err_clear(&j->err);
     j->rc = ld_hash_check(j->s, bad, NULL, &j->err);
@@ -205,6 +210,8 @@ int main(int argc, char **argv)
         o.chunk = chunk;
         o.stream = st;
         pthread_t th;
+        /* as cm_load does: the upload keeps its 16 copy threads */
+        g_hash_threads = omp_get_num_procs() - 16 < 4 ? 4 : omp_get_num_procs() - 16;
         t0 = now_s();
         pthread_create(&th, NULL, hash_main, &hj);
         rt_upload_stats us;

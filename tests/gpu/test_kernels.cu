@@ -276,8 +276,12 @@ static void test_gemm(kc_ctx *ctx)
         CK(kc_gemm(ctx, dx, s.K, M, &w.d, dy, s.N, 0, 2));
         auto got = down(dy, M * s.N);
         char name[128];
+        /* FP8 quantizes the activations (e4m3: 3 mantissa bits, rounding error up to 2^-4
+         * of each element), so against fp32 activations the max-norm error is a few per
+         * cent (2.7e-2 seen on an H200); the exact check is the next one. BF16 rounds to 8
+         * bits: 1.5e-3 seen. */
         snprintf(name, sizeof name, "gemm cuBLASLt %s M=256 vs fp32 activations", s.name);
-        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-2);
+        report(name, rel_err(got.data(), ref.data(), ref.size()), s.t == K_W_FP8 ? 5e-2 : 1e-2);
         if (s.t == K_W_FP8 && mode != KC_LT_NONE) {
             size_t nb = (s.K + 127) / 128;
             std::vector<uint8_t> a(M * s.K);
