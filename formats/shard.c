@@ -128,7 +128,6 @@ typedef struct ctx {
     const plan *p;
     const sh_opts *o;
     sh_stats *stats;
-    dsr1_err *err;
     int *fds;            /* per source file, -1 until opened */
     size_t n_files;
     shard_w *sh;         /* plan->n_shards */
@@ -1691,7 +1690,6 @@ int sh_run(ck_ckpt *c, const plan *p, const sh_opts *o, sh_stats *stats, dsr1_er
     x->p = p;
     x->o = o;
     x->stats = stats;
-    x->err = err;
     x->batch = o->batch_bytes ? o->batch_bytes : SH_DEFAULT_BATCH;
     pthread_mutex_init(&x->mu, NULL);
     pthread_cond_init(&x->cv, NULL);
