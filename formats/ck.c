@@ -1,5 +1,6 @@
 /* ck: the HuggingFace DeepSeek-V3/R1 checkpoint catalogue (see ck.h). */
 #include "ck.h"
+#include "fu.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -443,51 +444,12 @@ int ck_config_parse(ck_config *cfg, const char *json, size_t len, const char *la
     return rc;
 }
 
-/* Reads a whole regular file (config/index are at most a few tens of MB). */
-static int slurp(const char *path, char **out, size_t *len, int code, dsr1_err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dsr1_err_set(err, DSR1_E_IO, code, errno, "cannot open %s", path);
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0) {
-        int e = errno;
-        fclose(f);
-        return dsr1_err_set(err, DSR1_E_IO, code, e, "cannot stat %s", path);
-    }
-    if (!S_ISREG(st.st_mode)) {
-        fclose(f);
-        return dsr1_err_set(err, DSR1_E_IO, code, 0, "%s is not a regular file", path);
-    }
-    if (st.st_size > (off_t)1 << 30) {
-        fclose(f);
-        return dsr1_err_set(err, DSR1_E_INVALID, code, 0, "%s: %lld bytes is too large for a JSON "
-                            "descriptor (limit 1 GiB)", path, (long long)st.st_size);
-    }
-    size_t n = (size_t)st.st_size;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        fclose(f);
-        return dsr1_err_set(err, DSR1_E_NOMEM, code, 0, "out of memory reading %s", path);
-    }
-    size_t got = fread(buf, 1, n, f);
-    int rerr = ferror(f);
-    fclose(f);
-    if (got != n || rerr) {
-        free(buf);
-        return dsr1_err_set(err, DSR1_E_IO, code, rerr ? EIO : 0, "short read on %s", path);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return 0;
-}
 
 int ck_config_load(ck_config *cfg, const char *path, dsr1_err *err)
 {
     char *buf;
     size_t n;
-    int rc = slurp(path, &buf, &n, CK_ERR_CONFIG_OPEN, err);
+    int rc = fu_read_all(path, (uint64_t)1 << 30, CK_ERR_CONFIG_OPEN, &buf, &n, err);
     if (rc)
         return rc;
     rc = ck_config_parse(cfg, buf, n, path, err);
@@ -631,17 +593,7 @@ char *ck_config_to_json(const ck_config *c)
         s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
     }
     json_decref(o);
-    if (!s)
-        return NULL;
-    size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
-    if (!t) {
-        free(s);
-        return NULL;
-    }
-    t[n] = '\n';
-    t[n + 1] = 0;
-    return t;
+    return fu_newline(s); /* text files end with a newline */
 }
 
 int ck_layer_is_moe(const ck_config *cfg, uint32_t layer)
@@ -1101,7 +1053,7 @@ int ck_open(ck_ckpt **out, const char *dir, dsr1_err *err)
     }
     if ((rc = ck_config_load(&c->cfg, cp, err)))
         goto done;
-    if ((rc = slurp(ip, &buf, &len, CK_ERR_INDEX_OPEN, err)))
+    if ((rc = fu_read_all(ip, (uint64_t)1 << 30, CK_ERR_INDEX_OPEN, &buf, &len, err)))
         goto done;
     rc = parse_index(c, buf, len, ip, err);
 done:

@@ -1,5 +1,6 @@
 /* mf: manifest.json and XXH128SUMS. Schema: docs/formats/manifest.md. */
 #include "mf.h"
+#include "fu.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -121,18 +122,7 @@ char *mf_to_json(const mf_manifest *m)
     if (!o)
         return NULL;
     char *s = dump(o);
-    if (!s)
-        return NULL;
-    /* end with a newline like every text file */
-    size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
-    if (!t) {
-        free(s);
-        return NULL;
-    }
-    t[n] = '\n';
-    t[n + 1] = 0;
-    return t;
+    return fu_newline(s); /* text files end with a newline */
 }
 
 hx128 mf_compute_id(mf_manifest *m)
@@ -597,54 +587,13 @@ int mf_parse(mf_manifest **out, const char *json, size_t len, const char *label,
     return 0;
 }
 
-static int read_file(const char *path, char **buf, size_t *len, size_t max, dsr1_err *err)
-{
-    *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return dsr1_err_set(err, DSR1_E_IO, MF_ERR_OPEN, errno, "cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        int e = errno;
-        close(fd);
-        return dsr1_err_set(err, DSR1_E_IO, MF_ERR_OPEN, e, "%s is not a readable regular file", path);
-    }
-    if ((uint64_t)sb.st_size > max) {
-        close(fd);
-        return dsr1_err_set(err, DSR1_E_INVALID, MF_ERR_OPEN, 0, "%s is %lld bytes, over the %zu-byte limit", path,
-                            (long long)sb.st_size, max);
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
-    char *b = malloc(n + 1);
-    if (!b) {
-        close(fd);
-        return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "%s: out of memory", path);
-    }
-    while (got < n) {
-        ssize_t k = read(fd, b + got, n - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            int e = k < 0 ? errno : EIO;
-            free(b);
-            close(fd);
-            return dsr1_err_set(err, DSR1_E_IO, MF_ERR_OPEN, e, "cannot read %s", path);
-        }
-        got += (size_t)k;
-    }
-    close(fd);
-    b[n] = 0;
-    *buf = b;
-    *len = n;
-    return 0;
-}
 
 int mf_load(mf_manifest **out, const char *path, dsr1_err *err)
 {
     char *b;
     size_t n;
     *out = NULL;
-    int rc = read_file(path, &b, &n, (size_t)4 << 30, err);
+    int rc = fu_read_all(path, (uint64_t)4 << 30, MF_ERR_OPEN, &b, &n, err);
     if (rc)
         return rc;
     rc = mf_parse(out, b, n, path, err);
@@ -773,7 +722,7 @@ int mf_sums_read(const char *path, char ***files, hx128 **digests, size_t *n, ds
     *files = NULL;
     *digests = NULL;
     *n = 0;
-    int rc = read_file(path, &b, &len, (size_t)64 << 20, err);
+    int rc = fu_read_all(path, (uint64_t)64 << 20, MF_ERR_OPEN, &b, &len, err);
     if (rc)
         return rc;
     size_t lines = 0;

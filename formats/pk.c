@@ -7,6 +7,7 @@
  * libarchive version. libarchive compresses (zstd, through its raw format) and reads
  * archives (its tar reader is the one that meets hostile input). */
 #include "pk.h"
+#include "fu.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -142,47 +143,6 @@ void pk_scopes_free(pk_scope *s, size_t n)
 
 /* ---- source directory ---- */
 
-static int slurp(const char *path, uint64_t limit, char **buf, size_t *len, dsr1_err *err)
-{
-    *buf = NULL;
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        return dsr1_err_set(err, DSR1_E_IO, PK_ERR_SOURCE, e, "cannot read %s", path);
-    }
-    if ((uint64_t)sb.st_size > limit) {
-        close(fd);
-        return dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_SOURCE, 0, "%s: %" PRIu64 " bytes is too large",
-                            path, (uint64_t)sb.st_size);
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
-    char *b = malloc(n + 1);
-    if (!b) {
-        close(fd);
-        return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory reading %s", path);
-    }
-    while (got < n) {
-        ssize_t k = read(fd, b + got, n - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            int e = k < 0 ? errno : EIO;
-            free(b);
-            close(fd);
-            return dsr1_err_set(err, DSR1_E_IO, PK_ERR_SOURCE, e, "reading %s", path);
-        }
-        got += (size_t)k;
-    }
-    close(fd);
-    b[n] = 0;
-    *buf = b;
-    *len = n;
-    return 0;
-}
 
 static char *join(const char *a, const char *b)
 {
@@ -203,8 +163,8 @@ int pk_source_open(pk_source **out, const char *dir, dsr1_err *err)
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto fail;
     }
-    if ((rc = slurp(mp, MAX_META, &s->manifest_buf, &s->manifest_len, err)) ||
-        (rc = slurp(sp, MAX_META, &s->sums_buf, &s->sums_len, err)))
+    if ((rc = fu_read_all(mp, MAX_META, PK_ERR_SOURCE, &s->manifest_buf, &s->manifest_len, err)) ||
+        (rc = fu_read_all(sp, MAX_META, PK_ERR_SOURCE, &s->sums_buf, &s->sums_len, err)))
         goto fail;
     if ((rc = mf_parse(&s->m, s->manifest_buf, s->manifest_len, mp, err)))
         goto fail;

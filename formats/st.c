@@ -997,10 +997,11 @@ int st_writer_open(st_writer **out, const char *path, const st_spec *specs, size
     /* fallocate(2) rather than posix_fallocate(3): glibc's fallback for filesystems
      * without it writes every block, far too slow for 100 GB shards; there we
      * only set the size and ENOSPC surfaces at write time instead. */
-    int fe;
-    do
-        fe = fallocate(w->fd, 0, 0, (off_t)w->file_size) == 0 ? 0 : errno;
-    while (fe == EINTR);
+    int fe = EOPNOTSUPP;
+    if (!(opts && opts->no_reserve))
+        do
+            fe = fallocate(w->fd, 0, 0, (off_t)w->file_size) == 0 ? 0 : errno;
+        while (fe == EINTR);
     if (fe == EOPNOTSUPP || fe == ENOSYS)
         fe = ftruncate(w->fd, (off_t)w->file_size) == 0 ? 0 : errno;
     if (fe) {

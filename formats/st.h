@@ -109,6 +109,10 @@ typedef struct st_spec {
 typedef struct st_write_opts {
     uint64_t data_align;   /* data section starts at a multiple of this (0 -> 8). Shards: 4096 */
     int check_align_rule;  /* 1: fail unless the order satisfies design.md's alignment rule */
+    int no_reserve;        /* 1: only set the file size (sparse) instead of reserving blocks with
+                            * fallocate. For callers that checked free space themselves: on ext4,
+                            * buffered writes into reserved (unwritten) extents cost ~4x the
+                            * kernel time. ENOSPC then surfaces at write time. */
 } st_write_opts;
 
 typedef struct st_writer st_writer;

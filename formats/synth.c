@@ -1,5 +1,6 @@
 /* synth: synthetic DeepSeek-V3 checkpoints in the HF R1 layout (see synth.h). */
 #include "synth.h"
+#include "fu.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -189,16 +190,7 @@ char *sy_index_json(const sy_plan *p)
     }
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(root);
-    if (!s)
-        return NULL;
-    size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
-    if (!t) {
-        free(s);
-        return NULL;
-    }
-    memcpy(t + n, "\n", 2);
-    return t;
+    return fu_newline(s); /* text files end with a newline */
 }
 
 char *sy_generation_config_json(const ck_config *cfg)
@@ -211,16 +203,7 @@ char *sy_generation_config_json(const ck_config *cfg)
         return NULL;
     char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
     json_decref(o);
-    if (!s)
-        return NULL;
-    size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
-    if (!t) {
-        free(s);
-        return NULL;
-    }
-    memcpy(t + n, "\n", 2);
-    return t;
+    return fu_newline(s); /* text files end with a newline */
 }
 
 /* ----------------------------------------------------------------- values */

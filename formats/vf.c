@@ -1,5 +1,6 @@
 /* vf: verification engine (see vf.h for the checks and their order). */
 #include "vf.h"
+#include "fu.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -265,44 +266,6 @@ static char *path_join(const char *dir, const char *name)
     if (asprintf(&p, "%s/%s", dir, name) < 0)
         return NULL;
     return p;
-}
-
-static int read_file(const char *path, char **buf, size_t *len, int *sys_errno)
-{
-    *buf = NULL;
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0) {
-        *sys_errno = errno;
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
-    char *b = malloc(n + 1);
-    if (!b) {
-        close(fd);
-        *sys_errno = ENOMEM;
-        return -1;
-    }
-    while (got < n) {
-        ssize_t k = read(fd, b + got, n - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            *sys_errno = k < 0 ? errno : EIO;
-            free(b);
-            close(fd);
-            return -1;
-        }
-        got += (size_t)k;
-    }
-    close(fd);
-    b[n] = 0;
-    *buf = b;
-    *len = n;
-    return 0;
 }
 
 static double now_s(void)
@@ -696,7 +659,7 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
     size_t *sel = NULL;
     ld_shard **open = NULL;
     reasons *shard_rs = NULL;
-    int rc = 0, sys = 0;
+    int rc = 0;
 
     /* 1. manifest.json and XXH128SUMS */
     char *mpath = path_join(dir, "manifest.json"), *spath = path_join(dir, "XXH128SUMS");
@@ -704,15 +667,19 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto done;
     }
-    if (read_file(mpath, &buf, &slen, &sys) != 0) {
-        if (sys == ENOENT || sys == ENOTDIR) {
+    dsr1_err rerr;
+    dsr1_err_clear(&rerr);
+    if (fu_read_all(mpath, (uint64_t)4 << 30, 0, &buf, &slen, &rerr) != 0) {
+        if (rerr.sys_errno == ENOENT || rerr.sys_errno == ENOTDIR) {
             add_reason(&rs, "missing: %s is not a dsr1-shard output directory (or it is incomplete: "
                             "dsr1-shard writes manifest.json last)",
                        dir);
             emit(&r, "manifest.json", &rs, 0);
             rc = DSR1_E_MISMATCH;
         } else {
-            rc = dsr1_err_set(err, DSR1_E_IO, 0, sys, "cannot read %s", mpath);
+            if (err)
+                *err = rerr;
+            rc = rerr.status;
         }
         goto done;
     }

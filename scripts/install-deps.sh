@@ -5,7 +5,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${DSR1_VENV:-$ROOT/build/venv}
 DEB_PKGS="build-essential pkg-config libjansson-dev libxxhash-dev xxhash libarchive-dev \
-libssl-dev libmicrohttpd-dev libpcre2-dev zstd iproute2 clang libclang-rt-14-dev libomp-14-dev skopeo python3-venv"
+libssl-dev libmicrohttpd-dev libpcre2-dev zstd iproute2 time clang libclang-rt-14-dev libomp-14-dev skopeo python3-venv"
 PY_PKGS="safetensors numpy ml_dtypes"
 
 say() { echo "install-deps: $*" >&2; }

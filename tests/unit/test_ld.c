@@ -36,7 +36,7 @@ static void make_fixture(fixture *fx)
     const char *meta[] = {MF_META_FORMAT, MF_SHARD_FORMAT, MF_META_VERSION, "1",
                           MF_META_MANIFEST_ID, id, MF_META_PP_STAGE, "1", MF_META_TP_RANK, "3",
                           "note", "abc"};
-    st_write_opts o = {4096, 0};
+    st_write_opts o = {.data_align = 4096, .check_align_rule = 0};
     st_writer *w = NULL;
     dsr1_err e;
     const char *path = test_path("s.safetensors");

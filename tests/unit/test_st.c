@@ -225,7 +225,7 @@ TEST(st_writer_deterministic)
 TEST(st_writer_align_4096)
 {
     dsr1_err err;
-    st_write_opts o = {4096, 0};
+    st_write_opts o = {.data_align = 4096, .check_align_rule = 0};
     const char *p = test_path("a4096.safetensors");
     CHECK_EQ_INT(stt_write(p, mixed, NMIXED, mixed_meta, 2, &o, 3, &err), 0);
     st_file *f;
@@ -251,14 +251,14 @@ TEST(st_writer_align_4096)
     check_file_matches(f, many, N, 4);
     st_close(f);
     /* data_align 1: no padding at all. */
-    st_write_opts one = {1, 0};
+    st_write_opts one = {.data_align = 1, .check_align_rule = 0};
     st_writer *w;
     CHECK_EQ_INT(st_writer_open(&w, test_path("one.safetensors"), many, 1, NULL, 0, &one, &err), 0);
     size_t len;
     const char *h = st_writer_header(w, &len);
     CHECK_EQ_INT(h[len - 1], '}');
     st_writer_free(w);
-    st_write_opts bad = {3000, 0};
+    st_write_opts bad = {.data_align = 3000, .check_align_rule = 0};
     CHECK_EQ_INT(st_writer_open(&w, test_path("bad.safetensors"), many, 1, NULL, 0, &bad, &err),
                  DSR1_E_USAGE);
     CHECK_EQ_INT(err.code, ST_ERR_WRITER_STATE);
@@ -296,7 +296,7 @@ TEST(st_align_rule_check)
         {"odd.u8", ST_U8, 1, {3}},
         {"scale.f32", ST_F32, 1, {5}},
     };
-    st_write_opts o = {4096, 1};
+    st_write_opts o = {.data_align = 4096, .check_align_rule = 1};
     st_writer *w = NULL;
     dsr1_err err;
     dsr1_err_clear(&err);
@@ -358,7 +358,7 @@ TEST(st_align_order_random)
         }
         for (int i = 0; i < N; i++)
             CHECK_EQ_INT(seen[i], 1);
-        st_write_opts opt = {8, 1};
+        st_write_opts opt = {.data_align = 8, .check_align_rule = 1};
         st_writer *w;
         dsr1_err err;
         int rc = st_writer_open(&w, test_path("r.safetensors"), o, N, NULL, 0, &opt, &err);

@@ -215,7 +215,7 @@ static void we_write_python_reads(const char *py, const char *name, uint64_t ali
     for (size_t i = 0; i < NSPECS; i++)
         s[i] = interop_specs[rule ? perm[i] : i];
     const char *meta[] = {"format", "dsr1-shard", "note", "h\xc3\xa9llo \"q\" \\ {}", "", "empty key"};
-    st_write_opts o = {align, rule};
+    st_write_opts o = {.data_align = align, .check_align_rule = rule};
     const char *p = test_path(name);
     dsr1_err err;
     int rc = stt_write(p, s, NSPECS, meta, 3, &o, 77, &err);
