@@ -519,7 +519,8 @@ static int write_archive(const pk_source *src, const pk_scope *sc, const char *p
         int hr = archive_write_header(s.a, e);
         archive_entry_free(e);
         if (hr != ARCHIVE_OK) {
-            rc = dsr1_err_set(err, DSR1_E_INTERNAL, PK_ERR_WRITE, 0, "%s: %s", tmp, archive_error_string(s.a));
+            rc = dsr1_err_set(err, DSR1_E_INTERNAL, PK_ERR_WRITE, 0, "%s: %s", tmp,
+                              archive_error_string(s.a) ? archive_error_string(s.a) : "write error");
             goto out;
         }
     }
@@ -540,7 +541,8 @@ static int write_archive(const pk_source *src, const pk_scope *sc, const char *p
     if (s.a) {
         if (archive_write_close(s.a) != ARCHIVE_OK) {
             rc = dsr1_err_set(err, DSR1_E_IO, PK_ERR_WRITE, archive_errno(s.a) > 0 ? archive_errno(s.a) : 0,
-                              "finishing %s: %s", tmp, archive_error_string(s.a));
+                              "finishing %s: %s", tmp,
+                              archive_error_string(s.a) ? archive_error_string(s.a) : "write error");
             goto out;
         }
         archive_write_free(s.a);
@@ -649,6 +651,13 @@ void pk_archives_free(pk_archive *a, size_t n)
 
 /* ---- reading ---- */
 
+/* libarchive leaves the error string NULL for some failures (a header cut short). */
+static const char *la_msg(struct archive *a)
+{
+    const char *m = archive_error_string(a);
+    return m ? m : "damaged or truncated archive";
+}
+
 static struct archive *open_reader(const char *archive, dsr1_err *err)
 {
     struct archive *a = archive_read_new();
@@ -695,12 +704,32 @@ static int is_oci_layout(const char *path)
     return ok;
 }
 
+/* A directory that is not an OCI layout: say what it is instead of libarchive's
+ * "Error reading". */
+static int not_an_archive_dir(const char *path, dsr1_err *err)
+{
+    struct stat sb;
+    if (strcmp(path, "-") == 0 || stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return 0;
+    char *mp = join(path, "manifest.json");
+    int is_shards = mp && stat(mp, &sb) == 0;
+    free(mp);
+    dsr1_err_set(err, DSR1_E_USAGE, PK_ERR_ARCHIVE, 0,
+                 "%s is a directory without an oci-layout file, so neither an archive nor an OCI "
+                 "image layout%s",
+                 path, is_shards ? " (it looks like a dsr1-shard output: pack it with dsr1-pack create or "
+                                   "dsr1-pack oci, or check it with dsr1-verify)" : "");
+    return 1;
+}
+
 int pk_list(const char *archive, const char *ref, pk_member **out, size_t *n, dsr1_err *err)
 {
     *out = NULL;
     *n = 0;
     if (is_oci_layout(archive))
         return oci_list(archive, ref, out, n, err);
+    if (not_an_archive_dir(archive, err))
+        return DSR1_E_USAGE;
     struct archive *a = open_reader(archive, err);
     if (!a)
         return err ? err->status : DSR1_E_INVALID;
@@ -714,7 +743,7 @@ int pk_list(const char *archive, const char *ref, pk_member **out, size_t *n, ds
             break;
         if (r < ARCHIVE_WARN) {
             rc = dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_ARCHIVE, 0, "%s: %s", archive,
-                              archive_error_string(a));
+                              la_msg(a));
             break;
         }
         if (cnt == cap) {
@@ -767,6 +796,7 @@ struct pk_stage {
     int authed, have_expect;
     unsigned char *want, *expected, *seen, *done;
     uint32_t *sel_ranks;    /* ranks chosen by o.select (owned) */
+    int replace_other;      /* DEST/manifest.json is another deployment's (o.force) */
     /* current member */
     int cur_fd;
     size_t cur;
@@ -848,6 +878,49 @@ static int hostile(dsr1_err *err, const char *fmt, const char *name, const char 
     return dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_HOSTILE, 0, fmt, name, why);
 }
 
+/* DEST may already hold a deployment: the same one (a rerun, or another rank of the
+ * same deployment) is completed in place; another one is refused unless o.force,
+ * since its files would be silently mixed with or replaced by ours. Without a
+ * manifest.json nothing under DEST is a finished extraction (manifest.json is
+ * placed last), so files under our names are leftovers of an interrupted run. */
+static int check_dest(pk_stage *s, dsr1_err *err)
+{
+    struct stat sb;
+    if (fstatat(s->dfd, "manifest.json", &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        return dsr1_err_set(err, DSR1_E_IO, PK_ERR_WRITE, errno, "cannot stat %s/manifest.json", s->dest);
+    }
+    int same = 0;
+    if (S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == s->manifest_len) {
+        int fd = openat(s->dfd, "manifest.json", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        char *b = fd >= 0 ? malloc(s->manifest_len + 1) : NULL;
+        if (b) {
+            size_t got = 0;
+            ssize_t r = 1;
+            while (got < s->manifest_len && (r = read(fd, b + got, s->manifest_len - got)) > 0)
+                got += (size_t)r;
+            same = got == s->manifest_len && memcmp(b, s->manifest_buf, got) == 0;
+        }
+        free(b);
+        if (fd >= 0)
+            close(fd);
+    }
+    if (same)
+        return 0;
+    if (!s->o.force)
+        return dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_DEST, 0,
+                            "%s already holds a different manifest.json (another deployment, or not a "
+                            "dsr1-pack extraction): refusing to mix or overwrite its files; extract into "
+                            "an empty directory, or pass --force to replace it",
+                            s->dest);
+    if (!S_ISREG(sb.st_mode))
+        return dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_DEST, 0,
+                            "%s/manifest.json is not a regular file: remove it by hand", s->dest);
+    s->replace_other = 1;
+    return 0;
+}
+
 static int authenticate(pk_stage *s, dsr1_err *err)
 {
     /* mf_sums_read parses a file: the sums go to their temp file first, which
@@ -903,7 +976,7 @@ static int authenticate(pk_stage *s, dsr1_err *err)
         free(files[i]);
     free(files);
     free(dig);
-    if (rc)
+    if (rc || (rc = check_dest(s, err)))
         return rc;
     size_t ns = s->m->n_shards ? s->m->n_shards : 1;
     if (!(s->want = calloc(ns, 1)) || !(s->expected = calloc(ns, 1)) || !(s->seen = calloc(ns, 1)) ||
@@ -1175,6 +1248,14 @@ int pk_stage_commit(pk_stage *s, pk_extract_result *res, dsr1_err *err)
     int rc = write_temp(s, "manifest.json", s->manifest_buf, s->manifest_len, err);
     if (rc)
         return rc;
+    /* --force over another deployment: drop its manifest first, so that no moment
+     * shows its manifest beside our shards. */
+    if (s->replace_other) {
+        if (unlinkat(s->dfd, "manifest.json", 0) != 0 && errno != ENOENT)
+            return dsr1_err_set(err, DSR1_E_IO, PK_ERR_WRITE, errno, "removing %s/manifest.json", s->dest);
+        if (fsync(s->dfd) != 0)
+            return dsr1_err_set(err, DSR1_E_IO, PK_ERR_WRITE, errno, "syncing directory %s", s->dest);
+    }
     /* Shards first and manifest.json last: a directory with a manifest is complete. */
     res->shards = calloc(nsh, sizeof *res->shards);
     if (!res->shards)
@@ -1257,7 +1338,7 @@ static int read_member(struct archive *a, const char *name, uint64_t size, uint6
         if (r <= 0) {
             free(b);
             return dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_ARCHIVE, 0, "member %s: %s", name,
-                                r < 0 ? archive_error_string(a) : "archive ended inside it");
+                                r < 0 ? la_msg(a) : "archive ended inside it");
         }
         got += (uint64_t)r;
     }
@@ -1340,7 +1421,7 @@ static int extract_tar(const char *archive, const char *dest, const pk_extract_o
         if (r == ARCHIVE_EOF)
             break;
         if (r < ARCHIVE_WARN) {
-            rc = dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_ARCHIVE, 0, "%s: %s", archive, archive_error_string(a));
+            rc = dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_ARCHIVE, 0, "%s: %s", archive, la_msg(a));
             break;
         }
         const char *name = archive_entry_pathname(e);
@@ -1401,7 +1482,7 @@ static int extract_tar(const char *archive, const char *dest, const pk_extract_o
         if (skip) {
             if (archive_read_data_skip(a) != ARCHIVE_OK)
                 rc = dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_ARCHIVE, 0, "%s: %s", archive,
-                                  archive_error_string(a));
+                                  la_msg(a));
             continue;
         }
         uint64_t at = 0;
@@ -1414,7 +1495,7 @@ static int extract_tar(const char *archive, const char *dest, const pk_extract_o
                 break;
             if (br < ARCHIVE_WARN) {
                 rc = dsr1_err_set(err, DSR1_E_INVALID, PK_ERR_ARCHIVE, 0, "member %s: %s", name,
-                                  archive_error_string(a));
+                                  la_msg(a));
                 break;
             }
             if ((uint64_t)off != at) {
@@ -1442,5 +1523,7 @@ int pk_extract(const char *archive, const char *dest, const pk_extract_opts *o, 
     memset(res, 0, sizeof *res);
     if (strcmp(archive, "-") != 0 && is_oci_layout(archive))
         return oci_extract(archive, dest, o, res, err);
+    if (not_an_archive_dir(archive, err))
+        return DSR1_E_USAGE;
     return extract_tar(archive, dest, o, res, err);
 }

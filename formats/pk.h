@@ -26,7 +26,8 @@
  * manifest.json last) and DEST fsynced. Anything else (a hostile name, a link, a
  * device, a name outside the manifest, a size other than the manifest's, a
  * duplicate, a digest mismatch, a short archive, disk full) removes the temp files
- * and leaves no final name behind. A lock (DEST/.dsr1-pack.lock, flock) keeps two
+ * and leaves no final name behind. A DEST that already holds another deployment's
+ * manifest.json is refused (pk_extract_opts.force overrides). A lock (DEST/.dsr1-pack.lock, flock) keeps two
  * extractions apart; stale temp files of a killed run are removed at the start.
  *
  * Lifetimes: results are owned by the caller and freed with the matching *_free.
@@ -56,6 +57,7 @@ enum {
     PK_ERR_INCOMPLETE, /* an expected member is missing */
     PK_ERR_WRITE,      /* writing DEST or OUT failed (ENOSPC, EFBIG, EIO) */
     PK_ERR_LOCKED,     /* another extraction holds DEST */
+    PK_ERR_DEST,       /* DEST holds another deployment's manifest.json (see o.force) */
 };
 
 typedef enum { PK_PER_ALL = 0, PK_PER_NODE, PK_PER_RANK } pk_per;
@@ -140,6 +142,12 @@ typedef struct pk_extract_opts {
     int (*select)(void *ctx, const mf_manifest *m, uint32_t **ranks, size_t *n, dsr1_err *err);
     void *select_ctx;
     const char *ref;        /* OCI layout: manifest ref name (NULL: the only one, or "all") */
+    /* DEST/manifest.json, when present, must equal the archive's byte for byte (a
+     * rerun, or more ranks of the same deployment); otherwise the extraction fails
+     * with PK_ERR_DEST before any shard is written, unless force is set: then that
+     * manifest is removed first and same-named files are replaced. Other files of
+     * DEST are never touched. */
+    int force;
     pk_progress progress;
 } pk_extract_opts;
 

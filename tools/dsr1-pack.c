@@ -20,7 +20,7 @@ static const char usage_text[] =
     "usage: dsr1-pack create DIR OUT [--per all|node|rank] [--zstd] [--zstd-level N] [--mtime S]\n"
     "       dsr1-pack oci DIR OUT [--per all|node|rank] [--name NAME] [--mtime S]\n"
     "       dsr1-pack extract ARCHIVE|LAYOUT|- DEST [--rank R|auto | --node N] [--gpus-per-node N]\n"
-    "                 [--ref NAME] [--verify]\n"
+    "                 [--ref NAME] [--verify] [--force]\n"
     "       dsr1-pack list ARCHIVE|LAYOUT [--ref NAME] [--json]\n"
     "       (all: [-q|--quiet] [-h|--help])\n";
 
@@ -52,10 +52,12 @@ static void help(void)
           "  --ref NAME           OCI layout: which image manifest (default: the only one, or all)\n"
           "  --verify             after extracting, check the shards through the runtime's\n"
           "                       loader and per-tensor digests (as dsr1-verify)\n"
+          "  --force              extract even if DEST holds another deployment's manifest.json\n"
+          "                       (it is replaced, with same-named files; others stay)\n"
           "  --json               list: JSON output\n"
           "  -q, --quiet          no progress, no summary\n\n"
           "exit: 0 ok, 1 verification failed (corrupt or hostile archive, source not matching\n"
-          "its manifest), 2 usage, 3 I/O error (disk full, DEST locked)\n",
+          "its manifest, DEST holding another deployment), 2 usage, 3 I/O error (disk full, DEST locked)\n",
           stdout);
 }
 
@@ -156,7 +158,7 @@ int main(int argc, char **argv)
     if (!is_create && !is_oci && !is_extract && !is_list)
         return usage("unknown command \"%s\" (create, oci, extract, list)", cmd);
 
-    enum { O_PER = 256, O_ZSTD, O_ZLEVEL, O_MTIME, O_NAME, O_RANK, O_NODE, O_GPN, O_REF, O_VERIFY, O_JSON };
+    enum { O_PER = 256, O_ZSTD, O_ZLEVEL, O_MTIME, O_NAME, O_RANK, O_NODE, O_GPN, O_REF, O_VERIFY, O_JSON, O_FORCE };
     static const struct option lo[] = {
         {"per", required_argument, 0, O_PER},   {"zstd", no_argument, 0, O_ZSTD},
         {"zstd-level", required_argument, 0, O_ZLEVEL}, {"mtime", required_argument, 0, O_MTIME},
@@ -164,10 +166,11 @@ int main(int argc, char **argv)
         {"node", required_argument, 0, O_NODE}, {"gpus-per-node", required_argument, 0, O_GPN},
         {"ref", required_argument, 0, O_REF},   {"verify", no_argument, 0, O_VERIFY},
         {"json", no_argument, 0, O_JSON},       {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0},
+        {"force", no_argument, 0, O_FORCE},     {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     pk_per per = PK_PER_ALL;
-    int zstd = 0, zlevel = 0, verify = 0, json = 0, quiet = 0, c, rc;
+    int zstd = 0, zlevel = 0, verify = 0, json = 0, quiet = 0, force = 0, c, rc;
     int64_t mtime = default_mtime();
     const char *name = NULL, *ref = NULL;
     select_ctx sc = {NULL, -1, -1, ""};
@@ -213,6 +216,7 @@ int main(int argc, char **argv)
         case O_REF: ref = optarg; ref_set = 1; break;
         case O_VERIFY: verify = 1; break;
         case O_JSON: json = 1; break;
+        case O_FORCE: force = 1; break;
         case ':': return usage("option %s needs a value", argv[optind - 1]);
         default: return usage("unknown option %s", argv[optind - 1]);
         }
@@ -226,8 +230,8 @@ int main(int argc, char **argv)
         return usage("%s", "--zstd applies to create");
     if (name_set && !is_oci)
         return usage("%s", "--name applies to oci");
-    if ((sel_set || verify || sc.gpn >= 0) && !is_extract)
-        return usage("%s", "--rank, --node, --gpus-per-node and --verify apply to extract");
+    if ((sel_set || verify || force || sc.gpn >= 0) && !is_extract)
+        return usage("%s", "--rank, --node, --gpus-per-node, --verify and --force apply to extract");
     if (ref_set && !(is_extract || is_list))
         return usage("%s", "--ref applies to extract and list");
     if (json && !is_list)
@@ -322,6 +326,7 @@ int main(int argc, char **argv)
     rank_list rl = {0};
     pk_extract_opts o = {0};
     o.ref = ref;
+    o.force = force;
     if (sc.rank_arg && strcmp(sc.rank_arg, "auto") != 0) {
         if ((rc = rank_parse_list(sc.rank_arg, &rl)))
             return usage("--rank: %s (a rank, a list such as 0,3,8-15, or auto)", cli_strerror(rc));
