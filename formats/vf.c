@@ -671,9 +671,17 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
     dsr1_err_clear(&rerr);
     if (fu_read_all(mpath, (uint64_t)4 << 30, 0, &buf, &slen, &rerr) != 0) {
         if (rerr.sys_errno == ENOENT || rerr.sys_errno == ENOTDIR) {
-            add_reason(&rs, "missing: %s is not a dsr1-shard output directory (or it is incomplete: "
-                            "dsr1-shard writes manifest.json last)",
-                       dir);
+            struct stat dsb;
+            if (stat(dir, &dsb) != 0)
+                add_reason(&rs, "missing: %s does not exist", dir);
+            else if (!S_ISDIR(dsb.st_mode))
+                add_reason(&rs, "missing: %s is a file, not a directory (pass the directory that holds "
+                                "manifest.json)",
+                           dir);
+            else
+                add_reason(&rs, "missing: %s is not a dsr1-shard output directory (or it is incomplete: "
+                                "dsr1-shard writes manifest.json last)",
+                           dir);
             emit(&r, "manifest.json", &rs, 0);
             rc = DSR1_E_MISMATCH;
         } else {

@@ -97,6 +97,25 @@ static void on_item(void *ctx, const vf_item *it)
     fflush(stdout);
 }
 
+/* A failure before any file is checked (rank selection): a message on stderr, and
+ * with --json still one object on stdout, so a pipeline reading it gets a verdict. */
+static int early_fail(const out_ctx *o, const char *dir, const char *msg, int code)
+{
+    if (o->status)
+        return code;
+    fprintf(stderr, "dsr1-verify: %s\n", msg);
+    if (o->json) {
+        json_t *j = json_pack("{s:s, s:b, s:i, s:s, s:[], s:s}", "dir", dir, "ok", 0, "exit", code, "mode",
+                              "none", "files", "error", msg);
+        char *t = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+        if (t)
+            puts(t);
+        free(t);
+        json_decref(j);
+    }
+    return code;
+}
+
 static void on_progress(void *ctx, uint64_t done, uint64_t total, const char *file)
 {
     out_ctx *o = ctx;
@@ -182,6 +201,8 @@ int main(int argc, char **argv)
         return usage("%s", optind == argc ? "DIR is required" : "exactly one DIR");
     if (rank_arg && node >= 0)
         return usage("%s", "--rank and --node exclude each other");
+    if (oc.status && oc.json)
+        return usage("%s", "--status prints nothing and --json prints an object: pick one");
     if (o.quick && (o.file_hashes || o.source))
         return usage("%s", "--quick reads no tensor data: drop --file-hashes / --source");
     if (oc.quiet || oc.status || oc.json)
@@ -199,27 +220,20 @@ int main(int argc, char **argv)
             return 3;
         rc = mf_load(&m, mp, &err);
         free(mp);
-        if (rc != 0) {
-            if (!oc.status)
-                fprintf(stderr, "dsr1-verify: %s\n", err.msg);
-            return rc == DSR1_E_IO && err.sys_errno != ENOENT ? 3 : 1;
-        }
+        if (rc != 0)
+            return early_fail(&oc, dir, err.msg, rc == DSR1_E_IO && err.sys_errno != ENOENT ? 3 : 1);
         if (node >= 0) {
             rc = rank_of_node(m, (uint32_t)node, &rl, &err);
             if (rc != 0) {
-                if (!oc.status)
-                    fprintf(stderr, "dsr1-verify: %s\n", err.msg);
                 mf_free(m);
-                return dsr1_err_exit_code(&err);
+                return early_fail(&oc, dir, err.msg, dsr1_err_exit_code(&err));
             }
             snprintf(sel_desc, sizeof sel_desc, "node %" PRId64, node);
         } else if (strcmp(rank_arg, "auto") == 0) {
             rc = rank_auto(m, (int)gpn, &rl, sel_desc, sizeof sel_desc, &err);
             if (rc != 0) {
-                if (!oc.status)
-                    fprintf(stderr, "dsr1-verify: %s\n", err.msg);
                 mf_free(m);
-                return dsr1_err_exit_code(&err);
+                return early_fail(&oc, dir, err.msg, dsr1_err_exit_code(&err));
             }
         } else if ((rc = rank_parse_list(rank_arg, &rl))) {
             mf_free(m);
@@ -262,8 +276,12 @@ int main(int argc, char **argv)
             puts(s);
         free(s);
         json_decref(j);
+    } else if (rc == DSR1_E_USAGE) {
+        /* a request the manifest cannot satisfy (rank out of range): no verdict line */
+        if (!oc.status)
+            fprintf(stderr, "dsr1-verify: %s\n", err.msg);
     } else if (!oc.status) {
-        if (rc == DSR1_E_IO || rc == DSR1_E_NOMEM || rc == DSR1_E_USAGE || rc == DSR1_E_INTERNAL)
+        if (rc == DSR1_E_IO || rc == DSR1_E_NOMEM || rc == DSR1_E_INTERNAL)
             fprintf(stderr, "dsr1-verify: %s\n", err.msg);
         printf("dsr1-verify: %s: %zu of %zu files OK (%s check, %s), shards: %zu, %s hashed in %.2f s (%.2f "
                "GB/s)%s\n",

@@ -127,8 +127,16 @@ static inline int rank_auto(const mf_manifest *m, int gpn_flag, rank_list *l, ch
         f.local_rank = 0;
     rt_ident id;
     int rc = rt_ident_resolve(&id, &f, NULL, NULL, (int)m->plan.world_size, err);
-    if (rc != 0)
+    if (rc != 0) {
+        /* The usual cause in a pod: replicas, GPUs per pod or the artifact disagree. */
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        dsr1_err_set(err, err->status, err->code, err->sys_errno,
+                     "--rank auto: %.400s (the manifest's plan: %" PRIu32 " nodes x %" PRIu32
+                     " GPUs per node = world size %" PRIu32 ")",
+                     msg, m->plan.nodes, m->plan.gpus_per_node, m->plan.world_size);
         return rc;
+    }
     if (id.source == RT_IDENT_SINGLE && m->plan.world_size > 1)
         return dsr1_err_set(err, DSR1_E_USAGE, 0, 0,
                             "--rank auto: no identity found (RANK, LWS_WORKER_INDEX, or a StatefulSet "
