@@ -410,7 +410,7 @@ static int journal_append(ctx *x, const mf_shard *e, dsr1_err *err)
     }
     free(line);
     if (e2)
-        return dsr1_err_set(err, DSR1_E_IO, SH_ERR_WRITE, e2, "cannot append to %s: %s", x->journal, strerror(e2));
+        return dsr1_err_set(err, DSR1_E_IO, SH_ERR_WRITE, e2, "cannot append to %s", x->journal);
     return 0;
 }
 
@@ -537,8 +537,8 @@ static int mkdir_p(const char *dir, dsr1_err *err)
             *p = 0;
             if (mkdir(d, 0755) != 0 && errno != EEXIST) {
                 int e = errno;
-                int rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, e, "cannot create output directory %s: %s",
-                                      d, strerror(e));
+                int rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, e, "cannot create output directory %s",
+                                      d);
                 free(d);
                 return rc;
             }
@@ -554,51 +554,305 @@ static int mkdir_p(const char *dir, dsr1_err *err)
     return 0;
 }
 
-static int is_shard_name(const char *n, int allow_tmp)
+/* n + *i starts with a run of decimal digits: skip it. */
+static int skip_digits(const char *n, size_t *i)
 {
-    unsigned a, b, c, d;
-    int end = 0;
-    if (sscanf(n, "model-pp%u-tp%u-of-pp%u-tp%u.safetensors%n", &a, &b, &c, &d, &end) != 4 || end == 0)
+    size_t j = *i;
+    while (n[j] >= '0' && n[j] <= '9')
+        j++;
+    if (j == *i)
         return 0;
-    if (n[end] == 0)
-        return 1;
-    return allow_tmp && strncmp(n + end, ".tmp.", 5) == 0;
+    *i = j;
+    return 1;
 }
 
-/* Remove what a previous (killed or other-plan) run left: temp files, shard files
- * of other plans, manifest.json and XXH128SUMS. Files of this plan stay (resume may
- * keep them; otherwise they are replaced atomically). */
+/* "<prefix>.tmp.<pid>" as the st writer and mf_save name their temp files; *pid out. */
+static int is_tmp_suffix(const char *n, long *pid)
+{
+    if (strncmp(n, ".tmp.", 5) != 0)
+        return 0;
+    size_t i = 5;
+    if (!skip_digits(n, &i) || n[i] || i > 5 + 18)
+        return 0;
+    *pid = strtol(n + 5, NULL, 10);
+    return 1;
+}
+
+/* Exactly model-pp<d>-tp<d>-of-pp<d>-tp<d>.safetensors, optionally + ".tmp.<pid>"
+ * (returns 2 then). Digits only: sscanf's %u would also take signs and spaces. */
+static int is_shard_name(const char *n, long *pid)
+{
+    static const char *const lit[] = {"model-pp", "-tp", "-of-pp", "-tp"};
+    size_t i = 0;
+    for (int k = 0; k < 4; k++) {
+        size_t l = strlen(lit[k]);
+        if (strncmp(n + i, lit[k], l) != 0)
+            return 0;
+        i += l;
+        if (!skip_digits(n, &i))
+            return 0;
+    }
+    if (strncmp(n + i, ".safetensors", 12) != 0)
+        return 0;
+    i += 12;
+    if (!n[i])
+        return 1;
+    return is_tmp_suffix(n + i, pid) ? 2 : 0;
+}
+
+static int read_exact(int fd, void *buf, size_t len, off_t off)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t r = pread(fd, p, len, off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        p += r;
+        len -= (size_t)r;
+        off += r;
+    }
+    return 0;
+}
+
+/* A regular file whose safetensors header carries __metadata__ "dsr1.format":
+ * "dsr1-shard". Only the header is read, so a damaged or truncated shard of ours still
+ * counts (a rerun repairs it); anything else under a shard name is not ours. */
+static int is_dsr1_shard_file(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < 8)
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    uint8_t b[8];
+    int ok = 0;
+    if (read_exact(fd, b, 8, 0) == 0) {
+        uint64_t n = 0;
+        for (int k = 7; k >= 0; k--)
+            n = n << 8 | b[k];
+        if (n >= 2 && n <= (256ULL << 20) && n <= (uint64_t)sb.st_size - 8) {
+            char *h = malloc(n);
+            if (h && read_exact(fd, h, n, 8) == 0) {
+                json_t *o = json_loadb(h, n, 0, NULL);
+                const char *f = json_string_value(json_object_get(json_object_get(o, "__metadata__"), MF_META_FORMAT));
+                ok = f && strcmp(f, MF_SHARD_FORMAT) == 0;
+                json_decref(o);
+            }
+            free(h);
+        }
+    }
+    close(fd);
+    return ok;
+}
+
+/* manifest.json whose "format" is dsr1-manifest (not necessarily valid otherwise). */
+static int is_dsr1_manifest_file(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 0;
+    json_t *o = json_load_file(path, 0, NULL);
+    const char *f = json_string_value(json_object_get(o, "format"));
+    int ok = f && strcmp(f, MF_FORMAT) == 0;
+    json_decref(o);
+    return ok;
+}
+
+/* XXH128SUMS that lists only manifest.json and shard file names. */
+static int is_dsr1_sums_file(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 0;
+    char **files = NULL;
+    hx128 *dg = NULL;
+    size_t n = 0;
+    dsr1_err e;
+    if (mf_sums_read(path, &files, &dg, &n, &e))
+        return 0;
+    int ok = n > 0;
+    for (size_t i = 0; i < n; i++) {
+        long pid;
+        if (strcmp(files[i], "manifest.json") != 0 && is_shard_name(files[i], &pid) != 1)
+            ok = 0;
+        free(files[i]);
+    }
+    free(files);
+    free(dg);
+    return ok;
+}
+
+/* `name` is listed by this directory's dsr1 manifest.json or dsr1 XXH128SUMS: a file of
+ * ours whose header was damaged afterwards (the rerun repairs it). */
+static int claimed_by_dir(ctx *x, const char *name)
+{
+    int ok = 0;
+    char *mp = path_join(x->o->out_dir, "manifest.json");
+    if (mp && is_dsr1_manifest_file(mp)) {
+        json_t *o = json_load_file(mp, 0, NULL);
+        json_t *sh = json_object_get(o, "shards");
+        for (size_t i = 0; i < json_array_size(sh); i++) {
+            const char *f = json_string_value(json_object_get(json_array_get(sh, i), "file"));
+            ok |= f && strcmp(f, name) == 0;
+        }
+        json_decref(o);
+    }
+    free(mp);
+    char *sp = path_join(x->o->out_dir, "XXH128SUMS");
+    if (!ok && sp && is_dsr1_sums_file(sp)) {
+        char **files = NULL;
+        hx128 *dg = NULL;
+        size_t n = 0;
+        dsr1_err e;
+        if (mf_sums_read(sp, &files, &dg, &n, &e) == 0) {
+            for (size_t i = 0; i < n; i++) {
+                ok |= strcmp(files[i], name) == 0;
+                free(files[i]);
+            }
+            free(files);
+            free(dg);
+        }
+    }
+    free(sp);
+    return ok;
+}
+
+/* A live dsr1-shard other than us (a concurrent run into the same directory). */
+static int pid_is_other_shard_run(long pid)
+{
+    if (pid <= 0 || pid == (long)getpid())
+        return 0;
+    char p[64], comm[32] = {0};
+    snprintf(p, sizeof p, "/proc/%ld/comm", pid);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return 0;
+    int ok = fgets(comm, sizeof comm, f) && strncmp(comm, "dsr1-shard", 10) == 0;
+    fclose(f);
+    return ok;
+}
+
+enum { OWN_NO = 0, OWN_STALE, OWN_KEEP };
+
+/* What a directory entry of --out is to this run: not ours (never touched), ours and
+ * stale (removed at start), or ours and possibly kept (this plan's shard names).
+ * FOREIGN is set for a name this run would overwrite but cannot prove is a dsr1 file;
+ * BUSY for a temp file of a live concurrent dsr1-shard. */
+static int classify_entry(ctx *x, const char *n, int *foreign, long *busy)
+{
+    size_t jl = strlen(SH_JOURNAL);
+    long pid = 0;
+    char *p = path_join(x->o->out_dir, n);
+    int r = OWN_NO;
+    int tmp = 0;
+    if (!p)
+        return OWN_NO;
+    if ((strncmp(n, "manifest.json", 13) == 0 && is_tmp_suffix(n + 13, &pid)) ||
+        (strncmp(n, "XXH128SUMS", 10) == 0 && is_tmp_suffix(n + 10, &pid)) ||
+        (strncmp(n, SH_JOURNAL, jl) == 0 && is_tmp_suffix(n + jl, &pid)))
+        tmp = 1;
+    else if (strcmp(n, "manifest.json") == 0) {
+        if (is_dsr1_manifest_file(p))
+            r = OWN_STALE;
+        else
+            *foreign = 1;
+    } else if (strcmp(n, "XXH128SUMS") == 0) {
+        if (is_dsr1_sums_file(p))
+            r = OWN_STALE;
+        else
+            *foreign = 1;
+    } else {
+        int k = is_shard_name(n, &pid);
+        if (k == 2)
+            tmp = 1;
+        else if (k == 1) {
+            int mine = 0;
+            for (size_t i = 0; i < x->p->n_shards; i++)
+                if (strcmp(x->sh[i].file, n) == 0)
+                    mine = 1;
+            if (is_dsr1_shard_file(p) || claimed_by_dir(x, n))
+                r = mine ? OWN_KEEP : OWN_STALE;
+            else if (mine)
+                *foreign = 1; /* this run would replace it */
+            /* another plan's name without dsr1 metadata: not ours, left alone */
+        }
+    }
+    if (tmp) {
+        struct stat sb;
+        if (pid_is_other_shard_run(pid))
+            *busy = pid;
+        else if (lstat(p, &sb) == 0 && S_ISREG(sb.st_mode))
+            r = OWN_STALE;
+    }
+    free(p);
+    return r;
+}
+
+/* Before anything in --out changes: refuse a directory where this run would overwrite
+ * a file it cannot prove is dsr1's (manifest.json, XXH128SUMS or a shard name of this
+ * plan), or where another dsr1-shard is writing. */
+static int check_out_dir(ctx *x, dsr1_err *err)
+{
+    DIR *d = opendir(x->o->out_dir);
+    if (!d)
+        return dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, errno, "cannot list %s", x->o->out_dir);
+    struct dirent *de;
+    int rc = 0;
+    while (!rc && (de = readdir(d))) {
+        int foreign = 0;
+        long busy = 0;
+        classify_entry(x, de->d_name, &foreign, &busy);
+        if (foreign)
+            rc = dsr1_err_set(err, DSR1_E_USAGE, SH_ERR_OUT_DIR, 0,
+                              "%s/%s is not a dsr1-shard file and this run would overwrite it: choose an empty "
+                              "--out or move the file away (nothing was changed)",
+                              x->o->out_dir, de->d_name);
+        else if (busy)
+            rc = dsr1_err_set(err, DSR1_E_USAGE, SH_ERR_OUT_DIR, 0,
+                              "another dsr1-shard (pid %ld) is writing into %s (%s): wait for it or choose another "
+                              "--out (nothing was changed)",
+                              busy, x->o->out_dir, de->d_name);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* --out must not be the checkpoint directory: shards and the HF files would share one
+ * directory, which then reads as neither a clean checkpoint nor a shard set. */
+static int check_not_source(ck_ckpt *c, const char *out_dir, dsr1_err *err)
+{
+    struct stat a, b;
+    if (stat(ck_dir(c), &a) == 0 && stat(out_dir, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        return dsr1_err_set(err, DSR1_E_USAGE, SH_ERR_OUT_DIR, 0,
+                            "--out %s is the checkpoint directory %s: choose another directory (nothing was changed)",
+                            out_dir, ck_dir(c));
+    return 0;
+}
+
+/* Remove what a previous (killed or other-plan) run left: temp files, shard files of
+ * other plans, manifest.json and XXH128SUMS, each only when it is provably dsr1's (name
+ * pattern and content, check_out_dir). Files of this plan stay (resume may keep them;
+ * otherwise they are replaced atomically). Anything else in the directory is left alone. */
 static int clean_out_dir(ctx *x, dsr1_err *err)
 {
     DIR *d = opendir(x->o->out_dir);
     if (!d)
-        return dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, errno, "cannot list %s: %s", x->o->out_dir,
-                            strerror(errno));
+        return dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, errno, "cannot list %s", x->o->out_dir);
     struct dirent *de;
     int rc = 0;
     while ((de = readdir(d))) {
         const char *n = de->d_name;
-        int rm = 0;
-        if (strncmp(n, "manifest.json.tmp.", 18) == 0 || strncmp(n, "XXH128SUMS.tmp.", 15) == 0 ||
-            strncmp(n, SH_JOURNAL ".tmp.", strlen(SH_JOURNAL) + 5) == 0)
-            rm = 1;
-        else if (strcmp(n, "manifest.json") == 0 || strcmp(n, "XXH128SUMS") == 0)
-            rm = 1;
-        else if (is_shard_name(n, 1)) {
-            rm = strstr(n, ".tmp.") != NULL;
-            if (!rm) {
-                rm = 1;
-                for (size_t i = 0; i < x->p->n_shards; i++)
-                    if (strcmp(x->sh[i].file, n) == 0)
-                        rm = 0;
-            }
-        }
-        if (!rm)
+        int foreign = 0;
+        long busy = 0;
+        if (classify_entry(x, n, &foreign, &busy) != OWN_STALE)
             continue;
         char *p = path_join(x->o->out_dir, n);
         if (!p || (unlink(p) != 0 && errno != ENOENT))
-            rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, errno, "cannot remove stale %s/%s: %s",
-                              x->o->out_dir, n, strerror(errno));
+            rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, errno, "cannot remove stale %s/%s",
+                              x->o->out_dir, n);
         free(p);
         if (rc)
             break;
@@ -649,7 +903,7 @@ static int src_fd(ctx *x, int fi, dsr1_err *err)
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0) {
         int e = errno;
-        dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot open %s: %s", p, strerror(e));
+        dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot open %s", p);
         if (fd >= 0)
             close(fd);
         free(p);
@@ -658,7 +912,7 @@ static int src_fd(ctx *x, int fi, dsr1_err *err)
     void *m = sb.st_size ? mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0) : NULL;
     if (m == MAP_FAILED) {
         int e = errno;
-        dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot map %s: %s", p, strerror(e));
+        dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot map %s", p);
         close(fd);
         free(p);
         return DSR1_E_IO;
@@ -729,8 +983,7 @@ static void *reader_main(void *arg)
         int rc = populate(x->maps[bt->fi], bt->off, bt->len);
         if (rc)
             dsr1_err_set(&x->reader_err, DSR1_E_IO, SH_ERR_READ, rc, "cannot read %s/%s bytes [%" PRIu64 ", %" PRIu64
-                         "): %s", ck_dir(x->ck), ck_file_at(x->ck, (size_t)bt->fi), bt->off, bt->off + bt->len,
-                         strerror(rc));
+                         ")", ck_dir(x->ck), ck_file_at(x->ck, (size_t)bt->fi), bt->off, bt->off + bt->len);
         /* a dequantized weight needs its whole scale before its first piece */
         for (uint32_t k = 0; !rc && k < bt->n; k++) {
             const item_t *it = &x->items[bt->i0 + k];
@@ -745,9 +998,8 @@ static void *reader_main(void *arg)
             }
             rc = pread_full(x->fds[sr->fi_scale], sr->scale, sr->scale_bytes, sr->scale_off);
             if (rc)
-                dsr1_err_set(&x->reader_err, DSR1_E_IO, SH_ERR_READ, rc, "cannot read the scale of %s from %s/%s: %s",
-                             x->p->tensors[sr->ti].name, ck_dir(x->ck), ck_file_at(x->ck, (size_t)sr->fi_scale),
-                             strerror(rc));
+                dsr1_err_set(&x->reader_err, DSR1_E_IO, SH_ERR_READ, rc, "cannot read the scale of %s from %s/%s",
+                             x->p->tensors[sr->ti].name, ck_dir(x->ck), ck_file_at(x->ck, (size_t)sr->fi_scale));
         }
         pthread_mutex_lock(&x->mu);
         if (rc)
@@ -771,7 +1023,7 @@ static int hash_mapped(const char *path, hx128 *out, dsr1_err *err)
         int e = errno;
         if (fd >= 0)
             close(fd);
-        return dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot open %s to hash it: %s", path, strerror(e));
+        return dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot open %s to hash it", path);
     }
     hx_state *h = hx_new();
     if (!h) {
@@ -784,14 +1036,13 @@ static int hash_mapped(const char *path, hx128 *out, dsr1_err *err)
         size_t n = (size_t)((uint64_t)sb.st_size - off < W ? (uint64_t)sb.st_size - off : W);
         void *m = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, (off_t)off);
         if (m == MAP_FAILED) {
-            rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, errno, "cannot map %s: %s", path, strerror(errno));
+            rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, errno, "cannot map %s", path);
             break;
         }
         int e = populate(m, 0, n);
         if (e) {
             munmap(m, n);
-            rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot read %s at byte %" PRIu64 ": %s", path, off,
-                              strerror(e));
+            rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot read %s at byte %" PRIu64 "", path, off);
             break;
         }
         hx_update(h, m, n);
@@ -1387,13 +1638,13 @@ static int advance_frontier(shard_w *s, dsr1_err *err)
         uint64_t end = b - start > W ? start + W : b;
         void *m = mmap(NULL, (size_t)(end - start), PROT_READ, MAP_SHARED, s->rfd, (off_t)start);
         if (m == MAP_FAILED)
-            return dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, errno, "cannot map %s to hash it: %s",
-                                st_writer_tmp_path(s->w), strerror(errno));
+            return dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, errno, "cannot map %s to hash it",
+                                st_writer_tmp_path(s->w));
         int e = populate(m, a - start, end - a);
         if (e) {
             munmap(m, (size_t)(end - start));
-            return dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot read back %s: %s",
-                                st_writer_tmp_path(s->w), strerror(e));
+            return dsr1_err_set(err, DSR1_E_IO, SH_ERR_READ, e, "cannot read back %s",
+                                st_writer_tmp_path(s->w));
         }
         hx_update(s->fh, (const uint8_t *)m + (a - start), (size_t)(end - a));
         munmap(m, (size_t)(end - start));
@@ -1714,7 +1965,8 @@ int sh_run(ck_ckpt *c, const plan *p, const sh_opts *o, sh_stats *stats, dsr1_er
             goto done;
         }
     }
-    if ((rc = mkdir_p(o->out_dir, err)))
+    if ((rc = mkdir_p(o->out_dir, err)) || (rc = check_not_source(c, o->out_dir, err)) ||
+        (rc = check_out_dir(x, err)))
         goto done;
     /* resume: collect previous entries before anything is removed, and carry them
      * into a fresh journal so a second kill loses nothing */

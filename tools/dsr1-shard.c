@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -81,11 +82,30 @@ static void parse_args(int argc, char **argv, args *a)
     if (strcmp(a->cmd, "plan") != 0 && strcmp(a->cmd, "run") != 0)
         usage_err("unknown subcommand '%s' (plan or run)", a->cmd);
     int is_run = strcmp(a->cmd, "run") == 0;
+    const char *seen[64], *seen_val[64];
+    int nseen = 0;
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         if (strcmp(o, "-h") == 0 || strcmp(o, "--help") == 0) {
             fputs(usage_text, stdout);
             exit(0);
+        }
+        static const char *const valued[] = {"--tp", "--ep", "--pp", "--dp", "--nodes", "--gpus-per-node",
+                                             "--dtype", "--gpu-mem", "--reserve", "--min-kv-tokens", "--out",
+                                             "--threads", "--batch", "--progress"};
+        int is_valued = 0;
+        for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
+            is_valued |= strcmp(o, valued[k]) == 0;
+        if (is_valued) {
+            /* a repeated option is almost always a copy-paste slip in a deployment
+             * script; silently taking the last one could shard the wrong plan */
+            for (int k = 0; k < nseen; k++)
+                if (strcmp(seen[k], o) == 0)
+                    usage_err("%s given twice (%s and %s)", o, seen_val[k], i + 1 < argc ? argv[i + 1] : "");
+            if (nseen < (int)(sizeof seen / sizeof seen[0])) {
+                seen_val[nseen] = i + 1 < argc ? argv[i + 1] : "";
+                seen[nseen++] = o;
+            }
         }
         if (o[0] != '-') {
             if (a->ckpt)
@@ -362,10 +382,45 @@ static void fail_err(const dsr1_err *e, int code)
     exit(code);
 }
 
+/* Specific messages for the common wrong CKPT arguments, before ck_open's generic
+ * "cannot open .../config.json". Missing or unreadable: exit 3; not a checkpoint: 2. */
+static void check_ckpt_dir(const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) != 0) {
+        fprintf(stderr, "dsr1-shard: %s: %s\n", dir, strerror(errno));
+        exit(3);
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "dsr1-shard: %s is not a directory: CKPT is a HuggingFace checkpoint directory "
+                        "(config.json, model.safetensors.index.json, model-*.safetensors)\n", dir);
+        exit(2);
+    }
+    char p[4096];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    if (access(p, F_OK) == 0) {
+        snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+        if (access(p, F_OK) == 0)
+            return;
+        fprintf(stderr, "dsr1-shard: %s is not a sharded HuggingFace checkpoint: no model.safetensors.index.json "
+                        "next to config.json\n", dir);
+        exit(2);
+    }
+    snprintf(p, sizeof p, "%s/manifest.json", dir);
+    if (access(p, F_OK) == 0)
+        fprintf(stderr, "dsr1-shard: %s has no config.json: it looks like a dsr1-shard output directory "
+                        "(manifest.json); pass the HuggingFace checkpoint it was made from\n", dir);
+    else
+        fprintf(stderr, "dsr1-shard: %s is not a checkpoint directory: no config.json (expected config.json, "
+                        "model.safetensors.index.json, model-*.safetensors)\n", dir);
+    exit(2);
+}
+
 /* Opens the checkpoint and builds the plan; exits on any error. */
 static void open_and_plan(const args *a, ck_ckpt **c, plan **p)
 {
     dsr1_err e;
+    check_ckpt_dir(a->ckpt);
     if (ck_open(c, a->ckpt, &e))
         fail_err(&e, e.status == DSR1_E_USAGE ? 2 : e.status == DSR1_E_IO || e.status == DSR1_E_NOMEM ? 3 : 1);
     if (a->req.mtp && !ck_index_has_mtp(*c)) {
@@ -462,7 +517,7 @@ static int cmd_run(const args *a)
     if (rc) {
         cli_progress_abort(pr);
         fprintf(stderr, "dsr1-shard: %s\n", e.msg);
-        if (rc == DSR1_E_IO)
+        if (rc == DSR1_E_IO && e.code != SH_ERR_OUT_DIR)
             fprintf(stderr, "dsr1-shard: nothing was completed: %s has no manifest.json; rerun with --resume after "
                             "fixing the cause\n", a->out);
         plan_free(p);

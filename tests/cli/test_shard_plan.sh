@@ -85,5 +85,5 @@ expect_err "names the option" "tp 8x: not a valid"
 expect_exit "bad gpu kind" 2 "$D" plan "$R1" --gpu-mem h100
 expect_exit "run without --out" 2 "$D" run "$R1" --tp 8
 expect_exit "missing checkpoint dir: I/O" 3 "$D" plan "$T/nope"
-expect_err "names config.json" "nope/config.json"
+expect_err "names the path" "nope: No such file or directory"
 finish
