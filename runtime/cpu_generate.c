@@ -8,6 +8,7 @@
  * group by broadcast, so every rank feeds the same next token. Any failure aborts the
  * comm, which releases every waiting rank with the failing rank's message.
  */
+#include <inttypes.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -54,9 +55,11 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
     int out_rank = mdl->has_head && mdl->tp_rank == 0;
     int mtp = a->keep_mtp_logits && mdl->has_head;
     int rc = 0;
-    float *logits = mdl->has_head ? malloc(cap * V * sizeof(float)) : NULL;
-    float *hid = mtp ? malloc(cap * mdl->hidden * sizeof(float)) : NULL;
-    float *mlog = mtp ? malloc(cap * V * sizeof(float)) : NULL;
+    /* one forward pass covers the prompt, then one token (all of them with --no-cache) */
+    size_t rows_max = a->no_cache ? cap : n0;
+    float *logits = mdl->has_head ? malloc(rows_max * V * sizeof(float)) : NULL;
+    float *hid = mtp ? malloc(rows_max * mdl->hidden * sizeof(float)) : NULL;
+    float *mlog = mtp ? malloc(rows_max * V * sizeof(float)) : NULL;
     int32_t *seq = malloc(cap * sizeof(int32_t));
     rt_generate_result *res = j->res;
     size_t rows = 0, mrows = 0;
@@ -136,6 +139,14 @@ static void *rank_main(void *p)
     rt_kv kv = {0};
     dsr1_err *err = &j->err;
     int rc = rt_model_load(&mdl, j->m, j->dir, (uint32_t)j->comm->rank, j->a->verify_full ? LD_HASH : 0, err);
+    size_t ctx = j->a->n_prompt + (size_t)j->a->max_new_tokens;
+    /* past the trained context RoPE/YaRN positions mean nothing, and the cache and
+     * logits would be sized for it: refuse before allocating them */
+    if (rc == 0 && mdl->cfg.max_position_embeddings && ctx > mdl->cfg.max_position_embeddings)
+        rc = dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                          "%zu prompt tokens + --max-new-tokens %d = %zu positions, more than the model's "
+                          "context (max_position_embeddings %" PRIu32 ")",
+                          j->a->n_prompt, j->a->max_new_tokens, ctx, mdl->cfg.max_position_embeddings);
     if (rc == 0)
         rc = rt_kv_init(&kv, mdl, j->a->n_prompt + (size_t)j->a->max_new_tokens, j->a->keep_mtp_logits, err);
     if (rc == 0 && j->a->keep_mtp_logits && mdl->has_head && !mdl->mtp)

@@ -5,12 +5,16 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
 #include "backend.h"
 #include "cli.h"
+#include "npy.h"
 
 static const char usage_text[] =
     "usage: dsr1-serve generate --manifest DIR/manifest.json --prompt-ids ID,ID,...\n"
@@ -226,35 +230,80 @@ static int cmd_generate(int argc, char **argv)
     a.prompt = ids;
     a.keep_logits = logits_out != NULL;
     a.keep_mtp_logits = mtp_out != NULL;
+    if (logits_out && mtp_out && strcmp(logits_out, mtp_out) == 0) {
+        free(ids);
+        return usage("%s", "--logits-out and --mtp-logits-out name the same file");
+    }
+    /* --manifest DIR means DIR/manifest.json, as dsr1-verify takes DIR */
+    char *mpath = NULL;
+    struct stat sb;
+    if (stat(a.manifest_path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        if (asprintf(&mpath, "%s/manifest.json", a.manifest_path) < 0) {
+            free(ids);
+            return 3;
+        }
+        a.manifest_path = mpath;
+    }
     rt_generate_result res;
     memset(&res, 0, sizeof res);
     dsr1_err err;
     dsr1_err_clear(&err);
-    int rc = strcmp(backend, "cpu") == 0 ? rt_cpu_generate(&a, &res, &err) : rt_cuda_generate(&a, &res, &err);
-    if (rc != 0) {
+    /* Output files exist as temp files before the (long) generation, so a bad path
+     * fails now; they get their names only when complete. */
+    cli_signals_install();
+    /* a file size limit (ulimit -f) must surface as EFBIG, a clear error */
+    signal(SIGXFSZ, SIG_IGN);
+    rt_npy_out lo = {0}, mo = {0};
+    lo.fd = mo.fd = -1;
+    int rc = 0;
+    if ((logits_out && (rc = rt_npy_out_open(&lo, logits_out, &err))) ||
+        (mtp_out && (rc = rt_npy_out_open(&mo, mtp_out, &err)))) {
         fprintf(stderr, "dsr1-serve: %s\n", err.msg);
+        rt_npy_out_abort(&lo);
         free(ids);
-        rt_generate_result_free(&res);
+        free(mpath);
         return dsr1_err_exit_code(&err);
     }
+    /* copies: the npy outputs free their names; the signal cleanup list needs them */
+    char *ltmp = lo.tmp ? strdup(lo.tmp) : NULL, *mtmp = mo.tmp ? strdup(mo.tmp) : NULL;
+    if (ltmp)
+        cli_cleanup_register(ltmp);
+    if (mtmp)
+        cli_cleanup_register(mtmp);
+    rc = strcmp(backend, "cpu") == 0 ? rt_cpu_generate(&a, &res, &err) : rt_cuda_generate(&a, &res, &err);
     int code = 0;
-    if (res.have_output) {
-        for (size_t i = 0; i < res.n_tokens; i++)
-            printf("%s%" PRId32, i ? "," : "", res.tokens[i]);
-        putchar('\n');
-        if (fflush(stdout) != 0) {
-            fprintf(stderr, "dsr1-serve: writing stdout failed\n");
-            code = 3;
-        }
-        if (logits_out && rt_npy_write_f32(logits_out, res.logits, res.rows, res.vocab, &err) != 0) {
+    if (rc != 0) {
+        fprintf(stderr, "dsr1-serve: %s\n", err.msg);
+        code = dsr1_err_exit_code(&err);
+    } else if (res.have_output) {
+        /* files first: tokens on stdout mean every requested output is complete */
+        if (logits_out && rt_npy_out_commit(&lo, res.logits, res.rows, res.vocab, &err) != 0) {
             fprintf(stderr, "dsr1-serve: %s\n", err.msg);
             code = 3;
         }
-        if (mtp_out && rt_npy_write_f32(mtp_out, res.mtp_logits, res.rows, res.vocab, &err) != 0) {
+        if (!code && mtp_out && rt_npy_out_commit(&mo, res.mtp_logits, res.rows, res.vocab, &err) != 0) {
             fprintf(stderr, "dsr1-serve: %s\n", err.msg);
             code = 3;
+        }
+        if (!code) {
+            for (size_t i = 0; i < res.n_tokens; i++)
+                printf("%s%" PRId32, i ? "," : "", res.tokens[i]);
+            putchar('\n');
+            if (fflush(stdout) != 0) {
+                fprintf(stderr, "dsr1-serve: writing stdout failed\n");
+                code = 3;
+            }
         }
     }
+    rt_npy_out_abort(&lo);
+    rt_npy_out_abort(&mo);
+    for (int k = 0; k < 2; k++) {
+        char *t = k ? mtmp : ltmp;
+        if (t)
+            cli_cleanup_unregister(t);
+        free(t);
+    }
+    free(mpath);
     free(ids);
     rt_generate_result_free(&res);
     return code;

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# dsr1-serve generate --backend cpu on wrong input: token ids outside the vocabulary,
+# context overflow, bad sampling values, a manifest given as a directory, and
+# --logits-out that is atomic (no half-written file, nothing renamed over an old file
+# on failure, an unwritable path refused before generating, tokens printed only once
+# the files are complete).
+set -eu
+. "$(dirname "$0")/lib.inc"
+set +e
+S=$BIN/dsr1-serve
+"$BIN/dsr1-synth" --preset tiny --out "$T/ck" --quiet || { fail "synth"; finish; exit; }
+"$BIN/dsr1-shard" run "$T/ck" --out "$T/s" --tp 2 --ep 2 --quiet || { fail "shard"; finish; exit; }
+M=$T/s/manifest.json
+V=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$T/ck/config.json")
+C=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["max_position_embeddings"])' "$T/ck/config.json")
+gen() { "$S" generate --manifest "$M" "$@"; }
+no_temp() { ! ls -A "$T" | grep -q '^\.l\.npy\.'; }
+
+expect_exit "token id = vocab ($V): exit 2" 2 gen --prompt-ids 1,$V
+expect_err "  names id, position and range" "token id $V at position 1 is outside the vocabulary \[0, $V\)"
+expect_exit "negative id: exit 2" 2 gen --prompt-ids 1,-1
+expect_exit "empty list: exit 2" 2 gen --prompt-ids ""
+expect_exit "trailing comma: exit 2" 2 gen --prompt-ids 1,
+expect_exit "id above int32: exit 2" 2 gen --prompt-ids 4294967296
+expect_exit "--max-new-tokens 0: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 0
+expect_exit "--max-new-tokens past the flag range: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 1048577
+expect_exit "prompt + new tokens past max_position_embeddings ($C): exit 2" 2 gen --prompt-ids 1,2 --max-new-tokens $((C - 1))
+expect_err "  names the context" "2 prompt tokens \+ --max-new-tokens $((C - 1)) = $((C + 1)) positions.*max_position_embeddings $C"
+for bad in "--top-p 0" "--top-p 2" "--top-p nan" "--temperature -1" "--temperature inf" "--top-k -1" "--seed -1"; do
+  # shellcheck disable=SC2086
+  expect_exit "$bad: exit 2" 2 gen --prompt-ids 1 $bad
+done
+expect_exit "--manifest DIR works as DIR/manifest.json" 0 "$S" generate --manifest "$T/s" --prompt-ids 1,2 --max-new-tokens 2
+expect_exit "--manifest of a missing file: exit 3" 3 "$S" generate --manifest "$T/s/none.json" --prompt-ids 1
+
+# --logits-out
+expect_exit "--logits-out in a missing directory: exit 3 before generating" 3 gen --prompt-ids 1 --logits-out "$T/no/l.npy"
+[ -s "$T/out" ] && fail "  tokens printed" || pass "  no tokens on stdout"
+expect_err "  names the path" "no/l.npy: cannot create"
+expect_exit "--logits-out a directory: exit 2" 2 gen --prompt-ids 1 --logits-out "$T"
+expect_exit "--logits-out = --mtp-logits-out: exit 2" 2 gen --prompt-ids 1 --logits-out "$T/x.npy" --mtp-logits-out "$T/x.npy"
+echo old > "$T/l.npy"
+expect_exit "generation fails (id out of range): exit 2" 2 gen --prompt-ids $V --logits-out "$T/l.npy"
+[ "$(cat "$T/l.npy")" = old ] && no_temp && pass "  old file untouched, no temp file left" || fail "  old file replaced or temp left"
+expect_exit "good run replaces it" 0 gen --prompt-ids 3,4,5 --max-new-tokens 4 --logits-out "$T/l.npy"
+"$PY" -c 'import numpy as np,sys; a=np.load(sys.argv[1]); assert a.shape==(6,int(sys.argv[2])) and a.dtype==np.float32 and np.isfinite(a).all(), a.shape' \
+  "$T/l.npy" "$V" && no_temp && pass "  complete [T+N-1, vocab] float32, no temp" || fail "  bad npy"
+cp "$T/l.npy" "$T/l.good"
+# a file size limit hits while writing: exit 3, no tokens, the previous file intact
+(ulimit -f 8; "$S" generate --manifest "$M" --prompt-ids 3,4,5 --max-new-tokens 4 --logits-out "$T/l.npy" >"$T/out" 2>"$T/err")
+rc=$?
+[ $rc -eq 3 ] && ! [ -s "$T/out" ] && cmp -s "$T/l.npy" "$T/l.good" && no_temp \
+  && pass "write fails (ulimit -f): exit 3, no tokens, previous file intact, no temp" \
+  || { fail "write failure: rc $rc, out $(head -c 50 "$T/out")"; cat "$T/err"; }
+expect_err "  says write failed" "l.npy: write failed"
+finish
