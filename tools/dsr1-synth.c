@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "synth.h"
@@ -83,7 +84,15 @@ int main(int argc, char **argv)
     uint64_t layers = 0, seed = 0, shard = 0;
     int meta = 0, mtp = -1, force = 0, quiet = 0, c, rc;
     opterr = 0;
+    /* times each option was given: a repeated valued option or both --mtp and --no-mtp
+     * is a slip in a script, not something to resolve silently */
+    int given[O_QUIET + 1] = {0};
     while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
+        if (c >= O_PRESET && c <= O_QUIET && given[c]++ &&
+            (c == O_PRESET || c == O_OUT || c == O_LAYERS || c == O_SEED || c == O_SHARD))
+            for (const struct option *q = lo; q->name; q++)
+                if (q->val == c)
+                    return usage("--%s given twice", q->name);
         switch (c) {
         case 'h': help(); return 0;
         case O_PRESET: preset = optarg; break;
@@ -113,6 +122,8 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         return usage("unexpected argument \"%s\"", argv[optind]);
+    if (given[O_MTP] && given[O_NO_MTP])
+        return usage("%s", "--mtp and --no-mtp contradict each other");
     if (!preset)
         return usage("%s", "--preset is required");
     if (!out || !*out)
@@ -133,6 +144,17 @@ int main(int argc, char **argv)
     if (!shard)
         shard = info.shard_size;
 
+    {
+        /* a dsr1-shard output holds manifest.json; a checkpoint written into it would make
+         * the directory read as both (and --force does not make that better) */
+        char mp[4096];
+        snprintf(mp, sizeof mp, "%s/manifest.json", out);
+        if (access(mp, F_OK) == 0) {
+            fprintf(stderr, "dsr1-synth: %s holds manifest.json (a dsr1-shard output directory?): choose another "
+                            "--out\n", out);
+            return 2;
+        }
+    }
     cli_signals_install();
     sy_plan plan;
     if ((rc = sy_plan_make(&plan, &cfg, mtp, shard, &err))) {

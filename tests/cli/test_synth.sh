@@ -154,6 +154,16 @@ expect_err "r1 needs --layers" "pass --layers N"
 expect_exit "stray argument" 2 "$S" --preset tiny --out "$T/x" extra
 expect_exit "--help" 0 "$S" --help
 expect_out "--help shows usage" "usage: dsr1-synth"
+expect_exit "--preset twice" 2 "$S" --preset tiny --preset small --out "$T/x"
+expect_err "names the repeated option" "[-]-preset given twice"
+expect_exit "--out twice" 2 "$S" --preset tiny --out "$T/x" --out="$T/x"
+expect_err "names --out" "[-]-out given twice"
+expect_exit "--mtp with --no-mtp" 2 "$S" --preset tiny --mtp --no-mtp --out "$T/x"
+expect_err "says they contradict" "contradict"
+mkdir -p "$T/shards" && echo '{}' >"$T/shards/manifest.json"
+expect_exit "into a shard output dir" 2 "$S" --preset tiny --out "$T/shards" --force --quiet
+expect_err "says why" "holds manifest.json"
+[ "$(ls "$T/shards")" = "manifest.json" ] && pass "shard dir untouched" || fail "wrote into the shard dir"
 [ ! -e "$T/x" ] && pass "usage errors create nothing" || fail "usage error created $T/x"
 expect_exit "unwritable output" 3 "$S" --preset tiny --out /proc/dsr1-no/x --quiet
 ls "$T"/a/*.tmp.* >/dev/null 2>&1 && fail "temp files left" || pass "no temp files left"
