@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "dtype.h"
 #include "hx.h"
+#include "mf.h"
 #include "st.h"
 
 static const char usage_text[] =
@@ -23,8 +24,8 @@ static const char usage_text[] =
 static void help(void)
 {
     fputs(usage_text, stdout);
-    fputs("\nPATH is an HF checkpoint directory (config.json + model.safetensors.index.json) or\n"
-          "one .safetensors file.\n\n"
+    fputs("\nPATH is an HF checkpoint directory (config.json + model.safetensors.index.json), a\n"
+          "dsr1-shard output directory (manifest.json), or one .safetensors file.\n\n"
           "  --tensor NAME     dequantized statistics of one tensor (FP8 via its weight_scale_inv)\n"
           "  --json            machine-readable output on stdout\n"
           "  --hash            (file) add each tensor's XXH3-128 of its raw bytes\n"
@@ -747,6 +748,142 @@ done:
     return rc;
 }
 
+/* ------------------------------------------------------- shard set mode */
+
+/* A dsr1-shard output directory: summarize manifest.json (read-only, through mf_load)
+ * and check that every shard file is there with its recorded size. Integrity (hashes)
+ * is dsr1-verify's job; this reads no shard bytes. */
+static int do_shard_dir(const char *dir)
+{
+    char mp[4096], b1[32], b2[32], b3[32], hb[CLI_BYTES_LEN];
+    snprintf(mp, sizeof mp, "%s/manifest.json", dir);
+    mf_manifest *m;
+    dsr1_err e;
+    if (mf_load(&m, mp, &e)) {
+        fprintf(stderr, "dsr1-inspect: %s\n", e.msg);
+        return e.status == DSR1_E_IO || e.status == DSR1_E_NOMEM ? 3 : 1;
+    }
+    problems pr = {0, opt.json ? json_array() : NULL};
+    char id[HX_HEX_LEN + 1];
+    hx_hex(m->manifest_id, id);
+    uint64_t bytes = 0, tensors = 0, src_bytes = 0;
+    size_t present = 0;
+    int *ok = calloc(m->n_shards ? m->n_shards : 1, sizeof *ok);
+    for (size_t i = 0; i < m->n_shards; i++) {
+        const mf_shard *sh = &m->shards[i];
+        bytes += sh->bytes;
+        tensors += sh->n_tensors;
+        char fp[4096], msg[4400];
+        snprintf(fp, sizeof fp, "%s/%s", dir, sh->file);
+        struct stat sb;
+        if (stat(fp, &sb) != 0) {
+            snprintf(msg, sizeof msg, "%s: %s (the manifest lists it)", fp, strerror(errno));
+            problem(&pr, msg);
+        } else if ((uint64_t)sb.st_size != sh->bytes) {
+            snprintf(msg, sizeof msg, "%s: %" PRIu64 " bytes, the manifest says %" PRIu64, fp,
+                     (uint64_t)sb.st_size, sh->bytes);
+            problem(&pr, msg);
+        } else if (ok) {
+            ok[i] = 1;
+            present++;
+        }
+    }
+    for (size_t i = 0; i < m->n_sources; i++)
+        src_bytes += m->sources[i].bytes;
+    char sp[4096];
+    snprintf(sp, sizeof sp, "%s/XXH128SUMS", dir);
+    struct stat ssb;
+    int have_sums = stat(sp, &ssb) == 0;
+    if (!have_sums)
+        problem(&pr, "XXH128SUMS is missing (dsr1-shard writes it before manifest.json)");
+    const ck_config *cfg = &m->config;
+    const mf_plan *pl = &m->plan;
+    if (opt.json) {
+        json_t *o = json_object(), *sa = json_array(), *ra = json_array();
+        json_object_set_new(o, "path", json_string(dir));
+        json_object_set_new(o, "kind", json_string("shard_set"));
+        json_object_set_new(o, "valid", json_boolean(pr.n == 0));
+        json_object_set_new(o, "manifest_id", json_string(id));
+        json_object_set_new(o, "tool", json_string(m->tool ? m->tool : ""));
+        json_object_set_new(o, "architecture", json_string(m->architecture ? m->architecture : ""));
+        json_object_set_new(o, "plan", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:b}", "tp", (json_int_t)pl->tp,
+                                                 "ep", (json_int_t)pl->ep, "pp", (json_int_t)pl->pp, "dp",
+                                                 (json_int_t)pl->dp, "world_size", (json_int_t)pl->world_size,
+                                                 "nodes", (json_int_t)pl->nodes, "gpus_per_node",
+                                                 (json_int_t)pl->gpus_per_node, "dtype", pl->dtype, "mtp", pl->mtp));
+        for (size_t i = 0; i < m->n_shards; i++) {
+            const mf_shard *sh = &m->shards[i];
+            json_array_append_new(sa, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:b}", "file", sh->file, "pp_stage",
+                                                (json_int_t)sh->pp_stage, "tp_rank", (json_int_t)sh->tp_rank,
+                                                "layer_first", (json_int_t)sh->layer_first, "layer_last",
+                                                (json_int_t)sh->layer_last, "tensors", (json_int_t)sh->n_tensors,
+                                                "bytes", (json_int_t)sh->bytes, "present", ok && ok[i]));
+        }
+        for (size_t i = 0; i < m->n_ranks; i++) {
+            const mf_rank *r = &m->ranks[i];
+            json_array_append_new(ra, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "rank", (json_int_t)r->rank, "node",
+                                                (json_int_t)r->node, "local_rank", (json_int_t)r->local_rank, "dp",
+                                                (json_int_t)r->dp, "pp", (json_int_t)r->pp, "tp", (json_int_t)r->tp,
+                                                "shard", m->shards[r->shard].file));
+        }
+        json_object_set_new(o, "shards", sa);
+        json_object_set_new(o, "ranks", ra);
+        json_object_set_new(o, "tensors", json_integer((json_int_t)tensors));
+        json_object_set_new(o, "bytes", json_integer((json_int_t)bytes));
+        json_object_set_new(o, "source", json_pack("{s:I,s:I}", "files", (json_int_t)m->n_sources, "bytes",
+                                                   (json_int_t)src_bytes));
+        json_object_set_new(o, "files_present", json_integer((json_int_t)present));
+        json_object_set_new(o, "xxh128sums", json_boolean(have_sums));
+        json_object_set_new(o, "problem_count", json_integer((json_int_t)pr.n));
+        json_object_set_new(o, "problems", pr.list);
+        emit_json(o);
+    } else {
+        problems_done(&pr);
+        if (!opt.quiet) {
+            uint32_t dense = 0, moe = 0;
+            for (uint32_t L = 0; L < cfg->num_hidden_layers; L++)
+                ck_layer_is_moe(cfg, L) ? moe++ : dense++;
+            printf("shard set   %s\n", dir);
+            printf("manifest    %s, manifest_id %s\n", m->tool ? m->tool : "?", id);
+            printf("config      deepseek_v3: %u layers (%u dense, %u MoE)%s, hidden %u, %u heads, %u routed experts "
+                   "+ %u shared, vocab %u, %s\n",
+                   cfg->num_hidden_layers, dense, moe, pl->mtp ? " + MTP" : "", cfg->hidden_size,
+                   cfg->num_attention_heads, cfg->n_routed_experts, cfg->n_shared_experts, cfg->vocab_size,
+                   cfg->fp8 ? "block-FP8 128x128 source" : "BF16 source");
+            printf("plan        tp=%u ep=%u pp=%u dp=%u -> %u ranks on %u node%s x %u GPUs; dtype %s%s\n", pl->tp,
+                   pl->ep, pl->pp, pl->dp, pl->world_size, pl->nodes, pl->nodes == 1 ? "" : "s", pl->gpus_per_node,
+                   pl->dtype, pl->mtp ? "; MTP layer included" : "");
+            printf("shards      %zu files, %s tensors, %s bytes (%s), from %zu source files (%s bytes)\n", m->n_shards,
+                   commas(tensors, b1), commas(bytes, b2), cli_format_bytes(bytes, 1, hb, sizeof hb), m->n_sources,
+                   commas(src_bytes, b3));
+            printf("  %-44s %5s %4s %9s %9s %17s  %s\n", "file", "stage", "tp", "layers", "tensors", "bytes", "on disk");
+            for (size_t i = 0; i < m->n_shards; i++) {
+                const mf_shard *sh = &m->shards[i];
+                char lay[32];
+                if (sh->layer_first < 0)
+                    snprintf(lay, sizeof lay, "-");
+                else
+                    snprintf(lay, sizeof lay, "%d-%d", sh->layer_first, sh->layer_last);
+                printf("  %-44s %5u %4u %9s %9zu %17s  %s\n", sh->file, sh->pp_stage, sh->tp_rank, lay, sh->n_tensors,
+                       commas(sh->bytes, b1), ok && ok[i] ? "ok" : "MISSING/SIZE");
+            }
+            printf("ranks\n  %5s %5s %5s %4s %4s %4s  %s\n", "rank", "node", "local", "dp", "pp", "tp", "shard");
+            for (size_t i = 0; i < m->n_ranks; i++) {
+                const mf_rank *r = &m->ranks[i];
+                printf("  %5u %5u %5u %4u %4u %4u  %s\n", r->rank, r->node, r->local_rank, r->dp, r->pp, r->tp,
+                       m->shards[r->shard].file);
+            }
+            printf("files       %zu of %zu shard files present with the recorded size; XXH128SUMS %s "
+                   "(contents not hashed here: dsr1-verify %s)\n",
+                   present, m->n_shards, have_sums ? "present" : "MISSING", dir);
+            printf("result      %s\n", pr.n ? "incomplete" : "complete");
+        }
+    }
+    free(ok);
+    mf_free(m);
+    return pr.n ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     enum { O_TENSOR = 256, O_JSON, O_QUIET, O_HASH, O_MAXP };
@@ -757,16 +894,22 @@ int main(int argc, char **argv)
         {0, 0, 0, 0},
     };
     const char *tensor = NULL;
-    int c, rc;
+    int c, rc, maxp_given = 0;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
         switch (c) {
         case 'h': help(); return 0;
-        case O_TENSOR: tensor = optarg; break;
+        case O_TENSOR:
+            if (tensor)
+                return usage("%s", "--tensor given twice: one tensor per run");
+            tensor = optarg;
+            break;
         case O_JSON: opt.json = 1; break;
         case O_QUIET: opt.quiet = 1; break;
         case O_HASH: opt.hash = 1; break;
         case O_MAXP:
+            if (maxp_given++)
+                return usage("%s", "--max-problems given twice");
             if ((rc = cli_parse_u64(optarg, 0, UINT64_MAX, &opt.max_problems)))
                 return usage("--max-problems: %s", cli_strerror(rc));
             break;
@@ -791,10 +934,20 @@ int main(int argc, char **argv)
         struct stat s1, s2;
         snprintf(p1, sizeof p1, "%s/config.json", path);
         snprintf(p2, sizeof p2, "%s/model.safetensors.index.json", path);
+        char p3[4096];
+        struct stat s3;
+        snprintf(p3, sizeof p3, "%s/manifest.json", path);
+        if (stat(p1, &s1) != 0 && stat(p2, &s2) != 0 && stat(p3, &s3) == 0) {
+            if (tensor)
+                return usage("--tensor NAME on a shard set: give one shard file, e.g. %s/model-pp00-tp00-...", path);
+            if (opt.hash)
+                return usage("%s", "--hash applies to a single .safetensors file (dsr1-verify hashes a shard set)");
+            return do_shard_dir(path);
+        }
         if (stat(p1, &s1) != 0 && stat(p2, &s2) != 0) {
             fprintf(stderr, "dsr1-inspect: %s is not a checkpoint directory: it has neither config.json "
-                    "nor model.safetensors.index.json (dsr1-inspect reads HF checkpoint directories "
-                    "and single .safetensors files)\n", path);
+                    "nor model.safetensors.index.json (dsr1-inspect reads HF checkpoint directories, "
+                    "dsr1-shard output directories and single .safetensors files)\n", path);
             return 2;
         }
         if (opt.hash)

@@ -156,7 +156,45 @@ echo '{"weight_map": {"a": "../../etc/passwd"}}' >"$T/badidx/model.safetensors.i
 expect_exit "index escaping the dir" 1 "$I" "$T/badidx"
 expect_err "index escaping named" "not a plain file name"
 
+# --- a dsr1-shard output directory: summarized from manifest.json, read-only --------------
+"$BIN/dsr1-shard" run "$T/ok" --out "$T/sh" --tp 2 --pp 2 --mtp --quiet || fail "shard run"
+(cd "$T/sh" && ls -l --time-style=+%s && xxh128sum -- * 2>/dev/null) >"$T/sh.before"
+expect_exit "shard set" 0 "$I" "$T/sh"
+expect_out "shard set: header" "^shard set +$T/sh"
+expect_out "shard set: plan" "^plan +tp=2 ep=2 pp=2 dp=1 -> 4 ranks on 1 node x 4 GPUs; dtype fp8; MTP layer included"
+expect_out "shard set: a shard row" "model-pp01-tp01-of-pp02-tp02.safetensors +1 +1 +2-3 .* ok$"
+expect_out "shard set: a rank row" "^ +3 +0 +3 +0 +1 +1  model-pp01-tp01-of-pp02-tp02.safetensors"
+expect_out "shard set: complete" "^result +complete"
+expect_exit "shard set --json" 0 "$I" "$T/sh" --json
+"$PY" - "$T/out" "$T/sh/manifest.json" <<'EOF2' && pass "shard set --json matches the manifest" || fail "shard set --json"
+import json, os, sys
+j = json.load(open(sys.argv[1])); m = json.load(open(sys.argv[2]))
+d = os.path.dirname(sys.argv[2])
+assert j["kind"] == "shard_set" and j["valid"] and j["problem_count"] == 0
+assert j["manifest_id"] == m["manifest_id"]
+assert [s["file"] for s in j["shards"]] == [s["file"] for s in m["shards"]]
+assert j["bytes"] == sum(os.path.getsize(os.path.join(d, s["file"])) for s in m["shards"])
+assert len(j["ranks"]) == 4 and j["ranks"][3]["shard"] == "model-pp01-tp01-of-pp02-tp02.safetensors"
+assert j["plan"]["tp"] == 2 and j["plan"]["pp"] == 2 and j["plan"]["mtp"] is True
+EOF2
+(cd "$T/sh" && ls -l --time-style=+%s && xxh128sum -- * 2>/dev/null) | cmp -s - "$T/sh.before" && pass "shard set untouched" ||
+  fail "inspect changed the shard set"
+expect_exit "shard set: --tensor refused" 2 "$I" "$T/sh" --tensor model.norm.weight
+expect_err "points to a shard file" "give one shard file"
+cp -r "$T/sh" "$T/shbad"
+rm "$T/shbad/model-pp00-tp01-of-pp02-tp02.safetensors"
+truncate -s 100 "$T/shbad/model-pp01-tp00-of-pp02-tp02.safetensors"
+expect_exit "shard set: missing + truncated shard" 1 "$I" "$T/shbad" --quiet
+expect_err "names the missing shard" "model-pp00-tp01-of-pp02-tp02.safetensors: No such file"
+expect_err "names the truncated shard" "model-pp01-tp00-of-pp02-tp02.safetensors: 100 bytes, the manifest says"
+echo '{' >"$T/shbad/manifest.json"
+expect_exit "shard set: broken manifest" 1 "$I" "$T/shbad"
+expect_err "says so" "manifest.json: not valid JSON"
+
 # --- usage ------------------------------------------------------------------------------
+expect_exit "--tensor twice" 2 "$I" "$T/ok" --tensor model.norm.weight --tensor lm_head.weight
+expect_err "--tensor twice: says so" "tensor given twice"
+expect_exit "--max-problems twice" 2 "$I" "$T/ok" --max-problems 1 --max-problems 2
 mkdir -p "$T/empty"
 expect_exit "not a checkpoint dir" 2 "$I" "$T/empty"
 expect_err "not a checkpoint dir: clear" "is not a checkpoint directory"
