@@ -289,17 +289,18 @@ static void print_plan_text(const args *a, const plan *p, const plan_suggestion 
     printf("fits: NO\n");
     fprintf(stderr,
             "dsr1-shard: does not fit: shard pp %u tp %u needs %s of weights + %s reserve + %s for %" PRIu64
-            " KV tokens = %s, but %s per GPU: short by %s (%s)\n",
+            " KV tokens = %s, but %s%s: short by %s (%s)\n",
             w->pp_stage, w->tp_rank, gb(w->weight_bytes, b1), gb(p->reserve, b2),
             gb(p->min_kv_tokens * w->kv_bytes_per_token, b3),
             p->min_kv_tokens, gb(w->weight_bytes + p->reserve + p->min_kv_tokens * w->kv_bytes_per_token, b4), g,
+            p->req.gpu_kind[0] ? " per GPU" : "", /* "80 GB GPUs" already says it */
             gb((uint64_t)p->shortfall, b6), cli_format_bytes((uint64_t)p->shortfall, 1, b5, sizeof b5));
     if (!nsg) {
         fprintf(stderr, "dsr1-shard: no plan up to 512 GPUs fits these GPUs\n");
         return;
     }
     fprintf(stderr, "dsr1-shard: nearest plans that fit:\n");
-    static const char *cat[] = {"same GPUs", "other GPU kind", "other dtype"};
+    static const char *cat[] = {"same GPU kind", "other GPU kind", "other dtype"};
     for (size_t i = 0; i < nsg; i++) {
         char cmd[256];
         suggestion_cmd(a, &sg[i], cmd, sizeof cmd);

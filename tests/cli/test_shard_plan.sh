@@ -17,7 +17,7 @@ expect_err "says by how much" "does not fit: .*short by [0-9.]+ GB"
 expect_out "table says NO" "^fits: NO"
 expect_out "per-rank table with weights" "^ +7 +0 +7 +0 +0 +7 0-60 +224-255 +85\.[0-9] GB"
 # nearest plans are computed: TP=8 x PP=2 on two nodes first, bf16 on the same GPUs
-expect_err "nearest: tp8 x pp2 on 2 nodes" "same GPUs +16 GPUs: --tp 8 --ep 8 --pp 2 --dp 1 --nodes 2 --gpus-per-node 8 --dtype fp8 --gpu-mem h100-80g"
+expect_err "nearest: tp8 x pp2 on 2 nodes" "same GPU kind +16 GPUs: --tp 8 --ep 8 --pp 2 --dp 1 --nodes 2 --gpus-per-node 8 --dtype fp8 --gpu-mem h100-80g"
 expect_err "nearest: other GPU kind, 8 GPUs" "other GPU kind +8 GPUs: .* --gpu-mem (h20-96g|h200-141g)"
 expect_err "nearest: bf16 on h100" "other dtype +[0-9]+ GPUs: .*--dtype bf16 --gpu-mem h100-80g"
 # every suggestion really fits
@@ -86,4 +86,7 @@ expect_exit "bad gpu kind" 2 "$D" plan "$R1" --gpu-mem h100
 expect_exit "run without --out" 2 "$D" run "$R1" --tp 8
 expect_exit "missing checkpoint dir: I/O" 3 "$D" plan "$T/nope"
 expect_err "names the path" "nope: No such file or directory"
+# a plain --gpu-mem size reads naturally in the shortfall message
+expect_exit "plain --gpu-mem size" 1 "$D" plan "$R1" --tp 8 --gpu-mem 80GB
+expect_err "no doubled 'GPUs per GPU'" "but 80\.0 GB GPUs: short by"
 finish
