@@ -58,10 +58,10 @@ $(LIBRT): $(RT_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/%: tools/%.c $(LIBRT) $(LIBFMT)
-	@mkdir -p $(dir $@) $(BUILD)/obj/tools
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $(BUILD)/obj/tools/$*.o
-	$(CC) $(LDFLAGS) -o $@ $(BUILD)/obj/tools/$*.o $(LIBRT) $(LIBFMT) $(LIBS)
+# The tool object comes from the generic rule, so its .d file tracks header changes.
+$(BUILD)/bin/%: $(BUILD)/obj/tools/%.o $(LIBRT) $(LIBFMT)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBRT) $(LIBFMT) $(LIBS)
 
 $(BUILD)/bin/unit-tests: $(call obj,$(UNIT_SRC)) $(LIBRT) $(LIBFMT)
 	@mkdir -p $(dir $@)

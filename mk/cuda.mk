@@ -42,9 +42,8 @@ $(BUILD)/obj/tests/gpu/%.cu.o: tests/gpu/%.cu $(CUDA_HDRS)
 CUDA_RT_OBJ := $(BUILD)/obj/runtime/cuda/cuda_generate.cu.o $(BUILD)/obj/runtime/cuda/cuda_model.cu.o \
                $(BUILD)/obj/runtime/comm_nccl.cu.o $(BUILD)/obj/runtime/upload.cu.o $(KCU_OBJ)
 ifneq ($(wildcard tools/dsr1-serve.c),)
-$(BUILD)/bin/dsr1-serve: tools/dsr1-serve.c $(CUDA_RT_OBJ) $(LIBRT) $(LIBFMT)
-	@mkdir -p $(dir $@) $(BUILD)/obj/tools
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $(BUILD)/obj/tools/dsr1-serve.o
+$(BUILD)/bin/dsr1-serve: $(BUILD)/obj/tools/dsr1-serve.o $(CUDA_RT_OBJ) $(LIBRT) $(LIBFMT)
+	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) -o $@ $(BUILD)/obj/tools/dsr1-serve.o $(CUDA_RT_OBJ) $(LIBRT) $(LIBFMT) \
 	  $(CUDA_LIBS) $(LIBS)
 endif
