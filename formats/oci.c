@@ -168,21 +168,8 @@ static int copy_shard(const char *layout, const pk_source *src, size_t k, blob *
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto out;
     }
-    in = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (in < 0 || fstat(in, &sb) != 0) {
-        int e = errno;
-        rc = e == ENOENT ? dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_SOURCE, 0, "%s: shard file missing", path)
-                         : dsr1_err_set(err, DSR1_E_IO, PK_ERR_SOURCE, e, "cannot open %s", path);
+    if ((rc = pk_source_open_shard(src, k, path, &in, err)))
         goto out;
-    }
-    if ((uint64_t)sb.st_size != sh->bytes) {
-        rc = dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_SOURCE, 0,
-                          "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 "; run dsr1-verify", path,
-                          (uint64_t)sb.st_size, sh->bytes);
-        goto out;
-    }
-    posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
     out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (out < 0) {
         rc = dsr1_err_set(err, DSR1_E_IO, PK_ERR_WRITE, errno, "cannot create %s", tmp);

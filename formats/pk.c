@@ -379,6 +379,31 @@ static int put_mem_member(sink *s, const char *name, const void *buf, size_t len
     return rc;
 }
 
+int pk_source_open_shard(const pk_source *src, size_t k, const char *path, int *fd, dsr1_err *err)
+{
+    const mf_shard *sh = &src->m->shards[k];
+    struct stat sb;
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0 || fstat(*fd, &sb) != 0) {
+        int e = errno;
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
+        return e == ENOENT ? dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_SOURCE, 0,
+                                          "%s: shard file missing; nothing was published", path)
+                           : dsr1_err_set(err, DSR1_E_IO, PK_ERR_SOURCE, e, "cannot open %s", path);
+    }
+    if ((uint64_t)sb.st_size != sh->bytes) {
+        close(*fd);
+        *fd = -1;
+        return dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_SOURCE, 0,
+                            "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 "; run dsr1-verify", path,
+                            (uint64_t)sb.st_size, sh->bytes);
+    }
+    posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return 0;
+}
+
 /* Copy a shard into the archive, hashing it on the way. */
 static int put_shard(sink *s, const pk_source *src, size_t k, int64_t mtime, const pk_progress *pg,
                      dsr1_err *err)
@@ -387,23 +412,10 @@ static int put_shard(sink *s, const pk_source *src, size_t k, int64_t mtime, con
     char *path = join(src->dir, sh->file);
     if (!path)
         return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    int rc = 0;
-    if (fd < 0 || fstat(fd, &sb) != 0) {
-        int e = errno;
-        rc = e == ENOENT ? dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_SOURCE, 0,
-                                        "%s: shard file missing; nothing was published", path)
-                         : dsr1_err_set(err, DSR1_E_IO, PK_ERR_SOURCE, e, "cannot open %s", path);
+    int fd;
+    int rc = pk_source_open_shard(src, k, path, &fd, err);
+    if (rc)
         goto out;
-    }
-    if ((uint64_t)sb.st_size != sh->bytes) {
-        rc = dsr1_err_set(err, DSR1_E_MISMATCH, PK_ERR_SOURCE, 0,
-                          "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 "; run dsr1-verify", path,
-                          (uint64_t)sb.st_size, sh->bytes);
-        goto out;
-    }
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     if (pg->item)
         pg->item(pg->ctx, sh->file);
     if ((rc = put_headers(s, sh->file, sh->bytes, mtime, err)))

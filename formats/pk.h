@@ -97,6 +97,9 @@ typedef struct pk_source {
 } pk_source;
 int pk_source_open(pk_source **out, const char *dir, dsr1_err *err);
 void pk_source_free(pk_source *s);
+/* Open shard file `path` (shard k of src) for a sequential copy and check its size
+ * against the manifest. *fd is -1 on failure; a missing file is DSR1_E_MISMATCH. */
+int pk_source_open_shard(const pk_source *src, size_t k, const char *path, int *fd, dsr1_err *err);
 
 typedef struct pk_create_opts {
     pk_per per;
