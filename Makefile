@@ -58,7 +58,9 @@ $(LIBRT): $(RT_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-# The tool object comes from the generic rule, so its .d file tracks header changes.
+# The tool object comes from the generic rule, so its .d file tracks header changes;
+# .SECONDARY keeps make from deleting it as an intermediate.
+.SECONDARY: $(patsubst tools/%.c,$(BUILD)/obj/tools/%.o,$(TOOLS_SRC))
 $(BUILD)/bin/%: $(BUILD)/obj/tools/%.o $(LIBRT) $(LIBFMT)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIBRT) $(LIBFMT) $(LIBS)
