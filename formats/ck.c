@@ -1023,18 +1023,6 @@ int ck_index_parse(ck_ckpt **out, const char *json, size_t len, const char *labe
     return 0;
 }
 
-static char *join(const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p)
-        return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
-
 int ck_open(ck_ckpt **out, const char *dir, dsr1_err *err)
 {
     *out = NULL;
@@ -1045,8 +1033,8 @@ int ck_open(ck_ckpt **out, const char *dir, dsr1_err *err)
     char *cp = NULL, *ip = NULL, *buf = NULL;
     size_t len;
     c->dir = strdup(dir);
-    cp = join(dir, CONFIG_NAME);
-    ip = join(dir, INDEX_NAME);
+    cp = fu_join(dir, CONFIG_NAME);
+    ip = fu_join(dir, INDEX_NAME);
     if (!c->dir || !cp || !ip) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto done;
@@ -1190,7 +1178,7 @@ int ck_file_open(ck_ckpt *c, size_t i, st_file **out, dsr1_err *err)
     if (i >= c->n_files)
         return dsr1_err_set(err, DSR1_E_USAGE, 0, 0, "file index %zu out of range", i);
     if (!c->open[i]) {
-        char *p = join(c->dir, c->files[i]);
+        char *p = fu_join(c->dir, c->files[i]);
         if (!p)
             return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         struct stat sb;
@@ -1213,7 +1201,7 @@ int ck_file_exists(const ck_ckpt *c, size_t i)
 {
     if (i >= c->n_files)
         return 0;
-    char *p = join(c->dir, c->files[i]);
+    char *p = fu_join(c->dir, c->files[i]);
     if (!p)
         return 0;
     struct stat sb;

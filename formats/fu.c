@@ -5,7 +5,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 int fu_read_all(const char *path, uint64_t max, int code, char **buf, size_t *len, dsr1_err *err)
@@ -67,4 +69,17 @@ char *fu_newline(char *s)
     }
     memcpy(t + n, "\n", 2);
     return t;
+}
+
+char *fu_join(const char *dir, const char *name)
+{
+    char *p = NULL;
+    return asprintf(&p, "%s/%s", dir, name) < 0 ? NULL : p;
+}
+
+double fu_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }

@@ -182,13 +182,18 @@ static int write_atomic(const char *path, const void *buf, size_t len, dsr1_err 
     return st_fsync_dir(path, err);
 }
 
+int mf_save_text(const char *text, size_t len, const char *path, dsr1_err *err)
+{
+    return write_atomic(path, text, len, err);
+}
+
 int mf_save(const mf_manifest *m, const char *path, hx128 *file_digest, dsr1_err *err)
 {
     char *s = mf_to_json(m);
     if (!s)
         return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "%s: out of memory serializing the manifest", path);
     size_t n = strlen(s);
-    int rc = write_atomic(path, s, n, err);
+    int rc = mf_save_text(s, n, path, err);
     if (!rc && file_digest)
         *file_digest = hx_buf(s, n);
     free(s);

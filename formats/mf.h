@@ -116,6 +116,9 @@ int mf_parse(mf_manifest **out, const char *json, size_t len, const char *label,
 char *mf_to_json(const mf_manifest *m);
 /* Atomic write of mf_to_json() (temp, fsync, rename, fsync dir); returns its digest. */
 int mf_save(const mf_manifest *m, const char *path, hx128 *file_digest, dsr1_err *err);
+/* Atomic write of manifest text already produced by mf_to_json (for callers that
+ * hash it first, e.g. to list it in XXH128SUMS before writing it). */
+int mf_save_text(const char *text, size_t len, const char *path, dsr1_err *err);
 /* Compute manifest_id from {model, plan} (fills m->manifest_id too). */
 hx128 mf_compute_id(mf_manifest *m);
 void mf_free(mf_manifest *m); /* NULL is a no-op */

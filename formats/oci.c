@@ -1,5 +1,6 @@
 /* oci: OCI image layout / CNCF ModelPack writer and reader (see oci.h). */
 #include "oci.h"
+#include "fu.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,12 +26,6 @@ typedef struct blob {
     uint64_t bytes;
     char digest[8 + SHA_HEX + 1]; /* "sha256:<hex>" */
 } blob;
-
-static char *join(const char *a, const char *b)
-{
-    char *p = NULL;
-    return asprintf(&p, "%s/%s", a, b) < 0 ? NULL : p;
-}
 
 static void hexify(const unsigned char *d, size_t n, char *out)
 {
@@ -157,7 +152,7 @@ static int copy_shard(const char *layout, const pk_source *src, size_t k, blob *
                       dsr1_err *err)
 {
     const mf_shard *sh = &src->m->shards[k];
-    char *path = join(src->dir, sh->file), *tmp = NULL;
+    char *path = fu_join(src->dir, sh->file), *tmp = NULL;
     unsigned char *buf = malloc(COPY_BUF);
     EVP_MD_CTX *c = EVP_MD_CTX_new();
     hx_state *h = hx_new();
@@ -288,7 +283,7 @@ int oci_create(const char *dir, const char *out, const oci_opts *o, oci_result *
     const mf_manifest *m = src->m;
     if ((rc = pk_scopes(m, o->per, &sc, &ns, err)))
         goto out;
-    if (!(p1 = join(out, "blobs")) || !(p2 = join(p1, "sha256"))) {
+    if (!(p1 = fu_join(out, "blobs")) || !(p2 = fu_join(p1, "sha256"))) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto out;
     }
@@ -407,7 +402,7 @@ int oci_create(const char *dir, const char *out, const oci_opts *o, oci_result *
     }
     if ((rc = st_fsync_dir(p2, err)))
         goto out;
-    char *layout = join(out, "oci-layout"), *ip = join(out, "index.json");
+    char *layout = fu_join(out, "oci-layout"), *ip = fu_join(out, "index.json");
     static const char lay[] = "{\"imageLayoutVersion\":\"" OCI_LAYOUT_VERSION "\"}";
     char *is = json_dumps(index, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!layout || !ip || !is)
@@ -485,7 +480,7 @@ static json_t *load_blob_json(const char *layout, const char *digest, uint64_t s
 /* The image manifest named by ref (or the only one / "all"). */
 static json_t *select_manifest(const char *layout, const char *ref, dsr1_err *err)
 {
-    char *ip = join(layout, "index.json");
+    char *ip = fu_join(layout, "index.json");
     json_error_t je;
     json_t *idx = ip ? json_load_file(ip, 0, &je) : NULL;
     free(ip);

@@ -144,17 +144,11 @@ void pk_scopes_free(pk_scope *s, size_t n)
 /* ---- source directory ---- */
 
 
-static char *join(const char *a, const char *b)
-{
-    char *p = NULL;
-    return asprintf(&p, "%s/%s", a, b) < 0 ? NULL : p;
-}
-
 int pk_source_open(pk_source **out, const char *dir, dsr1_err *err)
 {
     *out = NULL;
     pk_source *s = calloc(1, sizeof *s);
-    char *mp = join(dir, "manifest.json"), *sp = join(dir, "XXH128SUMS");
+    char *mp = fu_join(dir, "manifest.json"), *sp = fu_join(dir, "XXH128SUMS");
     char **files = NULL;
     hx128 *dig = NULL;
     size_t n = 0;
@@ -409,7 +403,7 @@ static int put_shard(sink *s, const pk_source *src, size_t k, int64_t mtime, con
                      dsr1_err *err)
 {
     const mf_shard *sh = &src->m->shards[k];
-    char *path = join(src->dir, sh->file);
+    char *path = fu_join(src->dir, sh->file);
     if (!path)
         return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
     int fd;
@@ -710,7 +704,7 @@ static char type_char(struct archive_entry *e)
 static int is_oci_layout(const char *path)
 {
     struct stat sb;
-    char *p = join(path, "oci-layout");
+    char *p = fu_join(path, "oci-layout");
     int ok = p && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode) && stat(p, &sb) == 0;
     free(p);
     return ok;
@@ -723,7 +717,7 @@ static int not_an_archive_dir(const char *path, dsr1_err *err)
     struct stat sb;
     if (strcmp(path, "-") == 0 || stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return 0;
-    char *mp = join(path, "manifest.json");
+    char *mp = fu_join(path, "manifest.json");
     int is_shards = mp && stat(mp, &sb) == 0;
     free(mp);
     dsr1_err_set(err, DSR1_E_USAGE, PK_ERR_ARCHIVE, 0,
@@ -830,7 +824,7 @@ static void temp_note(pk_stage *s, const char *rel, int active)
 {
     if (!s->o.progress.temp_file)
         return;
-    char *abs = join(s->dest, rel);
+    char *abs = fu_join(s->dest, rel);
     if (abs)
         s->o.progress.temp_file(s->o.progress.temp_ctx, abs, active);
     free(abs);
@@ -967,7 +961,7 @@ static int authenticate(pk_stage *s, dsr1_err *err)
         return rc;
     }
     close(fd);
-    char *abs = join(s->dest, rel);
+    char *abs = fu_join(s->dest, rel);
     char **files = NULL;
     hx128 *dig = NULL;
     size_t n = 0;

@@ -1,6 +1,7 @@
 /* sh: the conversion engine. See shard.h for the shape of a run and
  * docs/formats/shard.md for the file layout it produces. */
 #include "shard.h"
+#include "fu.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -165,22 +166,6 @@ typedef struct ctx {
     uint64_t rowsum_cap;
     uint64_t batches_done;
 } ctx;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static char *path_join(const char *a, const char *b)
-{
-    size_t n = strlen(a) + strlen(b) + 2;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s/%s", a, b);
-    return p;
-}
 
 static void temp_note(ctx *x, const char *path, int active)
 {
@@ -436,7 +421,7 @@ static int copy_shard_entry(mf_shard *dst, const mf_shard *src)
  * (later wins). prev[i] is for shard i; .file == NULL when none. */
 static void load_previous(ctx *x, const mf_plan *mp, mf_shard *prev)
 {
-    char *mpath = path_join(x->o->out_dir, "manifest.json");
+    char *mpath = fu_join(x->o->out_dir, "manifest.json");
     mf_manifest *m = NULL;
     dsr1_err e;
     if (mpath && mf_load(&m, mpath, &e) == 0) {
@@ -690,7 +675,7 @@ static int is_dsr1_sums_file(const char *path)
 static int claimed_by_dir(ctx *x, const char *name)
 {
     int ok = 0;
-    char *mp = path_join(x->o->out_dir, "manifest.json");
+    char *mp = fu_join(x->o->out_dir, "manifest.json");
     if (mp && is_dsr1_manifest_file(mp)) {
         json_t *o = json_load_file(mp, 0, NULL);
         json_t *sh = json_object_get(o, "shards");
@@ -701,7 +686,7 @@ static int claimed_by_dir(ctx *x, const char *name)
         json_decref(o);
     }
     free(mp);
-    char *sp = path_join(x->o->out_dir, "XXH128SUMS");
+    char *sp = fu_join(x->o->out_dir, "XXH128SUMS");
     if (!ok && sp && is_dsr1_sums_file(sp)) {
         char **files = NULL;
         hx128 *dg = NULL;
@@ -745,7 +730,7 @@ static int classify_entry(ctx *x, const char *n, int *foreign, long *busy)
 {
     size_t jl = strlen(SH_JOURNAL);
     long pid = 0;
-    char *p = path_join(x->o->out_dir, n);
+    char *p = fu_join(x->o->out_dir, n);
     int r = OWN_NO;
     int tmp = 0;
     if (!p)
@@ -849,7 +834,7 @@ static int clean_out_dir(ctx *x, dsr1_err *err)
         long busy = 0;
         if (classify_entry(x, n, &foreign, &busy) != OWN_STALE)
             continue;
-        char *p = path_join(x->o->out_dir, n);
+        char *p = fu_join(x->o->out_dir, n);
         if (!p || (unlink(p) != 0 && errno != ENOENT))
             rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_OUT_DIR, errno, "cannot remove stale %s/%s",
                               x->o->out_dir, n);
@@ -859,7 +844,7 @@ static int clean_out_dir(ctx *x, dsr1_err *err)
     }
     closedir(d);
     if (!rc) {
-        char *p = path_join(x->o->out_dir, "manifest.json");
+        char *p = fu_join(x->o->out_dir, "manifest.json");
         rc = p ? st_fsync_dir(p, err) : dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         free(p);
     }
@@ -896,7 +881,7 @@ static int src_fd(ctx *x, int fi, dsr1_err *err)
 {
     if (x->fds[fi] >= 0)
         return x->fds[fi];
-    char *p = path_join(ck_dir(x->ck), ck_file_at(x->ck, (size_t)fi));
+    char *p = fu_join(ck_dir(x->ck), ck_file_at(x->ck, (size_t)fi));
     if (!p)
         return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
     int fd = open(p, O_RDONLY | O_CLOEXEC);
@@ -1684,7 +1669,7 @@ static int run_stage(ctx *x, uint32_t k, dsr1_err *err)
         any |= !x->sh[(size_t)k * tp + t].keep;
     if (!any)
         return 0;
-    double t0 = now_s();
+    double t0 = fu_now_s();
     int rc = build_stage(x, k, err);
     if (!rc)
         rc = open_writers(x, k, err);
@@ -1722,10 +1707,10 @@ static int run_stage(ctx *x, uint32_t k, dsr1_err *err)
             x->o->progress_item(x->o->progress_ctx, p->tensors[x->srcs[x->items[bt->i0].src].ti].name);
         rc = process_batch(x, b, x->maps[bt->fi] + bt->off, err);
         drop_pages(x->maps[bt->fi], bt->off, bt->len);
-        double h0 = now_s();
+        double h0 = fu_now_s();
         if (!rc)
             rc = advance_frontiers(x, k, err);
-        x->stats->seconds_hash += now_s() - h0;
+        x->stats->seconds_hash += fu_now_s() - h0;
         uint64_t got = bt->len;
         for (uint32_t q = 0; q < bt->n; q++)
             if (x->items[bt->i0 + q].r0 == 0)
@@ -1749,7 +1734,7 @@ static int run_stage(ctx *x, uint32_t k, dsr1_err *err)
         pthread_mutex_unlock(&x->mu);
         pthread_join(th, NULL);
     }
-    double t1 = now_s();
+    double t1 = fu_now_s();
     x->stats->seconds_convert += t1 - t0;
     if (rc) {
         abort_stage_writers(x, k);
@@ -1766,18 +1751,18 @@ static int run_stage(ctx *x, uint32_t k, dsr1_err *err)
         if (s->keep || failed)
             continue;
         dsr1_err e;
-        double a = now_s();
+        double a = fu_now_s();
         int r = advance_frontier(s, &e);
         if (!r && s->frontier != s->n)
             r = dsr1_err_set(&e, DSR1_E_INTERNAL, 0, 0, "%s: tensor %zu of %zu never completed", s->file,
                              s->frontier, s->n);
         if (!r)
             s->entry.xxh3_128 = hx_digest(s->fh);
-        double m = now_s();
+        double m = fu_now_s();
         if (!r)
             r = st_writer_commit(s->w, &e);
         hash_s += m - a;
-        sync_s += now_s() - m;
+        sync_s += fu_now_s() - m;
         if (r) {
 #pragma omp critical(sh_commit)
             if (!failed) {
@@ -1860,7 +1845,7 @@ static char *read_text(const char *path, size_t *len)
 
 static int model_init(ctx *x, mf_manifest *m, dsr1_err *err)
 {
-    char *cpath = path_join(ck_dir(x->ck), "config.json");
+    char *cpath = fu_join(ck_dir(x->ck), "config.json");
     size_t clen = 0;
     char *ctext = cpath ? read_text(cpath, &clen) : NULL;
     if (!ctext) {
@@ -1936,7 +1921,7 @@ int sh_run(ck_ckpt *c, const plan *p, const sh_opts *o, sh_stats *stats, dsr1_er
     x->map_len = calloc(x->n_files ? x->n_files : 1, sizeof *x->map_len);
     x->sh = calloc(p->n_shards, sizeof *x->sh);
     x->pos = malloc((size_t)p->req.tp * (p->n_tensors ? p->n_tensors : 1) * sizeof *x->pos);
-    x->journal = path_join(o->out_dir, SH_JOURNAL);
+    x->journal = fu_join(o->out_dir, SH_JOURNAL);
     mf_manifest *m = calloc(1, sizeof *m);
     mf_shard *prev = calloc(p->n_shards, sizeof *prev);
     if (!x->fds || !x->maps || !x->map_len || !x->sh || !x->pos || !x->journal || !m || !prev) {
@@ -1953,7 +1938,7 @@ int sh_run(ck_ckpt *c, const plan *p, const sh_opts *o, sh_stats *stats, dsr1_er
         s->pp_stage = p->shards[i].pp_stage;
         s->tp_rank = p->shards[i].tp_rank;
         plan_shard_file(p, i, s->file, sizeof s->file);
-        s->path = path_join(o->out_dir, s->file);
+        s->path = fu_join(o->out_dir, s->file);
         if (!s->path) {
             rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
             goto done;
@@ -2082,19 +2067,18 @@ int sh_run(ck_ckpt *c, const plan *p, const sh_opts *o, sh_stats *stats, dsr1_er
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto done;
     }
+    size_t text_len = strlen(text);
     files[p->n_shards] = "manifest.json";
-    dig[p->n_shards] = hx_buf(text, strlen(text));
-    free(text);
-    char *sums = path_join(o->out_dir, "XXH128SUMS"), *mpath = path_join(o->out_dir, "manifest.json");
+    dig[p->n_shards] = hx_buf(text, text_len);
+    char *sums = fu_join(o->out_dir, "XXH128SUMS"), *mpath = fu_join(o->out_dir, "manifest.json");
     if (!sums || !mpath)
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
     if (!rc)
         rc = mf_sums_write(sums, files, dig, p->n_shards + 1, err);
-    hx128 got;
+    /* The same text that was hashed into XXH128SUMS, written last. */
     if (!rc)
-        rc = mf_save(m, mpath, &got, err);
-    if (!rc && !hx_eq(got, dig[p->n_shards]))
-        rc = dsr1_err_set(err, DSR1_E_INTERNAL, 0, 0, "manifest.json digest changed between XXH128SUMS and write");
+        rc = mf_save_text(text, text_len, mpath, err);
+    free(text);
     if (!rc && unlink(x->journal) != 0 && errno != ENOENT)
         rc = dsr1_err_set(err, DSR1_E_IO, SH_ERR_WRITE, errno, "cannot remove %s", x->journal);
     if (!rc)

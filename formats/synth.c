@@ -328,18 +328,6 @@ static void note_temp(const sy_opts *o, const char *path, int active)
         o->temp_file(o->temp_ctx, path, active);
 }
 
-static char *path_join(const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (p) {
-        memcpy(p, dir, a);
-        p[a] = '/';
-        memcpy(p + a + 1, name, b + 1);
-    }
-    return p;
-}
-
 static int write_all(int fd, const char *s, size_t n)
 {
     while (n) {
@@ -358,7 +346,7 @@ static int write_all(int fd, const char *s, size_t n)
 /* Atomic small-file write: temp, fsync, rename, fsync dir. */
 static int write_text(const sy_opts *o, const char *name, const char *text, dsr1_err *err)
 {
-    char *path = path_join(o->out_dir, name);
+    char *path = fu_join(o->out_dir, name);
     char *tmp = path ? malloc(strlen(path) + 32) : NULL;
     if (!tmp) {
         free(path);
@@ -463,7 +451,7 @@ static int prepare_dir(const sy_plan *p, const sy_opts *o, dsr1_err *err)
         return dsr1_err_set(err, DSR1_E_USAGE, SY_ERR_OUT_EXISTS, 0,
                             "%s already holds a checkpoint (%s); choose another --out or pass --force "
                             "to overwrite it", o->out_dir, found);
-    char *ip = path_join(o->out_dir, "model.safetensors.index.json");
+    char *ip = fu_join(o->out_dir, "model.safetensors.index.json");
     if (!ip)
         return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
     if (unlink(ip) != 0 && errno != ENOENT) {
@@ -482,7 +470,7 @@ static int prepare_dir(const sy_plan *p, const sy_opts *o, dsr1_err *err)
         int keep = !o->metadata_only && b == p->n_files && a >= 1 && a <= p->n_files;
         if (keep)
             continue;
-        char *fp = path_join(o->out_dir, e->d_name);
+        char *fp = fu_join(o->out_dir, e->d_name);
         if (!fp || (unlink(fp) != 0 && errno != ENOENT))
             rc = fp ? dsr1_err_set(err, DSR1_E_IO, SY_ERR_WRITE, errno, "cannot remove stale %s", fp)
                     : dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
@@ -586,7 +574,7 @@ static int write_file(const sy_plan *p, const sy_opts *o, uint32_t k, size_t a, 
     float *scale = NULL;
     int rc = 0;
     sy_file_name(name, sizeof name, k, p->n_files);
-    path = path_join(o->out_dir, name);
+    path = fu_join(o->out_dir, name);
     if (!specs || !ord || !perm || !widx || !path) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto out;

@@ -260,21 +260,6 @@ static void on_progress(void *ctx, uint64_t done)
         r->progress(r->progress_ctx, r->done_before + done, r->total, r->cur_file);
 }
 
-static char *path_join(const char *dir, const char *name)
-{
-    char *p = NULL;
-    if (asprintf(&p, "%s/%s", dir, name) < 0)
-        return NULL;
-    return p;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- source rebuild check ---- */
 
 typedef struct src_ref {
@@ -648,7 +633,7 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
         sum = &local;
     memset(sum, 0, sizeof *sum);
     dsr1_err_clear(err);
-    double t0 = now_s();
+    double t0 = fu_now_s();
     run r = {dir, o, item, item_ctx, progress, progress_ctx, sum, 0, 0, NULL, 0, {0}};
     describe_ranks(o, sum->ranks_desc, sizeof sum->ranks_desc);
     reasons rs = {0};
@@ -662,7 +647,7 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
     int rc = 0;
 
     /* 1. manifest.json and XXH128SUMS */
-    char *mpath = path_join(dir, "manifest.json"), *spath = path_join(dir, "XXH128SUMS");
+    char *mpath = fu_join(dir, "manifest.json"), *spath = fu_join(dir, "XXH128SUMS");
     if (!mpath || !spath) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
         goto done;
@@ -761,7 +746,7 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
         const mf_shard *sh = &m->shards[sel[k]];
         reasons *srs = &shard_rs[sel[k]];
         ld_shard *s = NULL;
-        char *path = path_join(dir, sh->file);
+        char *path = fu_join(dir, sh->file);
         if (!path) {
             rc = dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "out of memory");
             goto done;
@@ -833,7 +818,7 @@ int vf_run(const char *dir, const vf_opts *o, vf_item_fn item, void *item_ctx, v
             if (de->d_name[0] == '.' || is_listed(m, de->d_name))
                 continue;
             struct stat sb;
-            char *p = path_join(dir, de->d_name);
+            char *p = fu_join(dir, de->d_name);
             if (p && lstat(p, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
                 char **ne = realloc(extra, (nx + 1) * sizeof *extra);
                 if (ne) {
@@ -912,7 +897,7 @@ done:
     if (rc == DSR1_E_MISMATCH && err->status == 0)
         dsr1_err_set(err, DSR1_E_MISMATCH, 0, 0, "%zu of %zu files FAILED", sum->files_failed,
                      sum->files_ok + sum->files_failed);
-    sum->seconds = now_s() - t0;
+    sum->seconds = fu_now_s() - t0;
     if (open)
         for (size_t k = 0; k < nsel; k++)
             ld_close(open[k]);

@@ -13,7 +13,7 @@
  *
  * Results: the process that holds the output (the in-process run, or global rank 0
  * of a CUDA deployment) gets have_output = 1 and fills tokens (and logits when
- * keep_logits). The caller prints ids and writes --logits-out (rt_npy_write_f32).
+ * keep_logits). The caller prints ids and writes --logits-out (runtime/npy.h).
  */
 #ifndef DSR1_RT_BACKEND_H
 #define DSR1_RT_BACKEND_H
@@ -80,8 +80,5 @@ void rt_generate_result_free(rt_generate_result *r); /* frees members; NULL is a
 
 int rt_cpu_generate(const rt_generate_args *a, rt_generate_result *res, dsr1_err *err);
 int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *res, dsr1_err *err);
-
-/* Write a float32 .npy (v1.0, little-endian, C order) of shape [rows, cols]. */
-int rt_npy_write_f32(const char *path, const float *data, size_t rows, size_t cols, dsr1_err *err);
 
 #endif

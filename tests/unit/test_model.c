@@ -10,6 +10,7 @@
 #include "rope.h"
 #include "sampler.h"
 #include "test.h"
+#include "npy.h"
 
 /* tests/golden/ref/goldens.json holds transformers' inv_freq and softmax scale for the
  * golden config (R1's YaRN with qk_rope_head_dim 64, qk_head_dim 128). */
@@ -75,7 +76,9 @@ TEST(rt_npy_writer_format)
     float d[6] = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, -0.5f};
     dsr1_err err;
     const char *p = test_path("x.npy");
-    CHECK_EQ_INT(rt_npy_write_f32(p, d, 2, 3, &err), 0);
+    rt_npy_out o;
+    CHECK_EQ_INT(rt_npy_out_open(&o, p, &err), 0);
+    CHECK_EQ_INT(rt_npy_out_commit(&o, d, 2, 3, &err), 0);
     FILE *f = fopen(p, "rb");
     unsigned char buf[256];
     size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
@@ -91,7 +94,7 @@ TEST(rt_npy_writer_format)
     CHECK_CONTAINS(hdr, "'descr': '<f4'");
     CHECK_CONTAINS(hdr, "'shape': (2, 3)");
     CHECK(memcmp(buf + 10 + hl, d, sizeof d) == 0);
-    CHECK_EQ_INT(rt_npy_write_f32(test_path("nodir/x.npy"), d, 2, 3, &err), DSR1_E_IO);
+    CHECK(rt_npy_out_open(&o, test_path("nodir/x.npy"), &err) != 0);
     CHECK_CONTAINS(err.msg, "nodir/x.npy");
 }
 
