@@ -59,11 +59,20 @@ cudaStream_t kc_ctx_stream(const kc_ctx *c);
 int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why);
 /* M at or below which kc_gemm uses the GEMV kernel (env DSR1_GEMV_MAX_M, default 16). */
 void kc_ctx_set_gemv_max_m(kc_ctx *c, int m);
-/* GEMV loads in flight per lane: 0 = several (default), 1 = one (for comparisons). */
-void kc_set_gemv_unroll(int one);
+/* GEMV kernel for comparisons: 0 tile kernel with integer FP8 decode (default), 1 tile
+ * kernel with hardware FP8 conversion, 2 the older warp-per-row kernel. */
+void kc_set_gemv_variant(int v);
 /* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
             size_t ldy, int accumulate, int force);
+/* Two weights of the same input width on x (q_a and kv_a): one launch on the GEMV
+ * path when both qualify, else two kc_gemm calls. */
+int kc_gemm_pair(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w1, float *y1,
+                 size_t ldy1, const k_weight *w2, float *y2, size_t ldy2);
+/* h[M, I] = silu(x g^T) * (x u^T) (row stride ldh >= I): one fused launch on the GEMV
+ * path, else two kc_gemm calls and an elementwise pass (context scratch for x u^T). */
+int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *g,
+                const k_weight *u, float *h, size_t ldh);
 /* The two halves of kc_gemm's cuBLASLt FP8 path, for benchmarks: quantize x [M, K]
  * into the context's scratch, then run only the block-scaled matmul on it (y = ...).
  * -1 when no cuBLASLt arrangement verified. */

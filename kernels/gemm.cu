@@ -207,28 +207,135 @@ __global__ void gemv_scalar_kernel(const float *x, size_t ldx, size_t M, int typ
     }
 }
 
-static int g_unroll = -1; /* DSR1_GEMV_UNROLL=1: one load in flight per lane (comparison) */
+/* ---- tile GEMV kernel (gemv.cuh's tile_gemv) ----
+ * One job = one weight and its output; two jobs on the same input share a launch
+ * (blocks [0, nb0) run job 0). NW = 2 is the fused gate/up SiLU-GLU of job 0's weight
+ * (gate) and job 1's weight (up), written to job 0's output. */
+struct gv_job {
+    const uint8_t *w;
+    const float *s;
+    size_t sld, N;
+    float *y;
+    size_t ldy;
+};
+
+struct gv_args {
+    const float *x;
+    size_t ldx, K;
+    int M, ks, accumulate;
+    unsigned nb0;
+    gv_job j[2];
+};
+
+template <int WT, int MT, int NW, int DEC>
+__global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
+{
+    constexpr int RB = tg_rb<MT, NW>::RB, RT = RB * NW;
+    __shared__ tg_smem<MT, RB, NW> sm;
+    unsigned b = blockIdx.x;
+    int jb = 0;
+    if (NW == 1 && b >= a.nb0)
+        jb = 1, b -= a.nb0;
+    const gv_job &J = a.j[jb];
+    const size_t row0 = (size_t)b * (size_t)(8 / a.ks) * RB;
+    const float *xr[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        xr[m] = a.x + (size_t)(m < a.M ? m : 0) * a.ldx;
+    const uint8_t *W[NW];
+    const float *S[NW];
+    size_t sld[NW];
+#pragma unroll
+    for (int j = 0; j < NW; j++) {
+        const gv_job &Jw = a.j[NW == 1 ? jb : j];
+        W[j] = Jw.w, S[j] = Jw.s, sld[j] = Jw.sld;
+    }
+    tile_gemv<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
+    for (int t = threadIdx.x; t < (8 / a.ks) * RB * MT; t += blockDim.x) {
+        int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
+        size_t n = row0 + (size_t)g * RB + r;
+        if (n >= J.N || m >= a.M)
+            continue;
+        float v = sm.res[(g * RT + r) * MT + m];
+        if (NW == 2) {
+            float u = sm.res[(g * RT + RB + r) * MT + m];
+            v = v / (1.0f + expf(-v)) * u;
+        }
+        float *o = J.y + (size_t)m * J.ldy + n;
+        *o = a.accumulate ? *o + v : v;
+    }
+}
+
+template <int WT, int MT, int NW, int DEC>
+static int gv_launch(gv_args a, cudaStream_t st)
+{
+    size_t rpb = (size_t)(8 / a.ks) * tg_rb<MT, NW>::RB;
+    a.nb0 = kc_blocks(a.j[0].N, (unsigned)rpb);
+    unsigned nb = a.nb0 + (NW == 1 && a.j[1].w ? kc_blocks(a.j[1].N, (unsigned)rpb) : 0);
+    gemv_tile_kernel<WT, MT, NW, DEC><<<nb, 256, 0, st>>>(a);
+    KC_LAUNCH_CHECK();
+    return 0;
+}
+
+/* Token tiles of up to 16 rows, each launched at the smallest MT that holds it. */
+template <int WT, int NW, int DEC>
+static int gv_run(gv_args a, cudaStream_t st)
+{
+    a.ks = tg_ks(a.K, wvec<WT>::V);
+    const int M = a.M;
+    const float *x0 = a.x;
+    float *y0[2] = {a.j[0].y, a.j[1].y};
+    for (int m0 = 0; m0 < M; m0 += 16) {
+        int nm = M - m0 < 16 ? M - m0 : 16, rc;
+        a.M = nm;
+        a.x = x0 + (size_t)m0 * a.ldx;
+        for (int j = 0; j < 2; j++)
+            a.j[j].y = y0[j] ? y0[j] + (size_t)m0 * a.j[j].ldy : NULL;
+        if (nm == 1)
+            rc = gv_launch<WT, 1, NW, DEC>(a, st);
+        else if (nm == 2)
+            rc = gv_launch<WT, 2, NW, DEC>(a, st);
+        else if (nm <= 4)
+            rc = gv_launch<WT, 4, NW, DEC>(a, st);
+        else if (nm <= 8)
+            rc = gv_launch<WT, 8, NW, DEC>(a, st);
+        else
+            rc = gv_launch<WT, 16, NW, DEC>(a, st);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* 0: tile kernel, integer FP8 decode (default); 1: tile kernel, hardware FP8
+ * conversion; 2: the previous warp-per-row kernel. Env DSR1_GEMV_VARIANT; benchmarks
+ * compare them in one run. */
+static int g_variant = -1;
+
+static int gemv_variant(void)
+{
+    if (g_variant < 0) {
+        const char *e = getenv("DSR1_GEMV_VARIANT");
+        int v = e && *e ? atoi(e) : 0;
+        g_variant = v >= 0 && v <= 2 ? v : 0;
+    }
+    return g_variant;
+}
+
+void kc_set_gemv_variant(int v) { g_variant = v >= 0 && v <= 2 ? v : 0; }
 
 template <int WT, int MT>
 static void gemv_one(dim3 grid, cudaStream_t st, const float *xs, size_t ldx, int nm,
                      const uint8_t *W, const k_weight *w, float *ys, size_t ldy, int accumulate)
 {
-    if (g_unroll == 1)
-        gemv_kernel<WT, MT, 1><<<grid, 256, 0, st>>>(xs, ldx, nm, W, w->scale, w->scale_ld,
-                                                     w->rows, w->cols, ys, ldy, accumulate);
-    else
-        gemv_kernel<WT, MT, (MT <= 4 ? 4 : MT <= 8 ? 2 : 1)><<<grid, 256, 0, st>>>(
-            xs, ldx, nm, W, w->scale, w->scale_ld, w->rows, w->cols, ys, ldy, accumulate);
+    gemv_kernel<WT, MT, (MT <= 4 ? 4 : MT <= 8 ? 2 : 1)><<<grid, 256, 0, st>>>(
+        xs, ldx, nm, W, w->scale, w->scale_ld, w->rows, w->cols, ys, ldy, accumulate);
 }
 
 template <int WT>
 static int gemv_launch(const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
                        size_t ldy, int accumulate, cudaStream_t st)
 {
-    if (g_unroll < 0) {
-        const char *e = getenv("DSR1_GEMV_UNROLL");
-        g_unroll = e && atoi(e) == 1 ? 1 : 0;
-    }
     dim3 grid(kc_blocks(w->rows, 8));
     const uint8_t *W = (const uint8_t *)w->data;
     for (size_t m0 = 0; m0 < M; m0 += 16) {
@@ -250,9 +357,7 @@ static int gemv_launch(const float *x, size_t ldx, size_t M, const k_weight *w, 
     return 0;
 }
 
-void kc_set_gemv_unroll(int one) { g_unroll = one ? 1 : 0; }
-
-/* The vector kernel needs 16-byte aligned rows of W and x. */
+/* The vector kernels need 16-byte aligned rows of W and x. */
 static int gemv_vector_ok(const float *x, size_t ldx, const k_weight *w)
 {
     size_t eb = w->type == K_W_FP8 ? 1 : w->type == K_W_BF16 ? 2 : 4;
@@ -261,12 +366,44 @@ static int gemv_vector_ok(const float *x, size_t ldx, const k_weight *w)
            ldx % 4 == 0;
 }
 
+static gv_job gv_job_of(const k_weight *w, float *y, size_t ldy)
+{
+    gv_job j = {(const uint8_t *)w->data, w->scale, w->scale_ld, w->rows, y, ldy};
+    return j;
+}
+
+/* The tile kernel for up to two jobs on x (w2 NULL: one); glu: w1 gate, w2 up. */
+static int gv_dispatch(const float *x, size_t ldx, size_t M, const k_weight *w1, float *y1,
+                       size_t ldy1, const k_weight *w2, float *y2, size_t ldy2, int glu,
+                       int accumulate, cudaStream_t st)
+{
+    gv_args a;
+    memset(&a, 0, sizeof a);
+    a.x = x, a.ldx = ldx, a.K = w1->cols, a.M = (int)M, a.accumulate = accumulate;
+    a.j[0] = gv_job_of(w1, y1, ldy1);
+    if (w2)
+        a.j[1] = gv_job_of(w2, y2, ldy2);
+    int dec1 = gemv_variant() != 1;
+    switch (w1->type) {
+    case K_W_FP8:
+        if (glu)
+            return dec1 ? gv_run<2, 2, 1>(a, st) : gv_run<2, 2, 0>(a, st);
+        return dec1 ? gv_run<2, 1, 1>(a, st) : gv_run<2, 1, 0>(a, st);
+    case K_W_BF16:
+        return glu ? gv_run<1, 2, 1>(a, st) : gv_run<1, 1, 1>(a, st);
+    default:
+        return glu ? gv_run<0, 2, 1>(a, st) : gv_run<0, 1, 1>(a, st);
+    }
+}
+
 static int gemv(const float *x, size_t ldx, size_t M, const k_weight *w, float *y, size_t ldy,
                 int accumulate, cudaStream_t st)
 {
     if (M == 0 || w->rows == 0)
         return 0;
     if (gemv_vector_ok(x, ldx, w)) {
+        if (gemv_variant() != 2)
+            return gv_dispatch(x, ldx, M, w, y, ldy, NULL, NULL, 0, 0, accumulate, st);
         if (w->type == K_W_FP8)
             return gemv_launch<2>(x, ldx, M, w, y, ldy, accumulate, st);
         if (w->type == K_W_BF16)
@@ -768,4 +905,56 @@ int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, 
     if (want_lt && w->type == K_W_BF16 && w->cols % 8 == 0 && ldy % 4 == 0)
         return lt_bf16_from_f32(c, x, ldx, M, w, y, ldy, accumulate);
     return gemv(x, ldx, M, w, y, ldy, accumulate, c->st);
+}
+
+/* Both weights take the GEMV path in one launch, or neither (then kc_gemm each). */
+static int pair_fusable(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *a,
+                        const k_weight *b)
+{
+    return (int)M <= c->gemv_max_m && a->type == b->type && a->cols == b->cols && a->rows &&
+           b->rows && gemv_variant() != 2 && gemv_vector_ok(x, ldx, a) &&
+           gemv_vector_ok(x, ldx, b);
+}
+
+int kc_gemm_pair(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w1, float *y1,
+                 size_t ldy1, const k_weight *w2, float *y2, size_t ldy2)
+{
+    if (M == 0)
+        return 0;
+    if (pair_fusable(c, x, ldx, M, w1, w2))
+        return gv_dispatch(x, ldx, M, w1, y1, ldy1, w2, y2, ldy2, 0, 0, c->st);
+    int rc = kc_gemm(c, x, ldx, M, w1, y1, ldy1, 0, 0);
+    return rc ? rc : kc_gemm(c, x, ldx, M, w2, y2, ldy2, 0, 0);
+}
+
+/* h[m, i] = silu(h[m, i]) * u[m, i] (h row stride ldh, u dense) */
+__global__ void glu_rows_kernel(float *h, size_t ldh, const float *u, size_t M, size_t I)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= M * I)
+        return;
+    float *g = h + (i / I) * ldh + i % I;
+    *g = *g / (1.0f + expf(-*g)) * u[i];
+}
+
+int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *g,
+                const k_weight *u, float *h, size_t ldh)
+{
+    if (M == 0 || g->rows == 0)
+        return 0;
+    if (g->rows != u->rows || g->cols != u->cols)
+        return -1;
+    if (pair_fusable(c, x, ldx, M, g, u) && ldh >= g->rows)
+        return gv_dispatch(x, ldx, M, g, h, ldh, u, NULL, 0, 1, 0, c->st);
+    float *ub = (float *)kc_ctx_scratch(c, KC_SCRATCH_GLU, M * u->rows * sizeof(float));
+    if (!ub)
+        return (int)cudaErrorMemoryAllocation;
+    int rc = kc_gemm(c, x, ldx, M, g, h, ldh, 0, 0);
+    if (!rc)
+        rc = kc_gemm(c, x, ldx, M, u, ub, u->rows, 0, 0);
+    if (rc)
+        return rc;
+    glu_rows_kernel<<<kc_blocks(M * g->rows, 256), 256, 0, c->st>>>(h, ldh, ub, M, g->rows);
+    KC_LAUNCH_CHECK();
+    return 0;
 }

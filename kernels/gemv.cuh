@@ -1,4 +1,4 @@
-/* gemv: the weight-streaming row-dot used by kc_gemm's GEMV kernel and by the MoE
+/* gemv: the weight-streaming row-dots used by kc_gemm's GEMV kernels and by the MoE
  * expert kernels. Internal to kernels/ .cu files. */
 #ifndef DSR1_GEMV_CUH
 #define DSR1_GEMV_CUH
@@ -99,5 +99,189 @@ __device__ __forceinline__ void warp_rowdot(const uint8_t *wrow, const float *sr
     for (int m = 0; m < MT; m++)
         acc[m] = kc_warp_sum(acc[m]);
 }
+
+/* ---- tile GEMV: the decode-time weight-streaming core (gemm.cu, mlp.cu) ----
+ *
+ * A block of 8 warps computes rows [row0, row0 + 8/ks * RB) of NW weights (NW = 2: a
+ * gate and an up weight of the same shape, for a fused SiLU-GLU) against nm <= MT
+ * activation rows. Warp w = rg * ks + kw owns RB consecutive rows (row group rg) and
+ * the K-chunks kw, kw + ks, ... of 32 * V elements; each lane issues RB * NW 16-byte
+ * weight loads per chunk before using any, reads its V activations once per chunk and
+ * reuses them for every row. Partial sums are reduced over lanes, then over the ks
+ * warps of a row group in a fixed order (deterministic, no atomics).
+ *
+ * FP8 decoding (DEC = 1, default) builds the fp32 bits of w * 2^-120 with integer
+ * ops (sign and the 7 exponent/mantissa bits land in fp32's low exponent bits; e4m3
+ * subnormals become fp32 subnormals, exactly): two bytes per shift/mask pair, no
+ * conversion instructions. To keep every product in the normal range the activations
+ * are scaled by 2^64 when loaded and the sum by 2^56 at the end: powers of two, so
+ * the result equals the unscaled fp32 arithmetic. DEC = 0 uses the hardware
+ * fp8x2 -> half2 conversion. (The e4m3 NaN code decodes to 480 under DEC = 1;
+ * checkpoints carry no NaN weights.) */
+
+template <int WT, int DEC>
+__device__ __forceinline__ void tg_decode(uint4 r, float *f)
+{
+    if (WT != 2 || DEC == 0) {
+        decode16<WT>(r, f);
+        return;
+    }
+    uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        /* lo: bf16 of byte 0 (low half) and byte 2 (high half); hi: bytes 1 and 3 */
+        uint32_t lo = ((u[i] << 8) & 0x80008000u) | ((u[i] << 4) & 0x07f007f0u);
+        uint32_t hi = (u[i] & 0x80008000u) | ((u[i] >> 4) & 0x07f007f0u);
+        f[4 * i] = __uint_as_float(lo << 16);
+        f[4 * i + 1] = __uint_as_float(hi << 16);
+        f[4 * i + 2] = __uint_as_float(lo & 0xffff0000u);
+        f[4 * i + 3] = __uint_as_float(hi & 0xffff0000u);
+    }
+}
+
+template <int WT, int DEC>
+struct tg_scale {
+    static constexpr float pre = (WT == 2 && DEC == 1) ? 0x1p64f : 1.0f;
+    static constexpr float post = (WT == 2 && DEC == 1) ? 0x1p56f : 1.0f;
+};
+
+template <int WT, int DEC>
+__device__ __forceinline__ void tg_load_x(const float *p, float *v)
+{
+    constexpr int V = wvec<WT>::V;
+    const float4 *xp = reinterpret_cast<const float4 *>(p);
+#pragma unroll
+    for (int j = 0; j < V / 4; j++) {
+        float4 a = __ldg(xp + j);
+        v[4 * j] = a.x * tg_scale<WT, DEC>::pre, v[4 * j + 1] = a.y * tg_scale<WT, DEC>::pre;
+        v[4 * j + 2] = a.z * tg_scale<WT, DEC>::pre, v[4 * j + 3] = a.w * tg_scale<WT, DEC>::pre;
+    }
+}
+
+template <int V>
+__device__ __forceinline__ float tg_dot(const float *w, const float *x)
+{
+    float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < V; i += 2) {
+        d0 = fmaf(w[i], x[i], d0);
+        d1 = fmaf(w[i + 1], x[i + 1], d1);
+    }
+    return d0 + d1;
+}
+
+/* Shared memory a tile needs (floats): per-warp partials, then the block's results. */
+template <int MT, int RB, int NW>
+struct tg_smem {
+    static constexpr int RT = RB * NW;
+    float red[8 * RT * MT];
+    float res[8 * RT * MT];
+};
+
+/* W[j]: weight j's data (row 0); S[j], sld[j]: its block scales (FP8). xr[m]: the
+ * activation rows (16-byte aligned, K a multiple of V). On return (after a barrier)
+ * sm.res[(rg * RT + j * RB + r) * MT + m] holds row row0 + rg * RB + r of weight j
+ * for token m, for every row group rg < 8 / ks; rows >= N hold garbage. */
+template <int WT, int MT, int RB, int NW, int DEC>
+__device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *const *S,
+                                          const size_t *sld, size_t row0, size_t N, size_t K,
+                                          const float *const *xr, int nm, int ks,
+                                          tg_smem<MT, RB, NW> &sm)
+{
+    constexpr int V = wvec<WT>::V, B = wvec<WT>::B, RT = RB * NW;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int rg = warp / ks, kw = warp % ks;
+    const size_t n0 = row0 + (size_t)rg * RB;
+    float acc[RT][MT];
+#pragma unroll
+    for (int i = 0; i < RT; i++)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            acc[i][m] = 0.0f;
+    if (rg < 8 / ks && n0 < N) {
+        const uint8_t *wp[RT];
+        const float *sp[NW];
+#pragma unroll
+        for (int i = 0; i < RT; i++) {
+            size_t n = n0 + i % RB;
+            wp[i] = W[i / RB] + (n < N ? n : n0) * K * B; /* rows past N re-read row n0 */
+        }
+#pragma unroll
+        for (int j = 0; j < NW; j++)
+            sp[j] = WT == 2 ? S[j] + (n0 >> 7) * sld[j] : NULL;
+        const size_t step = (size_t)ks * 32 * V;
+        for (size_t k = ((size_t)kw * 32 + lane) * V; k < K; k += step) {
+            uint4 raw[RT];
+            float sc[NW];
+#pragma unroll
+            for (int i = 0; i < RT; i++)
+                raw[i] = kc_ld_stream(wp[i] + k * B);
+#pragma unroll
+            for (int j = 0; j < NW; j++)
+                sc[j] = WT == 2 ? __ldg(sp[j] + (k >> 7)) : 1.0f;
+            if constexpr (MT <= 2) { /* activations stay in registers, each row decoded once */
+                float xv[MT][V];
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                    if (m < nm)
+                        tg_load_x<WT, DEC>(xr[m] + k, xv[m]);
+#pragma unroll
+                for (int i = 0; i < RT; i++) {
+                    float wf[V];
+                    tg_decode<WT, DEC>(raw[i], wf);
+#pragma unroll
+                    for (int m = 0; m < MT; m++)
+                        if (m < nm)
+                            acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[i / RB], acc[i][m]);
+                }
+            } else { /* decoded rows stay in registers, activations stream from L1 */
+                float wf[RT][V];
+#pragma unroll
+                for (int i = 0; i < RT; i++)
+                    tg_decode<WT, DEC>(raw[i], wf[i]);
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                    if (m < nm) {
+                        float xv[V];
+                        tg_load_x<WT, DEC>(xr[m] + k, xv);
+#pragma unroll
+                        for (int i = 0; i < RT; i++)
+                            acc[i][m] = fmaf(tg_dot<V>(wf[i], xv), sc[i / RB], acc[i][m]);
+                    }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < RT; i++)
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            float v = kc_warp_sum(acc[i][m]);
+            if (lane == 0)
+                sm.red[(warp * RT + i) * MT + m] = v;
+        }
+    __syncthreads();
+    const int ng = 8 / ks;
+    for (int t = threadIdx.x; t < ng * RT * MT; t += blockDim.x) {
+        int g = t / (RT * MT), j = t % (RT * MT);
+        float v = 0.0f;
+        for (int w = 0; w < ks; w++)
+            v += sm.red[(g * ks + w) * RT * MT + j];
+        sm.res[t] = v * tg_scale<WT, DEC>::post;
+    }
+    __syncthreads();
+}
+
+/* Warps splitting K: as many as there are 32*V chunks, up to 8 (a power of two). */
+static inline int tg_ks(size_t K, int V)
+{
+    size_t chunks = (K + 32 * (size_t)V - 1) / (32 * (size_t)V);
+    return chunks >= 8 ? 8 : chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
+}
+
+/* Rows per warp for MT tokens and NW weights (register budget). */
+template <int MT, int NW>
+struct tg_rb {
+    static constexpr int RB = MT <= 2 ? (NW == 1 ? 4 : 2) : (NW == 1 ? 2 : 1);
+};
 
 #endif

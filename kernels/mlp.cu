@@ -122,76 +122,109 @@ __global__ void moe_plan_kernel(const int32_t *idx, size_t S, size_t e0, size_t 
     }
 }
 
-#define MOE_MT 8
-
 /* h[p, i] = silu(gate_e[i] . x[tok(p)]) * (up_e[i] . x[tok(p)]) for the sorted slots p of
- * active expert blockIdx.x; a warp per row i. */
-template <int WT>
+ * active expert blockIdx.x, rows i of blockIdx.y's tile (gemv.cuh's tile_gemv with the
+ * fused GLU): each weight byte is read once per MT slots of its expert. */
+template <int WT, int MT>
 __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx, size_t top_k,
                                                      const int *order, const int *meta,
                                                      const void *const *tab, size_t n, size_t I,
-                                                     size_t D, size_t sld, float *h)
+                                                     size_t D, size_t sld, int ks, float *h)
 {
+    constexpr int RB = tg_rb<MT, 2>::RB;
+    __shared__ tg_smem<MT, RB, 2> sm;
     int a = blockIdx.x;
     if (a >= meta[0])
-        return;
-    size_t i = blockIdx.y * 8 + (threadIdx.x >> 5);
-    if (i >= I)
-        return;
+        return; /* block-uniform */
     int e = meta[1 + a], st = meta[1 + n + a], cnt = meta[1 + 2 * n + a];
-    constexpr int B = wvec<WT>::B;
-    const uint8_t *gw = (const uint8_t *)tab[T_GD * n + e] + i * D * B;
-    const uint8_t *uw = (const uint8_t *)tab[T_UD * n + e] + i * D * B;
-    const float *gs = WT == 2 ? (const float *)tab[T_GS * n + e] + (i >> 7) * sld : NULL;
-    const float *us = WT == 2 ? (const float *)tab[T_US * n + e] + (i >> 7) * sld : NULL;
-    for (int c0 = 0; c0 < cnt; c0 += MOE_MT) {
-        int nm = cnt - c0 < MOE_MT ? cnt - c0 : MOE_MT;
-        const float *xr[MOE_MT];
+    const size_t row0 = (size_t)blockIdx.y * (size_t)(8 / ks) * RB;
+    const uint8_t *W[2] = {(const uint8_t *)tab[T_GD * n + e], (const uint8_t *)tab[T_UD * n + e]};
+    const float *S[2] = {(const float *)tab[T_GS * n + e], (const float *)tab[T_US * n + e]};
+    const size_t sl[2] = {sld, sld};
+    for (int c0 = 0; c0 < cnt; c0 += MT) {
+        int nm = cnt - c0 < MT ? cnt - c0 : MT;
+        const float *xr[MT];
 #pragma unroll
-        for (int m = 0; m < MOE_MT; m++)
+        for (int m = 0; m < MT; m++)
             xr[m] = x + (size_t)(order[st + c0 + (m < nm ? m : 0)] / top_k) * ldx;
-        float g[MOE_MT], u[MOE_MT];
-        warp_rowdot<WT, MOE_MT>(gw, gs, D, xr, nm, g);
-        warp_rowdot<WT, MOE_MT>(uw, us, D, xr, nm, u);
-        if ((threadIdx.x & 31) == 0)
-#pragma unroll
-            for (int m = 0; m < MOE_MT; m++)
-                if (m < nm)
-                    h[(size_t)(st + c0 + m) * I + i] = g[m] / (1.0f + expf(-g[m])) * u[m];
+        tile_gemv<WT, MT, RB, 2, 1>(W, S, sl, row0, I, D, xr, nm, ks, sm);
+        for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
+            int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
+            size_t i = row0 + (size_t)g * RB + r;
+            if (i >= I || m >= nm)
+                continue;
+            float gv = sm.res[(g * 2 * RB + r) * MT + m], uv = sm.res[(g * 2 * RB + RB + r) * MT + m];
+            h[(size_t)(st + c0 + m) * I + i] = gv / (1.0f + expf(-gv)) * uv;
+        }
+        __syncthreads(); /* sm.res is rewritten by the next tile */
     }
 }
 
 /* out[slot(p), d] = down_e[d] . h[p] */
-template <int WT>
+template <int WT, int MT>
 __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int *order,
                                                        const int *meta, const void *const *tab,
                                                        size_t n, size_t I, size_t D, size_t sld,
-                                                       float *out)
+                                                       int ks, float *out)
 {
+    constexpr int RB = tg_rb<MT, 1>::RB;
+    __shared__ tg_smem<MT, RB, 1> sm;
     int a = blockIdx.x;
     if (a >= meta[0])
-        return;
-    size_t d = blockIdx.y * 8 + (threadIdx.x >> 5);
-    if (d >= D)
-        return;
+        return; /* block-uniform */
     int e = meta[1 + a], st = meta[1 + n + a], cnt = meta[1 + 2 * n + a];
-    constexpr int B = wvec<WT>::B;
-    const uint8_t *dw = (const uint8_t *)tab[T_DD * n + e] + d * I * B;
-    const float *ds = WT == 2 ? (const float *)tab[T_DS * n + e] + (d >> 7) * sld : NULL;
-    for (int c0 = 0; c0 < cnt; c0 += MOE_MT) {
-        int nm = cnt - c0 < MOE_MT ? cnt - c0 : MOE_MT;
-        const float *xr[MOE_MT];
+    const size_t row0 = (size_t)blockIdx.y * (size_t)(8 / ks) * RB;
+    const uint8_t *W[1] = {(const uint8_t *)tab[T_DD * n + e]};
+    const float *S[1] = {(const float *)tab[T_DS * n + e]};
+    const size_t sl[1] = {sld};
+    for (int c0 = 0; c0 < cnt; c0 += MT) {
+        int nm = cnt - c0 < MT ? cnt - c0 : MT;
+        const float *xr[MT];
 #pragma unroll
-        for (int m = 0; m < MOE_MT; m++)
+        for (int m = 0; m < MT; m++)
             xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * I;
-        float o[MOE_MT];
-        warp_rowdot<WT, MOE_MT>(dw, ds, I, xr, nm, o);
-        if ((threadIdx.x & 31) == 0)
-#pragma unroll
-            for (int m = 0; m < MOE_MT; m++)
-                if (m < nm)
-                    out[(size_t)order[st + c0 + m] * D + d] = o[m];
+        tile_gemv<WT, MT, RB, 1, 1>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+        for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
+            int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
+            size_t d = row0 + (size_t)g * RB + r;
+            if (d < D && m < nm)
+                out[(size_t)order[st + c0 + m] * D + d] = sm.res[(g * RB + r) * MT + m];
+        }
+        __syncthreads();
     }
+}
+
+/* Launch both expert passes at token tile MT (the most slots any expert can get). */
+template <int WT, int MT>
+static int moe_passes(const float *x, size_t ldx, size_t top_k, const int *order, const int *meta,
+                      const kc_moe_w *m, size_t A, float *h, float *out, cudaStream_t st)
+{
+    constexpr int V = wvec<WT>::V;
+    int ksu = tg_ks(m->D, V), ksd = tg_ks(m->I, V);
+    dim3 gu((unsigned)A, kc_blocks(m->I, (unsigned)((8 / ksu) * tg_rb<MT, 2>::RB)));
+    dim3 gd((unsigned)A, kc_blocks(m->D, (unsigned)((8 / ksd) * tg_rb<MT, 1>::RB)));
+    moe_up_kernel<WT, MT><<<gu, 256, 0, st>>>(x, ldx, top_k, order, meta, m->tab, m->n, m->I,
+                                              m->D, m->sld_gu, ksu, h);
+    KC_LAUNCH_CHECK();
+    moe_down_kernel<WT, MT><<<gd, 256, 0, st>>>(h, order, meta, m->tab, m->n, m->I, m->D,
+                                                m->sld_d, ksd, out);
+    KC_LAUNCH_CHECK();
+    return 0;
+}
+
+template <int WT>
+static int moe_run(const float *x, size_t ldx, size_t tn, size_t top_k, const int *order,
+                   const int *meta, const kc_moe_w *m, size_t A, float *h, float *out,
+                   cudaStream_t st)
+{
+    /* an expert gets at most one slot per token (the router picks distinct experts) */
+    if (tn <= 1)
+        return moe_passes<WT, 1>(x, ldx, top_k, order, meta, m, A, h, out, st);
+    if (tn <= 2)
+        return moe_passes<WT, 2>(x, ldx, top_k, order, meta, m, A, h, out, st);
+    if (tn <= 4)
+        return moe_passes<WT, 4>(x, ldx, top_k, order, meta, m, A, h, out, st);
+    return moe_passes<WT, 8>(x, ldx, top_k, order, meta, m, A, h, out, st);
 }
 
 /* y[t, d] += sum_k w[t,k] out[t*K+k, d] over local slots, in k order. */
@@ -238,21 +271,11 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
         const float *cx = x + t0 * ldx;
         moe_plan_kernel<<<1, 1024, 2 * n * sizeof(int), st>>>(ci, S, e0, n, order, meta);
         KC_LAUNCH_CHECK();
-        dim3 gu((unsigned)A, kc_blocks(I, 8)), gd((unsigned)A, kc_blocks(D, 8));
-        if (m->type == K_W_FP8) {
-            moe_up_kernel<2><<<gu, 256, 0, st>>>(cx, ldx, top_k, order, meta, m->tab, n, I, D,
-                                                 m->sld_gu, h);
-            moe_down_kernel<2><<<gd, 256, 0, st>>>(h, order, meta, m->tab, n, I, D, m->sld_d, out);
-        } else if (m->type == K_W_BF16) {
-            moe_up_kernel<1><<<gu, 256, 0, st>>>(cx, ldx, top_k, order, meta, m->tab, n, I, D, 0,
-                                                 h);
-            moe_down_kernel<1><<<gd, 256, 0, st>>>(h, order, meta, m->tab, n, I, D, 0, out);
-        } else {
-            moe_up_kernel<0><<<gu, 256, 0, st>>>(cx, ldx, top_k, order, meta, m->tab, n, I, D, 0,
-                                                 h);
-            moe_down_kernel<0><<<gd, 256, 0, st>>>(h, order, meta, m->tab, n, I, D, 0, out);
-        }
-        KC_LAUNCH_CHECK();
+        int rc = m->type == K_W_FP8    ? moe_run<2>(cx, ldx, tn, top_k, order, meta, m, A, h, out, st)
+                 : m->type == K_W_BF16 ? moe_run<1>(cx, ldx, tn, top_k, order, meta, m, A, h, out, st)
+                                       : moe_run<0>(cx, ldx, tn, top_k, order, meta, m, A, h, out, st);
+        if (rc)
+            return rc;
         moe_combine_kernel<<<kc_blocks(tn * D, 256), 256, 0, st>>>(out, ci, w + t0 * top_k, tn,
                                                                  top_k, e0, n, D, y + t0 * ldy,
                                                                  ldy);

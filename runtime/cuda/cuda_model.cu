@@ -367,8 +367,7 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
     float *cc = m->c[li], *kp = m->kpe[li];
     const int32_t *pos = m->pos + pos0;
     cudaStream_t st = m->st;
-    CUK(kc_gemm(m->kc, x, H, T, &L->q_a, qa, ql, 0, 0), "q_a_proj");
-    CUK(kc_gemm(m->kc, x, H, T, &L->kv_a, kva, R + P, 0, 0), "kv_a_proj");
+    CUK(kc_gemm_pair(m->kc, x, H, T, &L->q_a, qa, ql, &L->kv_a, kva, R + P), "q_a/kv_a_proj");
     CUK(kc_rmsnorm(qa, ql, L->q_a_norm, qa, ql, T, ql, eps, st), "q_a_layernorm");
     CUK(kc_gemm(m->kc, qa, ql, T, &L->q_b, q, Hl * dq, 0, 0), "q_b_proj");
     CUK(kc_rmsnorm(kva, R + P, L->kv_a_norm, cc + pos0 * R, R, T, R, eps, st), "kv_a_layernorm");
@@ -390,11 +389,9 @@ static int mlp(cm_model *m, const k_weight *g, const k_weight *u, const k_weight
                const float *x, size_t T, float *out, int accumulate, dsr1_err *err)
 {
     size_t H = m->h->hidden, I = g->rows;
-    float *gb = (float *)cm_scratch(m, T * I * 4), *ub = (float *)cm_scratch(m, T * I * 4);
-    NEED(gb && ub);
-    CUK(kc_gemm(m->kc, x, H, T, g, gb, I, 0, 0), "mlp gate");
-    CUK(kc_gemm(m->kc, x, H, T, u, ub, I, 0, 0), "mlp up");
-    CUK(kc_silu_mul(gb, ub, gb, T * I, m->st), "silu");
+    float *gb = (float *)cm_scratch(m, T * I * 4);
+    NEED(gb);
+    CUK(kc_gemm_glu(m->kc, x, H, T, g, u, gb, I), "mlp gate/up");
     CUK(kc_gemm(m->kc, gb, I, T, d, out, H, accumulate, 0), "mlp down");
     return 0;
 }

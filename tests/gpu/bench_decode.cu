@@ -215,9 +215,29 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
     if (!L->h->moe) {
         g("gate_proj", &L->gate);
         g("down_proj", &L->down);
-        kc_set_gemv_unroll(1);
-        g("gate_proj (1 load/lane)", &L->gate);
-        kc_set_gemv_unroll(0);
+        kc_set_gemv_variant(1);
+        g("gate_proj (hw fp8 cvt)", &L->gate);
+        g("down_proj (hw fp8 cvt)", &L->down);
+        g("o_proj (hw fp8 cvt)", &L->o);
+        kc_set_gemv_variant(2);
+        g("gate_proj (old kernel)", &L->gate);
+        g("o_proj (old kernel)", &L->o);
+        g("q_b_proj (old kernel)", &L->q_b);
+        g("kv_a_proj (old kernel)", &L->kv_a);
+        kc_set_gemv_variant(0);
+        {
+            double ms = time_ms([&] { kc_gemm_glu(m->kc, x, H, B, &L->gate, &L->up, y, L->gate.rows); },
+                                reps);
+            double b = wbytes(&L->gate) + wbytes(&L->up);
+            printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s\n", "gate+up fused GLU", ms * 1e3, b / 1e6,
+                   b / ms / 1e6);
+            ms = time_ms([&] {
+                kc_gemm_pair(m->kc, x, H, B, &L->q_a, y, L->q_a.rows, &L->kv_a, z, L->kv_a.rows);
+            }, reps);
+            b = wbytes(&L->q_a) + wbytes(&L->kv_a);
+            printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s\n", "q_a+kv_a pair", ms * 1e3, b / 1e6,
+                   b / ms / 1e6);
+        }
     } else {
         g("router", &L->router);
         g("shared gate_proj", &L->sh_gate);

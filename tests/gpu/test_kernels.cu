@@ -158,15 +158,29 @@ static W make_w(k_wtype t, size_t rows, size_t cols, float sc = 0.05f)
 
 static void test_rmsnorm(void)
 {
-    size_t rows = 7, dim = 7168, ld = 7200;
-    auto x = randv(rows * ld), w = randv(dim);
-    std::vector<float> ref(rows * ld, 0.0f);
-    k_rmsnorm(x.data(), ld, w.data(), ref.data(), ld, rows, dim, 1e-6f);
-    float *dx = up(x), *dw = up(w), *dy = poisoned<float>(rows * ld);
-    cudaMemset(dy, 0, rows * ld * 4);
-    CK(kc_rmsnorm(dx, ld, dw, dy, ld, rows, dim, 1e-6f, 0));
-    auto got = down(dy, rows * ld);
-    report("rmsnorm 7x7168 strided", rel_err(got.data(), ref.data(), rows * ld), 1e-5);
+    /* float4 path (7168 strided, 1536, in place) and the scalar path (odd width, > 8192) */
+    struct {
+        size_t rows, dim, ld;
+        int in_place;
+    } cases[] = {{7, 7168, 7200, 0}, {3, 1536, 1536, 1}, {5, 1001, 1003, 0}, {2, 9000, 9000, 0}};
+    for (auto &c : cases) {
+        auto x = randv(c.rows * c.ld), w = randv(c.dim);
+        std::vector<float> ref(c.rows * c.ld, 0.0f);
+        k_rmsnorm(x.data(), c.ld, w.data(), ref.data(), c.ld, c.rows, c.dim, 1e-6f);
+        float *dx = up(x), *dw = up(w), *dy = c.in_place ? dx : poisoned<float>(c.rows * c.ld);
+        if (!c.in_place)
+            cudaMemset(dy, 0, c.rows * c.ld * 4);
+        CK(kc_rmsnorm(dx, c.ld, dw, dy, c.ld, c.rows, c.dim, 1e-6f, 0));
+        auto got = down(dy, c.rows * c.ld);
+        if (c.in_place) /* the padding columns (none here) would keep x */
+            for (size_t i = 0; i < ref.size(); i++)
+                if (i % c.ld >= c.dim)
+                    ref[i] = x[i];
+        char name[96];
+        snprintf(name, sizeof name, "rmsnorm %zux%zu (ld %zu%s)", c.rows, c.dim, c.ld,
+                 c.in_place ? ", in place" : "");
+        report(name, rel_err(got.data(), ref.data(), c.rows * c.ld), 1e-5);
+    }
 }
 
 static void test_rope(void)
@@ -247,10 +261,13 @@ static void test_gemm(kc_ctx *ctx)
         const char *name;
     } shapes[] = {{K_W_FP8, 2048, 7168, "fp8 2048x7168"}, {K_W_FP8, 576, 7168, "fp8 576x7168"},
                   {K_W_FP8, 24, 40, "fp8 24x40 (scalar path)"},
-                  {K_W_BF16, 1024, 7168, "bf16 1024x7168"}, {K_W_F32, 129, 512, "f32 129x512"}};
+                  {K_W_FP8, 100, 1552, "fp8 100x1552 (partial tiles)"},
+                  {K_W_FP8, 1536, 1536, "fp8 1536x1536"}, {K_W_FP8, 260, 2048, "fp8 260x2048"},
+                  {K_W_BF16, 1024, 7168, "bf16 1024x7168"}, {K_W_BF16, 70, 520, "bf16 70x520"},
+                  {K_W_F32, 129, 512, "f32 129x512"}};
     for (auto &s : shapes) {
         W w = make_w(s.t, s.N, s.K);
-        size_t Ms[] = {1, 5, 16, 37};
+        size_t Ms[] = {1, 2, 3, 5, 8, 16, 37};
         for (size_t M : Ms) {
             auto x = randv(M * s.K);
             std::vector<float> ref(M * s.N), y0 = randv(M * s.N);
@@ -297,11 +314,79 @@ static void test_gemm(kc_ctx *ctx)
     }
 }
 
+/* The GEMV variants (integer / hardware FP8 decode, older kernel), the fused pair and
+ * the fused SiLU-GLU, against the CPU reference. */
+static void test_gemv_fused(kc_ctx *ctx)
+{
+    W w = make_w(K_W_FP8, 576, 7168);
+    for (int v = 0; v < 3; v++)
+        for (size_t M : {(size_t)1, (size_t)4}) {
+            kc_set_gemv_variant(v);
+            auto x = randv(M * 7168);
+            std::vector<float> ref(M * 576);
+            k_gemm(x.data(), 7168, M, &w.h, ref.data(), 576, 0);
+            float *dx = up(x), *dy = poisoned<float>(M * 576);
+            CK(kc_gemm(ctx, dx, 7168, M, &w.d, dy, 576, 0, 1));
+            auto got = down(dy, M * 576);
+            char name[96];
+            snprintf(name, sizeof name, "gemm GEMV variant %d fp8 576x7168 M=%zu", v, M);
+            report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
+            cudaFree(dx), cudaFree(dy);
+        }
+    kc_set_gemv_variant(0);
+    struct {
+        k_wtype t;
+        size_t N1, N2, K;
+    } pairs[] = {{K_W_FP8, 1536, 576, 7168}, {K_W_BF16, 300, 40, 1024}, {K_W_FP8, 64, 64, 64}};
+    for (auto &p : pairs)
+        for (size_t M : {(size_t)1, (size_t)3, (size_t)16, (size_t)20}) {
+            W a = make_w(p.t, p.N1, p.K), b = make_w(p.t, p.N2, p.K);
+            auto x = randv(M * p.K);
+            std::vector<float> r1(M * p.N1), r2(M * p.N2);
+            k_gemm(x.data(), p.K, M, &a.h, r1.data(), p.N1, 0);
+            k_gemm(x.data(), p.K, M, &b.h, r2.data(), p.N2, 0);
+            float *dx = up(x), *d1 = poisoned<float>(M * p.N1), *d2 = poisoned<float>(M * p.N2);
+            CK(kc_gemm_pair(ctx, dx, p.K, M, &a.d, d1, p.N1, &b.d, d2, p.N2));
+            auto g1 = down(d1, M * p.N1), g2 = down(d2, M * p.N2);
+            double e = fmax(rel_err(g1.data(), r1.data(), r1.size()),
+                            rel_err(g2.data(), r2.data(), r2.size()));
+            char name[96];
+            snprintf(name, sizeof name, "gemm pair %s %zu+%zu x %zu M=%zu",
+                     p.t == K_W_FP8 ? "fp8" : "bf16", p.N1, p.N2, p.K, M);
+            /* M=20 takes cuBLASLt with FP8-quantized activations */
+            report(name, e, M > 16 && p.t == K_W_FP8 && p.K % 128 == 0 ? 5e-2 : M > 16 ? 1e-2 : 2e-5);
+            cudaFree(dx), cudaFree(d1), cudaFree(d2);
+        }
+    for (size_t M : {(size_t)1, (size_t)2, (size_t)7, (size_t)16}) {
+        size_t I = 2048, D = 7168, ldh = I + 8;
+        W g = make_w(K_W_FP8, I, D), u = make_w(K_W_FP8, I, D);
+        auto x = randv(M * D);
+        std::vector<float> rg(M * I), ru(M * I), ref(M * ldh, 0.0f);
+        k_gemm(x.data(), D, M, &g.h, rg.data(), I, 0);
+        k_gemm(x.data(), D, M, &u.h, ru.data(), I, 0);
+        for (size_t m = 0; m < M; m++)
+            k_silu_mul(rg.data() + m * I, ru.data() + m * I, ref.data() + m * ldh, I);
+        float *dx = up(x), *dh = poisoned<float>(M * ldh);
+        cudaMemset(dh, 0, M * ldh * 4);
+        CK(kc_gemm_glu(ctx, dx, D, M, &g.d, &u.d, dh, ldh));
+        auto got = down(dh, M * ldh);
+        char name[96];
+        snprintf(name, sizeof name, "gemm fused SiLU-GLU fp8 2x%zux%zu M=%zu", I, D, M);
+        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
+        cudaFree(dx), cudaFree(dh);
+    }
+}
+
 static void test_moe(kc_ctx *ctx)
 {
-    size_t E = 16, e0 = 8, n = 8, K = 4, D = 256, I = 128;
-    for (int pass = 0; pass < 2; pass++) {
-        size_t T = pass ? 37 : 3;
+    size_t E = 16, e0 = 8, n = 8, K = 4;
+    /* token counts pick the kernels' token tile (1, 2, 4, 8) */
+    struct {
+        size_t T, D, I;
+    } passes[] = {{1, 256, 128}, {2, 256, 128}, {3, 256, 128}, {37, 256, 128}, {1, 1024, 512},
+                  {6, 1024, 384}};
+    for (auto &ps : passes) {
+        size_t T = ps.T, D = ps.D, I = ps.I;
         std::vector<W> g, u, d;
         std::vector<k_weight> gd, ud, dd;
         for (size_t e = 0; e < n; e++) {
@@ -344,7 +429,8 @@ static void test_moe(kc_ctx *ctx)
         CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D));
         auto got = down(dy, T * D);
         char name[96];
-        snprintf(name, sizeof name, "moe grouped experts T=%zu (8 of 16 experts local)", T);
+        snprintf(name, sizeof name, "moe grouped experts T=%zu D=%zu I=%zu (8 of 16 local)", T,
+                 D, I);
         report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
         kc_moe_free(mw);
     }
@@ -359,29 +445,46 @@ static void test_moe(kc_ctx *ctx)
 
 static void test_router(void)
 {
-    k_router_cfg c = {256, 8, 4, 8, 1, 2.5f};
-    size_t T = 33, E = 256;
-    auto logits = randv(T * E, 2.0f);
-    std::vector<float> bias(E);
-    for (auto &b : bias)
-        b = 2.0f + (rnd() % 1000) / 10000.0f;
-    std::vector<int32_t> idx(T * 8);
-    std::vector<float> w(T * 8);
-    k_router(&c, logits.data(), bias.data(), T, idx.data(), w.data());
-    float *dl = up(logits), *db = up(bias), *dw = poisoned<float>(T * 8);
-    int32_t *di = poisoned<int32_t>(T * 8);
-    CK(kc_router(&c, dl, db, T, di, dw, 0));
-    auto gi = down(di, T * 8);
-    auto gw = down(dw, T * 8);
-    size_t bad = 0;
-    for (size_t i = 0; i < T * 8; i++)
-        bad += gi[i] != idx[i];
-    if (bad) {
-        printf("FAIL router: %zu of %zu selected experts differ\n", bad, T * 8);
-        g_fail++;
-    } else {
-        report("router sigmoid/bias/group top-k (256 experts, 8 groups)",
-               rel_err(gw.data(), w.data(), w.size()), 1e-6);
+    /* R1's config with random scores; the same with heavy ties (scores from 4 values:
+     * the first maximum must win, as in the reference); one group of 64; groups of 1 */
+    struct {
+        k_router_cfg c;
+        int ties;
+        const char *name;
+    } cases[] = {{{256, 8, 4, 8, 1, 2.5f}, 0, "256 experts, 8 groups"},
+                 {{256, 8, 4, 8, 1, 2.5f}, 1, "256 experts, 8 groups, tied scores"},
+                 {{64, 1, 1, 6, 0, 1.0f}, 1, "64 experts, 1 group, tied, no renorm"},
+                 {{16, 16, 5, 3, 1, 1.0f}, 0, "16 groups of 1"}};
+    for (auto &cs : cases) {
+        const k_router_cfg &c = cs.c;
+        size_t T = 33, E = c.n_experts, K = c.top_k;
+        auto logits = randv(T * E, 2.0f);
+        if (cs.ties)
+            for (auto &l : logits)
+                l = (float)(rnd() % 4) * 0.5f;
+        std::vector<float> bias(E);
+        for (auto &b : bias)
+            b = cs.ties ? 0.0f : 2.0f + (rnd() % 1000) / 10000.0f;
+        std::vector<int32_t> idx(T * K);
+        std::vector<float> w(T * K);
+        k_router(&c, logits.data(), bias.data(), T, idx.data(), w.data());
+        float *dl = up(logits), *db = up(bias), *dw = poisoned<float>(T * K);
+        int32_t *di = poisoned<int32_t>(T * K);
+        CK(kc_router(&c, dl, db, T, di, dw, 0));
+        auto gi = down(di, T * K);
+        auto gw = down(dw, T * K);
+        size_t bad = 0;
+        for (size_t i = 0; i < T * K; i++)
+            bad += gi[i] != idx[i];
+        char name[128];
+        snprintf(name, sizeof name, "router sigmoid/bias/group top-k (%s)", cs.name);
+        if (bad) {
+            printf("FAIL %s: %zu of %zu selected experts differ\n", name, bad, T * K);
+            g_fail++;
+        } else {
+            report(name, rel_err(gw.data(), w.data(), w.size()), 1e-6);
+        }
+        cudaFree(dl), cudaFree(db), cudaFree(dw), cudaFree(di);
     }
 }
 
@@ -450,6 +553,7 @@ int main(void)
     test_embed();
     test_act_quant_and_fp8(ctx);
     test_gemm(ctx);
+    test_gemv_fused(ctx);
     test_moe(ctx);
     test_router();
     test_attn();
