@@ -277,11 +277,13 @@ static int gv_launch(gv_args a, cudaStream_t st)
     return 0;
 }
 
+static int g_ks = 0; /* warps splitting K: 0 = by K (tg_ks), else 1, 2, 4 or 8 */
+
 /* Token tiles of up to 16 rows, each launched at the smallest MT that holds it. */
 template <int WT, int NW, int DEC>
 static int gv_run(gv_args a, cudaStream_t st)
 {
-    a.ks = tg_ks(a.K, wvec<WT>::V);
+    a.ks = g_ks ? g_ks : tg_ks(a.K, wvec<WT>::V);
     const int M = a.M;
     const float *x0 = a.x;
     float *y0[2] = {a.j[0].y, a.j[1].y};
@@ -307,10 +309,12 @@ static int gv_run(gv_args a, cudaStream_t st)
     return 0;
 }
 
-/* 0: tile kernel, integer FP8 decode (default); 1: tile kernel, hardware FP8
- * conversion; 2: the previous warp-per-row kernel. Env DSR1_GEMV_VARIANT; benchmarks
- * compare them in one run. */
+/* 0: tile kernel, hardware FP8 conversion (default); 1: tile kernel, integer FP8
+ * decode; 2: the previous warp-per-row kernel. Env DSR1_GEMV_VARIANT; bench-decode
+ * compares them in one run (H100: 0 streams 2.5-2.6 TB/s, 1 2.46, 2 1.65). */
 static int g_variant = -1;
+
+void kc_set_gemv_ks(int ks) { g_ks = ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; }
 
 static int gemv_variant(void)
 {
@@ -383,16 +387,16 @@ static int gv_dispatch(const float *x, size_t ldx, size_t M, const k_weight *w1,
     a.j[0] = gv_job_of(w1, y1, ldy1);
     if (w2)
         a.j[1] = gv_job_of(w2, y2, ldy2);
-    int dec1 = gemv_variant() != 1;
+    int dec1 = gemv_variant() == 1;
     switch (w1->type) {
     case K_W_FP8:
         if (glu)
             return dec1 ? gv_run<2, 2, 1>(a, st) : gv_run<2, 2, 0>(a, st);
         return dec1 ? gv_run<2, 1, 1>(a, st) : gv_run<2, 1, 0>(a, st);
     case K_W_BF16:
-        return glu ? gv_run<1, 2, 1>(a, st) : gv_run<1, 1, 1>(a, st);
+        return glu ? gv_run<1, 2, 0>(a, st) : gv_run<1, 1, 0>(a, st);
     default:
-        return glu ? gv_run<0, 2, 1>(a, st) : gv_run<0, 1, 1>(a, st);
+        return glu ? gv_run<0, 2, 0>(a, st) : gv_run<0, 1, 0>(a, st);
     }
 }
 
@@ -886,14 +890,20 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
 
 /* ---- dispatcher ---- */
 
+/* The verified cuBLASLt FP8 arrangement takes this weight and output. */
+static int lt_fp8_ok(kc_ctx *c, const k_weight *w, size_t ldy)
+{
+    return w->type == K_W_FP8 && w->cols % 128 == 0 && w->rows % 16 == 0 && ldy % 4 == 0 &&
+           kc_ctx_fp8_lt_mode(c, NULL) != KC_LT_NONE && (w->rows % 128 == 0 || c->lt_partial_n);
+}
+
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
             size_t ldy, int accumulate, int force)
 {
     if (M == 0 || w->rows == 0)
         return 0;
     int want_lt = force == 2 || (force == 0 && (int)M > c->gemv_max_m);
-    if (want_lt && w->type == K_W_FP8 && w->cols % 128 == 0 && w->rows % 16 == 0 && ldy % 4 == 0 &&
-        kc_ctx_fp8_lt_mode(c, NULL) != KC_LT_NONE && (w->rows % 128 == 0 || c->lt_partial_n)) {
+    if (want_lt && lt_fp8_ok(c, w, ldy)) {
         size_t Ml = force == 2 ? M : M & ~(size_t)15;
         if (Ml) {
             int rc = lt_fp8_from_f32(c, x, ldx, Ml, w, y, ldy, accumulate);
@@ -923,6 +933,20 @@ int kc_gemm_pair(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight
         return 0;
     if (pair_fusable(c, x, ldx, M, w1, w2))
         return gv_dispatch(x, ldx, M, w1, y1, ldy1, w2, y2, ldy2, 0, 0, c->st);
+    size_t Ml = M & ~(size_t)15;
+    if ((int)M > c->gemv_max_m && Ml && w1->cols == w2->cols && lt_fp8_ok(c, w1, ldy1) &&
+        lt_fp8_ok(c, w2, ldy2)) {
+        /* prefill: quantize x once for both matmuls; leftover rows (< 16) by GEMV */
+        int rc = kc_gemm_fp8_prep(c, x, ldx, Ml, w1->cols);
+        if (!rc)
+            rc = kc_gemm_fp8_prepped(c, Ml, w1, y1, ldy1);
+        if (!rc)
+            rc = kc_gemm_fp8_prepped(c, Ml, w2, y2, ldy2);
+        if (rc || Ml == M)
+            return rc;
+        return kc_gemm_pair(c, x + Ml * ldx, ldx, M - Ml, w1, y1 + Ml * ldy1, ldy1, w2,
+                            y2 + Ml * ldy2, ldy2);
+    }
     int rc = kc_gemm(c, x, ldx, M, w1, y1, ldy1, 0, 0);
     return rc ? rc : kc_gemm(c, x, ldx, M, w2, y2, ldy2, 0, 0);
 }

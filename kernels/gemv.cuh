@@ -110,14 +110,14 @@ __device__ __forceinline__ void warp_rowdot(const uint8_t *wrow, const float *sr
  * reuses them for every row. Partial sums are reduced over lanes, then over the ks
  * warps of a row group in a fixed order (deterministic, no atomics).
  *
- * FP8 decoding (DEC = 1, default) builds the fp32 bits of w * 2^-120 with integer
+ * FP8 decoding: DEC = 0 (default) uses the hardware fp8x2 -> half2 conversion. DEC = 1
+ * (kept for comparison; slightly slower on H100) builds the fp32 bits of w * 2^-120 with integer
  * ops (sign and the 7 exponent/mantissa bits land in fp32's low exponent bits; e4m3
  * subnormals become fp32 subnormals, exactly): two bytes per shift/mask pair, no
  * conversion instructions. To keep every product in the normal range the activations
  * are scaled by 2^64 when loaded and the sum by 2^56 at the end: powers of two, so
- * the result equals the unscaled fp32 arithmetic. DEC = 0 uses the hardware
- * fp8x2 -> half2 conversion. (The e4m3 NaN code decodes to 480 under DEC = 1;
- * checkpoints carry no NaN weights.) */
+ * the result equals the unscaled fp32 arithmetic. (The e4m3 NaN code decodes to 480
+ * under DEC = 1; checkpoints carry no NaN weights.) */
 
 template <int WT, int DEC>
 __device__ __forceinline__ void tg_decode(uint4 r, float *f)

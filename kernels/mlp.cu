@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
 #pragma unroll
         for (int m = 0; m < MT; m++)
             xr[m] = x + (size_t)(order[st + c0 + (m < nm ? m : 0)] / top_k) * ldx;
-        tile_gemv<WT, MT, RB, 2, 1>(W, S, sl, row0, I, D, xr, nm, ks, sm);
+        tile_gemv<WT, MT, RB, 2, 0>(W, S, sl, row0, I, D, xr, nm, ks, sm);
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
             size_t i = row0 + (size_t)g * RB + r;
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
 #pragma unroll
         for (int m = 0; m < MT; m++)
             xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * I;
-        tile_gemv<WT, MT, RB, 1, 1>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+        tile_gemv<WT, MT, RB, 1, 0>(W, S, sl, row0, D, I, xr, nm, ks, sm);
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
             size_t d = row0 + (size_t)g * RB + r;
@@ -217,14 +217,14 @@ static int moe_run(const float *x, size_t ldx, size_t tn, size_t top_k, const in
                    const int *meta, const kc_moe_w *m, size_t A, float *h, float *out,
                    cudaStream_t st)
 {
-    /* an expert gets at most one slot per token (the router picks distinct experts) */
+    /* An expert gets at most one slot per token (the router picks distinct experts).
+     * Tiles of two slots: an expert with more loops, and the block re-reads its rows
+     * from L2, not HBM. Wider tiles hold fewer rows per warp (registers), which cost
+     * more at decode, where most experts see one or two tokens (H100, batch 64: an
+     * 8-slot tile ran the routed experts at 437 GB/s). */
     if (tn <= 1)
         return moe_passes<WT, 1>(x, ldx, top_k, order, meta, m, A, h, out, st);
-    if (tn <= 2)
-        return moe_passes<WT, 2>(x, ldx, top_k, order, meta, m, A, h, out, st);
-    if (tn <= 4)
-        return moe_passes<WT, 4>(x, ldx, top_k, order, meta, m, A, h, out, st);
-    return moe_passes<WT, 8>(x, ldx, top_k, order, meta, m, A, h, out, st);
+    return moe_passes<WT, 2>(x, ldx, top_k, order, meta, m, A, h, out, st);
 }
 
 /* y[t, d] += sum_k w[t,k] out[t*K+k, d] over local slots, in k order. */

@@ -216,9 +216,19 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
         g("gate_proj", &L->gate);
         g("down_proj", &L->down);
         kc_set_gemv_variant(1);
-        g("gate_proj (hw fp8 cvt)", &L->gate);
-        g("down_proj (hw fp8 cvt)", &L->down);
-        g("o_proj (hw fp8 cvt)", &L->o);
+        g("gate_proj (int fp8 dec)", &L->gate);
+        g("down_proj (int fp8 dec)", &L->down);
+        g("o_proj (int fp8 dec)", &L->o);
+        kc_set_gemv_variant(0);
+        for (int ks : {1, 2, 4, 8}) {
+            char nm[64];
+            kc_set_gemv_ks(ks);
+            snprintf(nm, sizeof nm, "q_b_proj (ks=%d)", ks);
+            g(nm, &L->q_b);
+            snprintf(nm, sizeof nm, "gate_proj (ks=%d)", ks);
+            g(nm, &L->gate);
+        }
+        kc_set_gemv_ks(0);
         kc_set_gemv_variant(2);
         g("gate_proj (old kernel)", &L->gate);
         g("o_proj (old kernel)", &L->o);
@@ -473,6 +483,25 @@ int main(int argc, char **argv)
         }
         printf("%-22s %6zu %6zu %6zu %10.1f %12.1f %7.0f%%\n", s.name, M, N, K, fl / ours / 1e9,
                lt > 0 ? fl / lt / 1e9 : 0.0, lt > 0 ? 100 * lt / ours : 0.0);
+    }
+    { /* q_a and kv_a read the same input: one quantization for both */
+        const k_weight *qa = &m->L[0].q_a, *kva = &m->L[0].kv_a;
+        size_t M = pm, K = qa->cols;
+        double fl = 2.0 * M * (qa->rows + kva->rows) * K;
+        double ours = time_ms([&] {
+            kc_gemm_pair(m->kc, x, K, M, qa, y, qa->rows, kva, y + M * qa->rows, kva->rows);
+        }, reps);
+        double lt = -1;
+        if (kc_gemm_fp8_prep(m->kc, x, K, M, K) == 0) {
+            CK(cudaDeviceSynchronize());
+            lt = time_ms([&] {
+                kc_gemm_fp8_prepped(m->kc, M, qa, y, qa->rows);
+                kc_gemm_fp8_prepped(m->kc, M, kva, y + M * qa->rows, kva->rows);
+            }, reps);
+        }
+        printf("%-22s %6zu %6zu %6zu %10.1f %12.1f %7.0f%%\n", "q_a+kv_a (one quant)", M,
+               qa->rows + kva->rows, K, fl / ours / 1e9, lt > 0 ? fl / lt / 1e9 : 0.0,
+               lt > 0 ? 100 * lt / ours : 0.0);
     }
     /* the cuBLASLt FP8 block-scaled rate on a large square problem, and BF16 for scale */
     {
