@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench_decode.sh [WORKDIR]: per-layer decode step time vs the HBM roofline at batch 1,
 # 8 and 64, prefill GEMM TFLOP/s vs cuBLASLt, on the one-rank shard bench_load.sh makes
-# (made here if missing), then all-reduce latency when several GPUs are visible, and
-# the projection for the 61-layer model on 8 GPUs (make bench-decode).
+# (made here if missing); then one rank of a TP8/EP8 plan of the same checkpoint run
+# alone at batch 1 with 2 and 3 of its experts routed (the busiest GPU of an 8-GPU
+# deployment, collectives skipped); all-reduce latency when several GPUs are visible;
+# and the projection for the 61-layer model on 8 GPUs (make bench-decode).
 set -eu
 cd "$(dirname "$0")/.."
 W=${1:-/dev/shm/dsr1-bench}
@@ -15,6 +17,17 @@ if [ ! -f "$W/shard/manifest.json" ]; then
   "$BIN/dsr1-shard" run "$W/ckpt" --out "$W/shard" --tp 1 --quiet
 fi
 "$BIN/bench-decode-gpu" --manifest "$W/shard/manifest.json" --ctx "${CTX:-1024}" | tee "$W/decode.txt"
+if [ -d "$W/ckpt" ] && [ ! -f "$W/shard8/manifest.json" ]; then
+  "$BIN/dsr1-shard" run "$W/ckpt" --out "$W/shard8" --tp 8 --ep 8 --quiet
+fi
+: >"$W/decode-tp8.txt"
+if [ -f "$W/shard8/manifest.json" ]; then
+  for n in 2 3; do
+    "$BIN/bench-decode-gpu" --manifest "$W/shard8/manifest.json" --rank 0 --local-experts "$n" \
+      --batches 1 --quick --ctx "${CTX:-1024}" | sed "s/^/tp8e$n /" |
+      tee -a "$W/decode-tp8.txt"
+  done
+fi
 NG=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$NG" -ge 2 ]; then
   for n in 2 4 8; do
@@ -22,4 +35,4 @@ if [ "$NG" -ge 2 ]; then
     scripts/launch_local.sh "$n" -- "$BIN/bench-decode-gpu" --allreduce | tee -a "$W/decode.txt"
   done
 fi
-"$PY" scripts/decode_projection.py "$W/decode.txt"
+"$PY" scripts/decode_projection.py "$W/decode.txt" "$W/decode-tp8.txt"

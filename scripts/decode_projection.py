@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Project single-stream decode of the full 61-layer DeepSeek-R1 on 8 GPUs (TP8, EP8)
-from bench-decode-gpu's per-layer measurements (one GPU, TP1) and the measured
-all-reduce latency. Usage: decode_projection.py decode.txt [--bw-TBps 4.3]
+from bench-decode-gpu's per-layer measurements and the measured all-reduce latency.
+Usage: decode_projection.py decode.txt [decode-tp8.txt] [--bw-TBps 4.3]
+
+decode-tp8.txt (bench_decode.sh) holds one rank of a TP8/EP8 plan run alone with 2
+("tp8e2" rows) and 3 ("tp8e3") of its experts routed: a direct measurement of the
+busiest GPU's layer at the deployed shapes, launch gaps included. That estimate comes
+first; the second scales the one-GPU TP1 efficiency to TP8 bytes.
 
 Model (bytes per GPU per token, R1 dimensions, FP8 weights + F32 block scales):
   attention: q_a and kv_a replicated, q_b / kv_b / o_proj split 8 ways;
@@ -12,6 +17,8 @@ Model (bytes per GPU per token, R1 dimensions, FP8 weights + F32 block scales):
   lm_head (BF16) split 8 ways.
 Time per layer = bytes / (bandwidth x efficiency), efficiency = roofline / measured
 of the same layer kind at batch 1 on the measured GPU; plus two all-reduces per layer.
+Without CUDA graphs the CPU enqueues every kernel of a step: a layer can run no faster
+than its measured enqueue time (host_us), which the second estimate takes as a floor.
 """
 import re
 import sys
@@ -24,12 +31,16 @@ if "--bw-TBps" in args:
     bw_target = float(args[i + 1]) * 1e12
     del args[i:i + 2]
 text = open(args[0]).read()
+tp8 = open(args[1]).read() if len(args) > 1 else ""
 dev = re.search(r"device=(.*)", text)
 dev = dev.group(1).strip() if dev else "?"
-eff = {}
-for m in re.finditer(r"^(\d+)\s+(dense|moe)\s+1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%", text, re.M):
+eff, host = {}, {}
+for m in re.finditer(r"^(\d+)\s+(dense|moe)\s+1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%(?:[ \t]+([\d.]+))?",
+                     text, re.M):
     kind, us, roof = m.group(2), float(m.group(3)), float(m.group(5))
     eff.setdefault(kind, []).append(roof / us)
+    if m.group(7):
+        host.setdefault(kind, []).append(float(m.group(7)))
 ar = {}
 for m in re.finditer(r"allreduce ranks=(\d+) tokens=1 bytes=\d+ latency_us=([\d.]+)", text):
     ar[int(m.group(1))] = float(m.group(2))
@@ -54,15 +65,41 @@ def layer_us(nbytes, e):
     return nbytes / (bw_target * e) * 1e6
 
 print(f"\nprojection: DeepSeek-R1 61 layers (3 dense + 58 MoE), 8 GPUs TP8/EP8, batch 1")
+meas = {}
+for m in re.finditer(r"^tp8e(\d) +\d+\s+(dense|moe)\s+1\s+([\d.]+)", tp8, re.M):
+    meas.setdefault((int(m.group(1)), m.group(2)), []).append(float(m.group(3)))
+dev8 = re.search(r"^tp8e\d device=(.*)", tp8, re.M)
+if meas:
+    print(f"  measured: one TP8/EP8 rank alone on {dev8.group(1).strip() if dev8 else '?'} "
+          f"(all-reduces added: 2 per layer at {t_ar:.1f} us)")
+    for ne in (2, 3):
+        d = meas.get((ne, "dense")) or meas.get((2, "dense"))
+        mo = meas.get((ne, "moe"))
+        if not d or not mo:
+            continue
+        d, mo = sum(d) / len(d) + 2 * t_ar, sum(mo) / len(mo) + 2 * t_ar
+        h = head / (bw_target * e_dense) * 1e6 + t_ar
+        tot = 3 * d + 58 * mo + h
+        print(f"  busiest GPU reads {ne} experts, measured layers: dense {d:.0f} us, MoE {mo:.0f} us, "
+              f"lm_head {h:.0f} us (estimated) -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s")
+    print("  scaled from the TP1 layers (bytes / (bandwidth x TP1 efficiency)):")
 print(f"  efficiency measured on {dev} at batch 1: dense {e_dense:.0%}, MoE {e_moe:.0%} of roofline")
 print(f"  bandwidth assumed {bw_target/1e12:.1f} TB/s per GPU (H200 copy, gpu-machine.md)")
 print(f"  all-reduce latency {t_ar:.1f} us" +
       (f" (measured on {nar} GPUs of this machine; 8 GPUs not measured)" if ar else " (assumed; not measured)"))
+h_dense = max(host.get("dense", [0])) if host else 0
+h_moe = max(host.get("moe", [0])) if host else 0
+if host:
+    print(f"  CPU enqueue per layer (measured, no CUDA graphs): dense {h_dense:.0f} us, MoE {h_moe:.0f} us")
 for ne in (2, 3):
-    d = layer_us(attn_rep + attn_split + dense + kv, e_dense) + 2 * t_ar
-    mo = layer_us(attn_rep + attn_split + router + shared + ne * expert + kv, e_moe) + 2 * t_ar
+    gd = layer_us(attn_rep + attn_split + dense + kv, e_dense)
+    gm = layer_us(attn_rep + attn_split + router + shared + ne * expert + kv, e_moe)
     h = layer_us(head, e_dense) + t_ar
-    tot = 3 * d + 58 * mo + h
-    print(f"  busiest GPU reads {ne} experts: dense layer {d:.0f} us, MoE layer {mo:.0f} us, "
-          f"lm_head {h:.0f} us -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
-          f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
+    for label, d, mo in (("GPU-bound", gd, gm), ("enqueue floor", max(gd, h_dense), max(gm, h_moe))):
+        if label != "GPU-bound" and not host:
+            continue
+        d, mo = d + 2 * t_ar, mo + 2 * t_ar
+        tot = 3 * d + 58 * mo + h
+        print(f"  busiest GPU reads {ne} experts, {label}: dense layer {d:.0f} us, MoE layer {mo:.0f} us, "
+              f"lm_head {h:.0f} us -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
+              f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")

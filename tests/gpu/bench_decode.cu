@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <vector>
 
 #include "cuda_model.h"
@@ -38,6 +39,13 @@ extern "C" {
             exit(3);                                                               \
         }                                                                          \
     } while (0)
+
+static double host_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static double median(std::vector<double> v)
 {
@@ -291,7 +299,7 @@ int main(int argc, char **argv)
 {
     const char *manifest = NULL;
     size_t ctx = 1024, pm = 4096, hidden = 7168;
-    int reps = 10, allreduce = 0;
+    int reps = 10, allreduce = 0, rank = 0, local_experts = -1, quick = 0;
     std::vector<size_t> batches = {1, 8, 64};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--manifest") && i + 1 < argc)
@@ -306,13 +314,20 @@ int main(int argc, char **argv)
             hidden = (size_t)atol(argv[++i]);
         else if (!strcmp(argv[i], "--allreduce"))
             allreduce = 1;
+        else if (!strcmp(argv[i], "--rank") && i + 1 < argc)
+            rank = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--local-experts") && i + 1 < argc)
+            local_experts = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            quick = 1;
         else if (!strcmp(argv[i], "--batches") && i + 1 < argc) {
             batches.clear();
             for (char *s = strtok(argv[++i], ","); s; s = strtok(NULL, ","))
                 batches.push_back((size_t)atol(s));
         } else {
             fprintf(stderr, "usage: bench-decode-gpu --manifest DIR/manifest.json [--ctx N] "
-                            "[--batches 1,8,64] [--reps N] [--prefill-m M] | --allreduce\n");
+                            "[--batches 1,8,64] [--reps N] [--prefill-m M] [--rank R] "
+                            "[--local-experts N] [--quick] | --allreduce\n");
             return 2;
         }
     }
@@ -327,8 +342,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-decode: %s\n", err.msg);
         return 3;
     }
-    if (mf->plan.world_size != 1) {
-        fprintf(stderr, "bench-decode: needs a one-rank plan (dsr1-shard --tp 1)\n");
+    if (rank < 0 || (uint32_t)rank >= mf->plan.world_size) {
+        fprintf(stderr, "bench-decode: --rank %d outside the plan's %u ranks\n", rank,
+                mf->plan.world_size);
         return 2;
     }
     char dir[4096];
@@ -345,7 +361,7 @@ int main(int argc, char **argv)
     g_st = st;
     size_t bmax = *std::max_element(batches.begin(), batches.end());
     cm_model *m;
-    if (cm_load(&m, mf, dir, 0, ctx + bmax + 8, NULL, 0, st, &err)) {
+    if (cm_load(&m, mf, dir, rank, ctx + bmax + 8, NULL, 0, st, &err)) {
         fprintf(stderr, "bench-decode: %s\n", err.msg);
         return 3;
     }
@@ -356,6 +372,23 @@ int main(int argc, char **argv)
     kc_ctx_fp8_lt_mode(m->kc, &why);
     printf("device=%s\ncopy_bw_TBps=%.3f\nupload_s=%.2f (%.2f GB)\nfp8_lt=%s\n", p.name,
            bw / 1e12, m->upload_s, m->arena_bytes / 1e9, why);
+    printf("plan=tp%d ep%d pp%d rank=%d heads_local=%zu%s\n", h->tp, (int)mf->plan.ep,
+           (int)mf->plan.pp, rank, h->heads,
+           mf->plan.world_size > 1 ? " (this rank alone: collectives skipped, timing only)" : "");
+    if (local_experts >= 0)
+        for (size_t i = 0; i < m->n_layers; i++) {
+            /* router bias: this rank's first N experts always chosen, its others never,
+             * so one step reads N local experts (the busiest EP rank's load) */
+            cm_layer *L = &m->L[i];
+            size_t E = h->rcfg.n_experts, n = L->h->n_experts;
+            if (!L->h->moe || !L->bias || !n)
+                continue;
+            std::vector<float> b(E);
+            CK(cudaMemcpy(b.data(), L->bias, E * 4, cudaMemcpyDeviceToHost));
+            for (size_t j = 0; j < n; j++)
+                b[L->e0 + j] += (int)j < local_experts ? 100.0f : -100.0f;
+            CK(cudaMemcpy(L->bias, b.data(), E * 4, cudaMemcpyHostToDevice));
+        }
     for (size_t i = 0; i < m->n_layers; i++) {
         fill(m->c[i], ctx * R, 100 + (uint32_t)i, 1.0f);
         fill(m->kpe[i], ctx * P, 200 + (uint32_t)i, 1.0f);
@@ -369,8 +402,10 @@ int main(int argc, char **argv)
     CK(cudaMalloc(&hb, bmax * H * 4));
     fill(h0, bmax * H, 9, 1.0f);
     CK(cudaDeviceSynchronize());
-    printf("\n%-6s %-5s %6s %10s %10s %12s %8s\n", "layer", "kind", "batch", "step_us", "MB_read",
-           "roofline_us", "of_roof");
+    /* host_us: CPU time to enqueue the layer (no CUDA graphs): the floor of a step once the
+     * GPU work per layer shrinks below it (e.g. at TP8) */
+    printf("\n%-6s %-5s %6s %10s %10s %12s %8s %9s\n", "layer", "kind", "batch", "step_us",
+           "MB_read", "roofline_us", "of_roof", "host_us");
     for (size_t li = 0; li < m->n_layers; li++) {
         cm_layer *L = &m->L[li];
         const rt_layer *hl = L->h;
@@ -381,12 +416,15 @@ int main(int argc, char **argv)
             /* time only the layer: the copy runs before the start event on the stream */
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0), cudaEventCreate(&e1);
-            std::vector<double> v;
+            std::vector<double> v, hv;
             for (int k = 0; k < reps + 2; k++) {
                 cudaMemcpyAsync(hb, h0, B * H * 4, cudaMemcpyDeviceToDevice, st);
                 cm_scratch_reset(m);
                 cudaEventRecord(e0, st);
+                double t0 = host_s();
                 rc |= cm_layer_forward(m, NULL, li, hb, B, ctx, &err);
+                if (k >= 2)
+                    hv.push_back((host_s() - t0) * 1e6);
                 cudaEventRecord(e1, st);
                 cudaEventSynchronize(e1);
                 float ms;
@@ -407,17 +445,22 @@ int main(int argc, char **argv)
                 size_t K = h->rcfg.top_k;
                 std::vector<int32_t> idx(m->dbg_T * K);
                 CK(cudaMemcpy(idx.data(), m->dbg_idx, idx.size() * 4, cudaMemcpyDeviceToHost));
-                std::set<int32_t> distinct(idx.begin(), idx.end());
+                std::set<int32_t> distinct; /* experts this rank holds and read */
+                for (int32_t e : idx)
+                    if (e >= (int32_t)L->e0 && e < (int32_t)(L->e0 + hl->n_experts))
+                        distinct.insert(e);
                 double per = hl->n_experts ? wbytes(&hl->e_gate[0]) + wbytes(&hl->e_up[0]) +
                                                  wbytes(&hl->e_down[0])
                                            : 0;
                 bytes += per * distinct.size();
             }
             double us = median(v) * 1000, roof = bytes / bw * 1e6;
-            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%%\n", li, hl->moe ? "moe" : "dense",
-                   B, us, bytes / 1e6, roof, 100 * roof / us);
+            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%% %9.1f\n", li,
+                   hl->moe ? "moe" : "dense", B, us, bytes / 1e6, roof, 100 * roof / us, median(hv));
         }
     }
+    if (quick)
+        return 0;
     for (size_t li = 0; li < m->n_layers; li++)
         if (li == 0 || (m->L[li].h->moe && (li == 0 || !m->L[li - 1].h->moe)))
             for (size_t B : {(size_t)1, bmax})
