@@ -1,6 +1,9 @@
 /* kc_attn_naive / kc_mla_*: CUDA Multi-head Latent Attention cores, mirroring
  * kernels/attn.c. Softmax is computed online over key chunks (max-subtracted, fp32),
- * which equals the reference's two-pass softmax up to rounding. */
+ * which equals the reference's two-pass softmax up to rounding. Everything is fp32
+ * (no tensor cores); every sum runs in a fixed order (no atomics), so results repeat
+ * bit for bit. The decode path (kc_mla_*) has its own kernels below; attn_kernel is the
+ * naive path and the fallback for shapes those kernels do not take. */
 #include "cuda_kernels.h"
 #include "cuda_util.cuh"
 
@@ -8,7 +11,7 @@
 #define ATT_CHUNK 1024 /* keys scored per pass, kept in shared memory */
 #define ATT_MAXD 1024  /* query / value width held in shared memory */
 
-__device__ __forceinline__ size_t att_visible(size_t t, size_t S, size_t pos0)
+__host__ __device__ __forceinline__ size_t att_visible(size_t t, size_t S, size_t pos0)
 {
     size_t n = pos0 + t + 1;
     return n < S ? n : S;
@@ -199,14 +202,426 @@ int kc_attn_naive(const float *q, size_t ldq, const float *k, size_t ldk, const 
     return 0;
 }
 
-int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
-                size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
-                size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st)
+/* ---- absorbed MLA attention ----------------------------------------------------- */
+
+#define MLA_G 16        /* heads of one token per block */
+#define MLA_BK 32       /* keys per tile */
+#define MLA_THREADS 256 /* 8 warps; the code below assumes exactly this */
+#define MLA_MAXSPLIT 64
+
+__device__ __forceinline__ void mla_cp16(float *dst, const float *src)
 {
-    if (R > ATT_MAXD || P > 256)
-        return -1;
-    if (T * H == 0)
-        return 0;
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void mla_cp4(float *dst, const float *src)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void mla_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void mla_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Absorbed MLA attention, flash-decoding style.
+ *
+ * Work split: one block per (token t, group of MLA_G = 16 heads of t, split of the keys).
+ * A split is `tps` consecutive tiles of MLA_BK = 32 keys of t's visible range. Every
+ * latent row c_s (+ its rope key kpe_s) is brought into shared memory once per block and
+ * scored against all 16 heads, so the cache is read H/16 times instead of H times. Tiles
+ * are double-buffered with cp.async (single-buffered when two do not fit in shared
+ * memory), so the next tile loads while this one is computed.
+ *
+ * Shared memory (floats; CS = row stride, (Rp+Pp)/4 rounded to odd quads so rows at the
+ * same column hit different banks):
+ *   sQ  [16][CS]          queries: q_lat (Rp) then q_pe (Pp), zero padded
+ *   sC  [nbuf][32][CS]    key tiles: c_s (Rp) then kpe_s (Pp); rows past the range zero
+ *   red [8][16][32]       per-warp partial scores
+ *   pT  [32][16]          softmax weights of the tile, key-major
+ *   sCorr, sL, sM [16]   rescale factors; final sums and maxima
+ * Per tile:
+ *  1. scores: warp w takes the feature quads w, w+8, ...; lane = (kl = lane&15, gl =
+ *     lane>>4) computes keys kl, kl+16 against heads gl, gl+2, ..., gl+14 (2x8 register
+ *     tile; the c loads hit 16 rows, the q loads are broadcasts). The 8 warp partials are
+ *     summed in fixed order in step 2.
+ *  2. online softmax (fp32): warp w owns heads 2w, 2w+1 (lane = key): running max m and
+ *     sum l live in that warp's registers; p = e^(s - m) goes to pT, the rescale factor to
+ *     corr.
+ *  3. output: thread (hh = tid>>7, rq = tid&127) owns heads 8hh..8hh+7 and latent quads
+ *     rq + 128j (j < RJ): o = o * corr + sum_k p_k c_k, from shared memory only.
+ * With one split the block writes o / l; otherwise (o, m, l) go to part_o / part_ml and
+ * mla_combine_kernel merges the splits. */
+template <int RJ, bool VEC>
+__global__ void __launch_bounds__(MLA_THREADS, 1)
+    mla_attn_kernel(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
+                    const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
+                    size_t S, size_t H, int R, int P, size_t pos0, float scale, int ngroups,
+                    int tps, int nsplit, int nbuf, int CS, float *part_o, float *part_ml)
+{
+    extern __shared__ float4 mla_smem4[];
+    const int G = MLA_G, BK = MLA_BK;
+    const int Rp = (R + 3) & ~3, Pp = (P + 3) & ~3, Rq = Rp / 4, D4 = (Rp + Pp) / 4;
+    float *sQ = (float *)mla_smem4;
+    float *sC = sQ + G * CS;
+    float *red = sC + (size_t)nbuf * BK * CS;
+    float *pT = red + 8 * G * BK;
+    float *sCorr = pT + BK * G;
+    float *sL = sCorr + G;
+    float *sM = sL + G;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const size_t t = blockIdx.x / (unsigned)ngroups;
+    const size_t h0 = (size_t)(blockIdx.x % (unsigned)ngroups) * G;
+    const int split = blockIdx.y;
+    const size_t n = att_visible(t, S, pos0);
+    const size_t ntile_t = (n + BK - 1) / BK;
+    const size_t tb = (size_t)split * tps;
+    const size_t te = tb + tps < ntile_t ? tb + tps : ntile_t;
+    const int ntiles = te > tb ? (int)(te - tb) : 0; /* same for the whole block */
+
+    /* queries (plain loads; visible after the first barrier of the loop) */
+    for (int i = tid; i < G * D4 * 4; i += MLA_THREADS) {
+        int g = i / (D4 * 4), col = i - g * (D4 * 4);
+        size_t h = h0 + g;
+        float v = 0.0f;
+        if (h < H) {
+            if (col < Rp) {
+                if (col < R)
+                    v = q_lat[(t * H + h) * R + col];
+            } else if (col - Rp < P) {
+                v = q_pe[t * ldqp + h * ldhp + (col - Rp)];
+            }
+        }
+        sQ[g * CS + col] = v;
+    }
+    /* scalar path: pad columns of the tiles are never written by the copies; zero them */
+    if (!VEC)
+        for (int i = tid; i < nbuf * BK * D4 * 4; i += MLA_THREADS) {
+            int row = i / (D4 * 4), col = i - row * (D4 * 4);
+            if ((col >= R && col < Rp) || col >= Rp + P)
+                sC[row * CS + col] = 0.0f;
+        }
+
+    /* tile it (0-based within the split) -> buffer it % nbuf, as one cp.async group */
+    auto issue = [&](int it) {
+        float *dst = sC + (size_t)(it % nbuf) * BK * CS;
+        size_t s0 = (tb + it) * BK;
+        int cn = n - s0 < (size_t)BK ? (int)(n - s0) : BK;
+        if (VEC) {
+            for (int i = tid; i < BK * D4; i += MLA_THREADS) {
+                int k = i / D4, qd = i - k * D4;
+                float *d = dst + k * CS + 4 * qd;
+                if (k < cn)
+                    mla_cp16(d, qd < Rq ? c + (s0 + k) * ldc + 4 * qd
+                                        : kpe + (s0 + k) * ldk + 4 * (qd - Rq));
+                else
+                    *(float4 *)d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        } else {
+            int RP = R + P;
+            for (int i = tid; i < BK * RP; i += MLA_THREADS) {
+                int k = i / RP, col = i - k * RP;
+                float *d = dst + k * CS + (col < R ? col : Rp + (col - R));
+                if (k < cn)
+                    mla_cp4(d, col < R ? c + (s0 + k) * ldc + col : kpe + (s0 + k) * ldk + (col - R));
+                else
+                    *d = 0.0f;
+            }
+        }
+        mla_commit();
+    };
+
+    const int kl = lane & 15, gl = lane >> 4; /* score phase */
+    const int hh = tid >> 7, rq = tid & 127;  /* output phase */
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float4 acc[RJ][8];
+#pragma unroll
+    for (int j = 0; j < RJ; j++)
+#pragma unroll
+        for (int g = 0; g < 8; g++)
+            acc[j][g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+    if (ntiles > 0)
+        issue(0);
+    for (int it = 0; it < ntiles; it++) {
+        if (nbuf == 2 && it + 1 < ntiles) {
+            issue(it + 1);
+            mla_wait<1>();
+        } else {
+            mla_wait<0>();
+        }
+        __syncthreads();
+        const float *C = sC + (size_t)(it % nbuf) * BK * CS;
+
+        /* 1. partial scores over this warp's feature quads */
+        float s0a[8], s1a[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            s0a[j] = s1a[j] = 0.0f;
+        const float *c0p = C + kl * CS, *c1p = C + (kl + 16) * CS, *qp = sQ + gl * CS;
+#pragma unroll 2
+        for (int qd = warp; qd < D4; qd += 8) {
+            float4 a = *(const float4 *)(c0p + 4 * qd), b = *(const float4 *)(c1p + 4 * qd);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float4 x = *(const float4 *)(qp + 2 * j * CS + 4 * qd);
+                s0a[j] = fmaf(a.x, x.x, s0a[j]);
+                s0a[j] = fmaf(a.y, x.y, s0a[j]);
+                s0a[j] = fmaf(a.z, x.z, s0a[j]);
+                s0a[j] = fmaf(a.w, x.w, s0a[j]);
+                s1a[j] = fmaf(b.x, x.x, s1a[j]);
+                s1a[j] = fmaf(b.y, x.y, s1a[j]);
+                s1a[j] = fmaf(b.z, x.z, s1a[j]);
+                s1a[j] = fmaf(b.w, x.w, s1a[j]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float *rp = red + (warp * G + gl + 2 * j) * BK;
+            rp[kl] = s0a[j];
+            rp[kl + 16] = s1a[j];
+        }
+        __syncthreads();
+
+        /* 2. online softmax: warp owns heads 2*warp, 2*warp+1; lane = key */
+        {
+            size_t ks = (tb + it) * BK;
+            int cn = n - ks < (size_t)BK ? (int)(n - ks) : BK;
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int g = 2 * warp + u;
+                float x = 0.0f;
+#pragma unroll
+                for (int w = 0; w < 8; w++)
+                    x += red[(w * G + g) * BK + lane];
+                x = lane < cn ? x * scale : -INFINITY;
+                float mo = u ? m1 : m0, lo = u ? l1 : l0;
+                float mn = fmaxf(mo, kc_warp_max(x));
+                float corr = mo == -INFINITY ? 0.0f : expf(mo - mn);
+                float p = x == -INFINITY ? 0.0f : expf(x - mn);
+                float ln = lo * corr + kc_warp_sum(p);
+                if (u) {
+                    m1 = mn;
+                    l1 = ln;
+                } else {
+                    m0 = mn;
+                    l0 = ln;
+                }
+                pT[lane * G + g] = p;
+                if (lane == 0)
+                    sCorr[g] = corr;
+            }
+        }
+        __syncthreads();
+
+        /* 3. o = o * corr + sum_k p_k c_k for heads 8hh.., quads rq + 128j */
+        {
+            float4 ca = *(const float4 *)(sCorr + 8 * hh), cb = *(const float4 *)(sCorr + 8 * hh + 4);
+            float cr[8] = {ca.x, ca.y, ca.z, ca.w, cb.x, cb.y, cb.z, cb.w};
+#pragma unroll
+            for (int j = 0; j < RJ; j++)
+#pragma unroll
+                for (int g = 0; g < 8; g++) {
+                    acc[j][g].x *= cr[g];
+                    acc[j][g].y *= cr[g];
+                    acc[j][g].z *= cr[g];
+                    acc[j][g].w *= cr[g];
+                }
+#pragma unroll 4
+            for (int k = 0; k < BK; k++) {
+                float4 pa = *(const float4 *)(pT + k * G + 8 * hh);
+                float4 pb = *(const float4 *)(pT + k * G + 8 * hh + 4);
+                float p[8] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+                for (int j = 0; j < RJ; j++) {
+                    int qd = rq + 128 * j;
+                    if (qd < Rq) {
+                        float4 cv = *(const float4 *)(C + k * CS + 4 * qd);
+#pragma unroll
+                        for (int g = 0; g < 8; g++) {
+                            acc[j][g].x = fmaf(p[g], cv.x, acc[j][g].x);
+                            acc[j][g].y = fmaf(p[g], cv.y, acc[j][g].y);
+                            acc[j][g].z = fmaf(p[g], cv.z, acc[j][g].z);
+                            acc[j][g].w = fmaf(p[g], cv.w, acc[j][g].w);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* buffer, red and pT are reused next */
+        if (nbuf == 1 && it + 1 < ntiles)
+            issue(it + 1);
+    }
+
+    if (lane == 0) {
+        sL[2 * warp] = l0;
+        sL[2 * warp + 1] = l1;
+        sM[2 * warp] = m0;
+        sM[2 * warp + 1] = m1;
+    }
+    __syncthreads();
+    const bool ovec = (R & 3) == 0 && ((uintptr_t)o_lat & 15) == 0;
+#pragma unroll
+    for (int g = 0; g < 8; g++) {
+        int gg = 8 * hh + g;
+        size_t h = h0 + gg;
+        if (h >= H)
+            continue;
+        size_t th = t * H + h;
+        if (nsplit == 1) {
+            float l = sL[gg];
+#pragma unroll
+            for (int j = 0; j < RJ; j++) {
+                int qd = rq + 128 * j;
+                if (qd >= Rq)
+                    continue;
+                float4 a = acc[j][g];
+                float4 v = l > 0.0f ? make_float4(a.x / l, a.y / l, a.z / l, a.w / l)
+                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                float *op = o_lat + th * R + 4 * qd;
+                if (ovec) {
+                    *(float4 *)op = v;
+                } else {
+                    float vv[4] = {v.x, v.y, v.z, v.w};
+                    for (int i = 0; i < 4; i++)
+                        if (4 * qd + i < R)
+                            op[i] = vv[i];
+                }
+            }
+        } else {
+            size_t pi = th * nsplit + split;
+#pragma unroll
+            for (int j = 0; j < RJ; j++) {
+                int qd = rq + 128 * j;
+                if (qd < Rq)
+                    *(float4 *)(part_o + pi * Rp + 4 * qd) = acc[j][g];
+            }
+            if (rq == 0) {
+                part_ml[2 * pi] = sM[gg];
+                part_ml[2 * pi + 1] = sL[gg];
+            }
+        }
+    }
+}
+
+/* One block per (t, h): o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, the split
+ * weights computed once into shared memory; splits that saw no key (m = -inf) weigh 0. */
+__global__ void mla_combine_kernel(const float *part_o, const float *part_ml, int nsplit, int R,
+                                   float *o_lat)
+{
+    __shared__ float wsh[MLA_MAXSPLIT];
+    __shared__ float lsh;
+    size_t th = blockIdx.x;
+    int Rp = (R + 3) & ~3;
+    const float *ml = part_ml + th * nsplit * 2;
+    if (threadIdx.x == 0) {
+        float M = -INFINITY;
+        for (int s = 0; s < nsplit; s++)
+            M = fmaxf(M, ml[2 * s]);
+        float L = 0.0f;
+        for (int s = 0; s < nsplit; s++) {
+            float w = ml[2 * s] == -INFINITY ? 0.0f : expf(ml[2 * s] - M);
+            wsh[s] = w;
+            L += w * ml[2 * s + 1];
+        }
+        lsh = L;
+    }
+    __syncthreads();
+    float L = lsh;
+    const float *po = part_o + th * nsplit * Rp;
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < nsplit; s++)
+            a += wsh[s] * po[(size_t)s * Rp + r];
+        o_lat[th * R + r] = L > 0.0f ? a / L : 0.0f;
+    }
+}
+
+static float *g_mla_part;
+static size_t g_mla_part_cap;
+
+/* Device buffer of at least `need` bytes for the split partials, or NULL. */
+static float *mla_part_buf(size_t need, cudaStream_t st)
+{
+    if (need > g_mla_part_cap) {
+        cudaStreamSynchronize(st);
+        cudaFree(g_mla_part);
+        g_mla_part = NULL;
+        g_mla_part_cap = 0;
+        if (cudaMalloc((void **)&g_mla_part, need) != cudaSuccess) {
+            cudaGetLastError(); /* clear the (non-sticky) allocation error */
+            return NULL;
+        }
+        g_mla_part_cap = need;
+    }
+    return g_mla_part;
+}
+
+static int mla_dev_attr(cudaDeviceAttr a, int dflt)
+{
+    int d = 0, v = 0;
+    if (cudaGetDevice(&d) != cudaSuccess || cudaDeviceGetAttribute(&v, a, d) != cudaSuccess ||
+        v <= 0) {
+        cudaGetLastError();
+        return dflt;
+    }
+    return v;
+}
+
+typedef void (*mla_kfn)(const float *, const float *, size_t, size_t, const float *, size_t,
+                        const float *, size_t, float *, size_t, size_t, int, int, size_t, float,
+                        int, int, int, int, int, float *, float *);
+
+/* Blocks of `fn` resident per SM at `smem` bytes (after raising its shared-memory limit). */
+static int mla_prepare(mla_kfn fn, int idx, size_t smem)
+{
+    static int raised[4], occ[4], dev = -1;
+    static size_t occ_smem[4];
+    int d = 0;
+    cudaGetDevice(&d);
+    if (d != dev) { /* attributes and occupancy are per device */
+        for (int i = 0; i < 4; i++)
+            raised[i] = 0, occ_smem[i] = 0;
+        dev = d;
+    }
+    if (!raised[idx]) {
+        int maxsm = mla_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
+        if (cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 maxsm) != cudaSuccess) {
+            cudaGetLastError();
+            return 0;
+        }
+        raised[idx] = 1;
+    }
+    if (occ_smem[idx] != smem) {
+        int b = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, (const void *)fn, MLA_THREADS,
+                                                          smem) != cudaSuccess) {
+            cudaGetLastError();
+            b = 1;
+        }
+        occ[idx] = b;
+        occ_smem[idx] = smem;
+    }
+    return occ[idx];
+}
+
+/* The general kernel for shapes whose tiles do not fit in shared memory (one block per
+ * (token, head, split); re-reads the cache per head). */
+static int mla_attn_fallback(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
+                             const float *c, size_t ldc, const float *kpe, size_t ldk,
+                             float *o_lat, size_t T, size_t S, size_t H, size_t R, size_t P,
+                             size_t pos0, float scale, cudaStream_t st)
+{
     float *part = NULL;
     int ns = att_splits(T * H, S, R, &part, st);
     dim3 grid((unsigned)(T * H), (unsigned)ns);
@@ -221,9 +636,85 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     return 0;
 }
 
+int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
+                size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
+                size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st)
+{
+    if (R > ATT_MAXD || P > 256)
+        return -1;
+    if (T * H == 0)
+        return 0;
+    const int G = MLA_G, BK = MLA_BK;
+    int Rp = (int)((R + 3) & ~(size_t)3), Pp = (int)((P + 3) & ~(size_t)3);
+    int D4 = (Rp + Pp) / 4, CS = 4 * (D4 | 1); /* odd number of quads per row */
+    size_t base = (size_t)(G * CS + 8 * G * BK + BK * G + 3 * G) * sizeof(float);
+    size_t tile = (size_t)BK * CS * sizeof(float);
+    size_t maxsm = (size_t)mla_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
+    int nbuf = base + 2 * tile <= maxsm ? 2 : base + tile <= maxsm ? 1 : 0;
+    if (!nbuf)
+        return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,
+                                 pos0, scale, st);
+    size_t smem = base + nbuf * tile;
+    bool vec = R % 4 == 0 && P % 4 == 0 && ldc % 4 == 0 && ldk % 4 == 0 &&
+               ((uintptr_t)c & 15) == 0 && ((uintptr_t)kpe & 15) == 0;
+    int rj = Rp / 4 <= 128 ? 1 : 2;
+    mla_kfn fn = rj == 1 ? (vec ? mla_attn_kernel<1, true> : mla_attn_kernel<1, false>)
+                         : (vec ? mla_attn_kernel<2, true> : mla_attn_kernel<2, false>);
+    int bps = mla_prepare(fn, (rj - 1) * 2 + (vec ? 1 : 0), smem);
+    if (bps <= 0)
+        return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,
+                                 pos0, scale, st);
+
+    /* Splits: the widest range (last token) has ntile tiles; a split takes tps of them.
+     * Cost ~ waves * (tps + 1) (the +1: query load, pipeline fill, combine); ties go to
+     * fewer splits. */
+    size_t groups = (H + G - 1) / G;
+    size_t ntile = (att_visible(T - 1, S, pos0) + BK - 1) / BK;
+    size_t slots = (size_t)mla_dev_attr(cudaDevAttrMultiProcessorCount, 132) * bps;
+    size_t tps = ntile ? ntile : 1, ns = 1;
+    double best = -1;
+    for (size_t cand = 1; cand <= MLA_MAXSPLIT && cand <= (ntile ? ntile : 1); cand++) {
+        size_t tp = ntile ? (ntile + cand - 1) / cand : 1;
+        size_t nsp = ntile ? (ntile + tp - 1) / tp : 1;
+        size_t waves = (T * groups * nsp + slots - 1) / slots;
+        double cost = (double)waves * (double)(tp + 1);
+        if (best < 0 || cost < best) {
+            best = cost;
+            tps = tp;
+            ns = nsp;
+        }
+    }
+    float *part_o = NULL, *part_ml = NULL;
+    if (ns > 1) {
+        size_t no = T * H * ns * (size_t)Rp, nml = T * H * ns * 2;
+        float *p = mla_part_buf((no + nml) * sizeof(float), st);
+        if (!p) {
+            ns = 1;
+            tps = ntile ? ntile : 1;
+        } else {
+            part_o = p;
+            part_ml = p + no;
+        }
+    }
+    dim3 grid((unsigned)(T * groups), (unsigned)ns);
+    fn<<<grid, MLA_THREADS, smem, st>>>(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, S, H,
+                                        (int)R, (int)P, pos0, scale, (int)groups, (int)tps,
+                                        (int)ns, nbuf, CS, part_o, part_ml);
+    KC_LAUNCH_CHECK();
+    if (ns > 1) {
+        mla_combine_kernel<<<(unsigned)(T * H), 128, 0, st>>>(part_o, part_ml, (int)ns, (int)R,
+                                                              o_lat);
+        KC_LAUNCH_CHECK();
+    }
+    return 0;
+}
+
+/* ---- weight absorption ----------------------------------------------------------- */
+
 #define ABS_TOK 8
 
-/* q_lat[t,h,r] = sum_d q[t,h,d] W(h*(dn+dv)+d, r): thread per r, ABS_TOK tokens a block. */
+/* Simple paths (any alignment / width): q_lat[t,h,r] = sum_d q[t,h,d] W(h*(dn+dv)+d, r),
+ * thread per r, ABS_TOK tokens a block. */
 __global__ void absorb_q_kernel(const float *q, size_t ldq, size_t ldh, size_t T, size_t H,
                                 size_t dn, size_t dv, int type, const void *wd, const float *ws,
                                 size_t R, size_t sld, float *q_lat)
@@ -274,11 +765,284 @@ __global__ void absorb_v_kernel(const float *o_lat, size_t T, size_t H, size_t d
     }
 }
 
+/* 16 consecutive weight columns from NV 16-byte words (TYPE 0 f32: NV=4, 1 bf16: NV=2,
+ * 2 fp8: NV=1), dequantized exactly as kc_wget: fp8 value (via half, exact) * block scale. */
+template <int TYPE>
+__device__ __forceinline__ void abs_decode16(const uint4 *raw, float sc, float *w)
+{
+    if (TYPE == 2) {
+        const uint32_t u[4] = {raw[0].x, raw[0].y, raw[0].z, raw[0].w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 lo = kc_fp8x2((uint16_t)(u[i] & 0xffffu));
+            float2 hi = kc_fp8x2((uint16_t)(u[i] >> 16));
+            w[4 * i + 0] = lo.x * sc;
+            w[4 * i + 1] = lo.y * sc;
+            w[4 * i + 2] = hi.x * sc;
+            w[4 * i + 3] = hi.y * sc;
+        }
+    } else if (TYPE == 1) {
+#pragma unroll
+        for (int v = 0; v < 2; v++) {
+            const uint32_t u[4] = {raw[v].x, raw[v].y, raw[v].z, raw[v].w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                w[8 * v + 2 * i] = __uint_as_float(u[i] << 16);
+                w[8 * v + 2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int v = 0; v < 4; v++) {
+            w[4 * v + 0] = __uint_as_float(raw[v].x);
+            w[4 * v + 1] = __uint_as_float(raw[v].y);
+            w[4 * v + 2] = __uint_as_float(raw[v].z);
+            w[4 * v + 3] = __uint_as_float(raw[v].w);
+        }
+    }
+}
+
+#define ABS_THREADS 256
+
+/* q_lat[t,h,r] = sum_d q[t,h,d] W_UK_h[d, r] (R % 16 == 0, weight 16-byte aligned).
+ *
+ * Work split: block = (column chunk of nsegb segments of 16 columns, head h, tile of TT
+ * tokens); thread = (segment sl = tid % nsegb, row phase ds = tid / nsegb): it reads rows
+ * d = ds, ds + DS, ... of its 16 columns as 16-byte loads (NB rows in flight), dequantizes
+ * each weight once and applies it to the TT tokens (q from shared memory, broadcast).
+ * The DS row phases are then summed per output in fixed ds order through shared memory
+ * (deterministic, no atomics). Small T uses narrow chunks (many blocks, one round of
+ * loads: memory-bound); larger T uses wide chunks (fewer partial sums per FMA).
+ * Shared memory: Qs [TT][dn], red [DS][nsegb*17] (17: conflict-free). */
+template <int TYPE, int TT>
+__global__ void __launch_bounds__(ABS_THREADS)
+    absorb_q_fast(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, int dn, int dv,
+                  const void *wd, const float *ws, int R, size_t sld, int nsegb, int DS,
+                  float *q_lat)
+{
+    constexpr int NV = TYPE == 2 ? 1 : TYPE == 1 ? 2 : 4;
+    constexpr int NB = 4;
+    extern __shared__ float4 abs_smem4[];
+    float *Qs = (float *)abs_smem4;
+    float *red = Qs + TT * dn;
+    const int nthr = nsegb * DS, tid = threadIdx.x;
+    const size_t h = blockIdx.y, t0 = (size_t)blockIdx.z * TT;
+    const int sl = tid % nsegb, ds = tid / nsegb;
+    const int seg = blockIdx.x * nsegb + sl;
+    const bool segok = seg < R / 16;
+    const int col0 = seg * 16;
+    for (int i = tid; i < TT * dn; i += nthr) {
+        int tt = i / dn, d = i - tt * dn;
+        Qs[i] = t0 + tt < T ? q[(t0 + tt) * ldq + h * ldh + d] : 0.0f;
+    }
+    __syncthreads();
+
+    float acc[TT][16];
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++)
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+            acc[tt][j] = 0.0f;
+    const size_t row0 = h * (size_t)(dn + dv);
+    const size_t rs4 = (size_t)R * NV / 16; /* 16-byte words per weight row */
+    const uint4 *W = (const uint4 *)wd;
+    for (int d0 = ds; d0 < dn; d0 += NB * DS) {
+        uint4 raw[NB][NV];
+        float sc[NB];
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            int d = d0 + b * DS;
+            bool ok = segok && d < dn;
+            size_t row = row0 + d;
+#pragma unroll
+            for (int v = 0; v < NV; v++)
+                raw[b][v] = ok ? __ldg(W + row * rs4 + (size_t)seg * NV + v) : make_uint4(0, 0, 0, 0);
+            sc[b] = TYPE == 2 && ok ? __ldg(ws + (row >> 7) * sld + (col0 >> 7)) : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            int d = d0 + b * DS;
+            if (segok && d < dn) {
+                float w[16];
+                abs_decode16<TYPE>(raw[b], sc[b], w);
+#pragma unroll
+                for (int tt = 0; tt < TT; tt++) {
+                    float qv = Qs[tt * dn + d];
+#pragma unroll
+                    for (int j = 0; j < 16; j++)
+                        acc[tt][j] = fmaf(qv, w[j], acc[tt][j]);
+                }
+            }
+        }
+    }
+
+    const int RS = nsegb * 17;
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) {
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+            red[ds * RS + sl * 17 + j] = acc[tt][j];
+        __syncthreads();
+        if (t0 + tt < T)
+            for (int cc = tid; cc < nsegb * 16; cc += nthr) {
+                int col = blockIdx.x * nsegb * 16 + cc;
+                if (col >= R)
+                    continue;
+                int s = cc >> 4, j = cc & 15;
+                float a = 0.0f;
+                for (int x = 0; x < DS; x++)
+                    a += red[x * RS + s * 17 + j];
+                q_lat[((t0 + tt) * H + h) * R + col] = a;
+            }
+        __syncthreads();
+    }
+}
+
+/* o[t, h*dv + e] = sum_r o_lat[t,h,r] W_UV_h[e, r] (R % 16 == 0, weight 16-byte aligned).
+ *
+ * Work split: block = (64 rows e of head h, tile of TT tokens); 4 threads per row, thread
+ * sg reads segments sg, sg+4, ... (16 columns, 16-byte loads, NB in flight) of its row,
+ * dequantizes them once and dots them with the TT tokens' o_lat (shared memory); the 4
+ * partials are summed with two fixed xor shuffles (deterministic). Os rows are padded by
+ * 4 floats every 32 so the 4 segments a warp reads at once sit in different banks.
+ * Shared memory: Os [TT][R + R/32*4]. */
+template <int TYPE, int TT>
+__global__ void __launch_bounds__(ABS_THREADS)
+    absorb_v_fast(const float *o_lat, size_t T, size_t H, int dn, int dv, const void *wd,
+                  const float *ws, int R, size_t sld, float *o, size_t ldo)
+{
+    constexpr int NV = TYPE == 2 ? 1 : TYPE == 1 ? 2 : 4;
+    constexpr int NB = 8 / NV;
+    extern __shared__ float4 abs_smem4[];
+    float *Os = (float *)abs_smem4;
+    const int RSP = R + ((R + 31) >> 5) * 4;
+    const int tid = threadIdx.x, el = tid >> 2, sg = tid & 3;
+    const size_t h = blockIdx.y, t0 = (size_t)blockIdx.z * TT;
+    const int e = blockIdx.x * 64 + el;
+    const bool eok = e < dv;
+    for (int i = tid; i < TT * R; i += ABS_THREADS) {
+        int tt = i / R, r = i - tt * R;
+        Os[tt * RSP + r + (r >> 5) * 4] = t0 + tt < T ? o_lat[((t0 + tt) * H + h) * R + r] : 0.0f;
+    }
+    __syncthreads();
+
+    float acc[TT];
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++)
+        acc[tt] = 0.0f;
+    const int nseg = R / 16;
+    const size_t row = h * (size_t)(dn + dv) + dn + (eok ? e : 0);
+    const uint4 *W = (const uint4 *)wd + row * ((size_t)R * NV / 16);
+    const float *wsr = TYPE == 2 ? ws + (row >> 7) * sld : ws;
+    for (int s0 = sg; s0 < nseg; s0 += 4 * NB) {
+        uint4 raw[NB][NV];
+        float sc[NB];
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            int seg = s0 + 4 * b;
+            bool ok = eok && seg < nseg;
+#pragma unroll
+            for (int v = 0; v < NV; v++)
+                raw[b][v] = ok ? __ldg(W + (size_t)seg * NV + v) : make_uint4(0, 0, 0, 0);
+            sc[b] = TYPE == 2 && ok ? __ldg(wsr + (seg >> 3)) : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            int seg = s0 + 4 * b;
+            if (eok && seg < nseg) {
+                float w[16];
+                abs_decode16<TYPE>(raw[b], sc[b], w);
+                int base = seg * 16 + (seg >> 1) * 4;
+#pragma unroll
+                for (int tt = 0; tt < TT; tt++) {
+                    const float4 *op = (const float4 *)(Os + tt * RSP + base);
+                    float a = acc[tt];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float4 x = op[i];
+                        a = fmaf(x.x, w[4 * i + 0], a);
+                        a = fmaf(x.y, w[4 * i + 1], a);
+                        a = fmaf(x.z, w[4 * i + 2], a);
+                        a = fmaf(x.w, w[4 * i + 3], a);
+                    }
+                    acc[tt] = a;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int tt = 0; tt < TT; tt++) {
+        float v = acc[tt];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (sg == 0 && eok && t0 + tt < T)
+            o[(t0 + tt) * ldo + h * dv + e] = v;
+    }
+}
+
+/* The fast absorb paths need 16-column segments, 16-byte aligned rows and data, and
+ * shared memory within the default 48 KB. */
+static bool abs_fast_ok(const k_weight *w)
+{
+    size_t es = w->type == K_W_FP8 ? 1 : w->type == K_W_BF16 ? 2 : 4;
+    return w->cols % 16 == 0 && w->cols * es % 16 == 0 && ((uintptr_t)w->data & 15) == 0 &&
+           w->cols <= 4096 && (w->type != K_W_FP8 || w->scale);
+}
+
+/* Token tile: 1, 2, 4 or 8 (registers stay bounded; more tokens run more tiles). */
+static int abs_tt(size_t T)
+{
+    return T <= 1 ? 1 : T <= 2 ? 2 : T <= 4 ? 4 : 8;
+}
+
+template <int TYPE, int TT>
+static int absorb_q_launch(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, size_t dn,
+                           size_t dv, const k_weight *w, float *q_lat, cudaStream_t st)
+{
+    int R = (int)w->cols;
+    int nseg = R / 16;
+    int nsegb = T <= 4 ? 8 : 32; /* narrow chunks when memory-bound, wide when not */
+    nsegb = nsegb < nseg ? nsegb : nseg;
+    int DS = ABS_THREADS / nsegb;
+    size_t smem = ((size_t)TT * dn + (size_t)DS * nsegb * 17) * sizeof(float);
+    dim3 grid((unsigned)((nseg + nsegb - 1) / nsegb), (unsigned)H, (unsigned)((T + TT - 1) / TT));
+    absorb_q_fast<TYPE, TT><<<grid, nsegb * DS, smem, st>>>(q, ldq, ldh, T, H, (int)dn, (int)dv,
+                                                            w->data, w->scale, R, w->scale_ld,
+                                                            nsegb, DS, q_lat);
+    KC_LAUNCH_CHECK();
+    return 0;
+}
+
+template <int TYPE>
+static int absorb_q_type(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, size_t dn,
+                         size_t dv, const k_weight *w, float *q_lat, cudaStream_t st)
+{
+    switch (abs_tt(T)) {
+    case 1:
+        return absorb_q_launch<TYPE, 1>(q, ldq, ldh, T, H, dn, dv, w, q_lat, st);
+    case 2:
+        return absorb_q_launch<TYPE, 2>(q, ldq, ldh, T, H, dn, dv, w, q_lat, st);
+    case 4:
+        return absorb_q_launch<TYPE, 4>(q, ldq, ldh, T, H, dn, dv, w, q_lat, st);
+    default:
+        return absorb_q_launch<TYPE, 8>(q, ldq, ldh, T, H, dn, dv, w, q_lat, st);
+    }
+}
+
 int kc_mla_absorb_q(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, size_t dn,
                     size_t dv, const k_weight *w, float *q_lat, cudaStream_t st)
 {
     if (T * H == 0)
         return 0;
+    /* fast path shared memory: Qs (8 * dn) + red (256 * 17) floats must fit in 48 KB */
+    if (abs_fast_ok(w) && dn >= 1 && (8 * dn + 256 * 17) * sizeof(float) <= 48 * 1024 &&
+        T <= 65535ull * 8 && H <= 65535) {
+        if (w->type == K_W_FP8)
+            return absorb_q_type<2>(q, ldq, ldh, T, H, dn, dv, w, q_lat, st);
+        if (w->type == K_W_BF16)
+            return absorb_q_type<1>(q, ldq, ldh, T, H, dn, dv, w, q_lat, st);
+        return absorb_q_type<0>(q, ldq, ldh, T, H, dn, dv, w, q_lat, st);
+    }
     dim3 grid(kc_blocks(w->cols, 128), (unsigned)H, kc_blocks(T, ABS_TOK));
     absorb_q_kernel<<<grid, 128, 0, st>>>(q, ldq, ldh, T, H, dn, dv, (int)w->type, w->data,
                                           w->scale, w->cols, w->scale_ld, q_lat);
@@ -286,11 +1050,50 @@ int kc_mla_absorb_q(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, 
     return 0;
 }
 
+template <int TYPE, int TT>
+static int absorb_v_launch(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
+                           const k_weight *w, float *o, size_t ldo, cudaStream_t st)
+{
+    int R = (int)w->cols;
+    size_t smem = (size_t)TT * (R + (R + 31) / 32 * 4) * sizeof(float);
+    dim3 grid(kc_blocks(dv, 64), (unsigned)H, (unsigned)((T + TT - 1) / TT));
+    absorb_v_fast<TYPE, TT><<<grid, ABS_THREADS, smem, st>>>(o_lat, T, H, (int)dn, (int)dv,
+                                                             w->data, w->scale, R, w->scale_ld,
+                                                             o, ldo);
+    KC_LAUNCH_CHECK();
+    return 0;
+}
+
+template <int TYPE>
+static int absorb_v_type(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
+                         const k_weight *w, float *o, size_t ldo, cudaStream_t st)
+{
+    switch (abs_tt(T)) {
+    case 1:
+        return absorb_v_launch<TYPE, 1>(o_lat, T, H, dn, dv, w, o, ldo, st);
+    case 2:
+        return absorb_v_launch<TYPE, 2>(o_lat, T, H, dn, dv, w, o, ldo, st);
+    case 4:
+        return absorb_v_launch<TYPE, 4>(o_lat, T, H, dn, dv, w, o, ldo, st);
+    default:
+        return absorb_v_launch<TYPE, 8>(o_lat, T, H, dn, dv, w, o, ldo, st);
+    }
+}
+
 int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
                     const k_weight *w, float *o, size_t ldo, cudaStream_t st)
 {
-    if (T * H == 0)
+    if (T * H == 0 || dv == 0)
         return 0;
+    size_t R = w->cols;
+    if (abs_fast_ok(w) && 8 * (R + (R + 31) / 32 * 4) * sizeof(float) <= 48 * 1024 &&
+        T <= 65535ull * 8 && H <= 65535) {
+        if (w->type == K_W_FP8)
+            return absorb_v_type<2>(o_lat, T, H, dn, dv, w, o, ldo, st);
+        if (w->type == K_W_BF16)
+            return absorb_v_type<1>(o_lat, T, H, dn, dv, w, o, ldo, st);
+        return absorb_v_type<0>(o_lat, T, H, dn, dv, w, o, ldo, st);
+    }
     dim3 grid(kc_blocks(H * dv, 8), kc_blocks(T, ABS_TOK));
     absorb_v_kernel<<<grid, 256, 0, st>>>(o_lat, T, H, dn, dv, (int)w->type, w->data, w->scale,
                                           w->cols, w->scale_ld, o, ldo);
