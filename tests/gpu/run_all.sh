@@ -31,7 +31,8 @@ for s in "$@"; do
       summary "$(tail -8 "$O/bench-load.txt")" ;;
     decode)
       timeout "${DECODE_STAGE_S:-180}" scripts/bench_decode.sh /dev/shm/dsr1-bench 2>&1 | tee "$O/bench-decode.txt"
-      summary "$(grep -A40 '^layer' "$O/bench-decode.txt" | head -60)" ;;
+      summary "$(grep -A14 '^layer' "$O/bench-decode.txt" | head -15)"
+      summary "$(grep -E '^tp8e[0-9] +[0-9]+ |^projection|^  ' "$O/bench-decode.txt" | grep -v '^  [a-z_+]* *[0-9.]* us' | tail -14)" ;;
   esac
 done
 echo "==== summary"; cat "$O/summary.txt"

@@ -240,6 +240,26 @@ static void test_act_quant_and_fp8(kc_ctx *ctx)
     printf("%s act_quant 33x7232: %zu of %zu codes differ, scale rel err %.3g\n",
            bad == 0 && se == 0 ? "PASS" : "FAIL", bad, M * K, se);
     (bad == 0 && se == 0) ? g_pass++ : g_fail++;
+    { /* the scalar path: odd width and row stride */
+        size_t Mo = 5, Ko = 1001, ldo = 1003, nbo = (Ko + 127) / 128;
+        auto xo = randv(Mo * ldo, 3.0f);
+        std::vector<uint8_t> ao(Mo * Ko);
+        std::vector<float> aso(Mo * nbo);
+        k_act_quant(xo.data(), ldo, Mo, Ko, ao.data(), aso.data());
+        float *dxo = up(xo);
+        uint8_t *dao = poisoned<uint8_t>(Mo * Ko);
+        float *daso = poisoned<float>(Mo * nbo);
+        CK(kc_act_quant(dxo, ldo, Mo, Ko, dao, daso, 0));
+        auto gao = down(dao, Mo * Ko);
+        auto gso = down(daso, Mo * nbo);
+        size_t bo = 0;
+        for (size_t i = 0; i < Mo * Ko; i++)
+            bo += gao[i] != ao[i];
+        double seo = rel_err(gso.data(), aso.data(), gso.size());
+        printf("%s act_quant 5x1001 (ld 1003, scalar path): %zu codes differ, scale rel err %.3g\n",
+               bo == 0 && seo == 0 ? "PASS" : "FAIL", bo, seo);
+        (bo == 0 && seo == 0) ? g_pass++ : g_fail++;
+    }
 
     W w = make_w(K_W_FP8, N, K);
     std::vector<float> ref(M * N);
@@ -505,31 +525,76 @@ static void test_attn(void)
         snprintf(name, sizeof name, "attention naive causal S=%zu", S);
         report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
     }
-    /* absorbed MLA over the latent cache with an FP8 kv_b */
-    size_t T = 3, S = 1200, pos0 = S - T, H = 4, dn = 128, dv = 128, R = 512, P = 64;
-    W wkv = make_w(K_W_FP8, H * (dn + dv), R);
-    size_t ldq = H * 192;
-    auto q = randv(T * ldq), c = randv(S * R), kpe = randv(S * P);
-    std::vector<float> ql(T * H * R), ol(T * H * R), o(T * H * dv);
-    k_mla_absorb_q(q.data(), ldq, 192, T, H, dn, dv, &wkv.h, ql.data());
-    k_mla_attn(ql.data(), q.data() + dn, ldq, 192, c.data(), R, kpe.data(), P, ol.data(), T, S, H,
-               R, P, pos0, 0.1352338f);
-    k_mla_absorb_v(ol.data(), T, H, dn, dv, &wkv.h, o.data(), H * dv);
-    float *dq = up(q), *dc = up(c), *dk = up(kpe);
-    float *dql = poisoned<float>(ql.size()), *dol = poisoned<float>(ol.size()),
-          *dout = poisoned<float>(o.size());
-    CK(kc_mla_absorb_q(dq, ldq, 192, T, H, dn, dv, &wkv.d, dql, 0));
-    auto gql = down(dql, ql.size());
-    report("mla absorb_q (fp8 kv_b)", rel_err(gql.data(), ql.data(), ql.size()), 2e-5);
-    float *dql_ref = up(ql);
-    CK(kc_mla_attn(dql_ref, dq + dn, ldq, 192, dc, R, dk, P, dol, T, S, H, R, P, pos0, 0.1352338f,
-                   0));
-    auto gol = down(dol, ol.size());
-    report("mla absorbed attention S=1200", rel_err(gol.data(), ol.data(), ol.size()), 2e-5);
-    float *dol_ref = up(ol);
-    CK(kc_mla_absorb_v(dol_ref, T, H, dn, dv, &wkv.d, dout, H * dv, 0));
-    auto go = down(dout, o.size());
-    report("mla absorb_v (fp8 kv_b)", rel_err(go.data(), o.data(), o.size()), 2e-5);
+    /* Absorbed MLA (absorb_q, attention over the latent cache, absorb_v), each GPU kernel
+     * fed the CPU reference's inputs. Shapes cover R1 decode (H = 128 heads, R = 512,
+     * P = 64) at T = 1, 8, 64; a head count that is not a multiple of the 16-head group;
+     * a long cache; queries that see only a prefix (S > pos0 + T); no visible key (S = 0);
+     * many tokens; R = 1024; unaligned widths and strides (scalar paths); BF16/F32 kv_b. */
+    struct mla_case {
+        k_wtype wt;
+        size_t T, H, S, pos0, R, P, ldc, ldk;
+    };
+    const size_t dn = 128, dv = 128;
+    const mla_case cases[] = {
+        {K_W_FP8, 3, 4, 1200, 1197, 512, 64, 512, 64},
+        {K_W_FP8, 1, 16, 1100, 1099, 512, 64, 512, 64},
+        {K_W_FP8, 8, 16, 1100, 1092, 512, 64, 512, 64},
+        {K_W_FP8, 64, 16, 1100, 1036, 512, 64, 512, 64},
+        {K_W_FP8, 1, 128, 1025, 1024, 512, 64, 512, 64},
+        {K_W_FP8, 8, 128, 1100, 1092, 512, 64, 512, 64},
+        {K_W_FP8, 64, 128, 1088, 1024, 512, 64, 512, 64},
+        {K_W_FP8, 4, 16, 5000, 4996, 512, 64, 512, 64},
+        {K_W_FP8, 5, 20, 1100, 1095, 512, 64, 512, 64},
+        {K_W_FP8, 1, 1, 300, 299, 512, 64, 512, 64},
+        {K_W_FP8, 8, 16, 1100, 500, 512, 64, 512, 64},
+        {K_W_FP8, 2, 4, 0, 0, 512, 64, 512, 64},
+        {K_W_FP8, 520, 4, 600, 80, 512, 64, 576, 64},
+        {K_W_BF16, 8, 16, 700, 692, 512, 64, 512, 64},
+        {K_W_BF16, 2, 16, 300, 298, 1024, 64, 1024, 64},
+        {K_W_F32, 3, 20, 400, 397, 512, 64, 512, 64},
+        {K_W_FP8, 3, 5, 200, 197, 100, 30, 103, 31},
+        {K_W_BF16, 6, 3, 150, 144, 136, 64, 137, 66},
+    };
+    for (const mla_case &cs : cases) {
+        size_t T = cs.T, H = cs.H, S = cs.S, pos0 = cs.pos0, R = cs.R, P = cs.P;
+        size_t ldh = dn + P, ldq = H * ldh;
+        float scale = 0.1352338f;
+        const char *tn = cs.wt == K_W_FP8 ? "fp8" : cs.wt == K_W_BF16 ? "bf16" : "f32";
+        char tag[160];
+        snprintf(tag, sizeof tag, "T=%zu H=%zu S=%zu pos0=%zu R=%zu P=%zu ldc=%zu %s kv_b", T, H, S,
+                 pos0, R, P, cs.ldc, tn);
+        W wkv = make_w(cs.wt, H * (dn + dv), R);
+        size_t Sa = S ? S : 1; /* no zero-byte uploads */
+        auto q = randv(T * ldq), c = randv(Sa * cs.ldc), kpe = randv(Sa * cs.ldk);
+        std::vector<float> ql(T * H * R), ol(T * H * R), o(T * H * dv);
+        k_mla_absorb_q(q.data(), ldq, ldh, T, H, dn, dv, &wkv.h, ql.data());
+        k_mla_attn(ql.data(), q.data() + dn, ldq, ldh, c.data(), cs.ldc, kpe.data(), cs.ldk,
+                   ol.data(), T, S, H, R, P, pos0, scale);
+        k_mla_absorb_v(ol.data(), T, H, dn, dv, &wkv.h, o.data(), H * dv);
+        float *dq = up(q), *dc = up(c), *dk = up(kpe), *dql_ref = up(ql), *dol_ref = up(ol);
+        float *dql = poisoned<float>(ql.size()), *dol = poisoned<float>(ol.size()),
+              *dout = poisoned<float>(o.size());
+        char name[224];
+        CK(kc_mla_absorb_q(dq, ldq, ldh, T, H, dn, dv, &wkv.d, dql, 0));
+        auto gql = down(dql, ql.size());
+        snprintf(name, sizeof name, "mla absorb_q %s", tag);
+        report(name, rel_err(gql.data(), ql.data(), ql.size()), 2e-5);
+        CK(kc_mla_attn(dql_ref, dq + dn, ldq, ldh, dc, cs.ldc, dk, cs.ldk, dol, T, S, H, R, P, pos0,
+                       scale, 0));
+        auto gol = down(dol, ol.size());
+        snprintf(name, sizeof name, "mla absorbed attention %s", tag);
+        report(name, rel_err(gol.data(), ol.data(), ol.size()), 2e-5);
+        CK(kc_mla_absorb_v(dol_ref, T, H, dn, dv, &wkv.d, dout, H * dv, 0));
+        auto go = down(dout, o.size());
+        snprintf(name, sizeof name, "mla absorb_v %s", tag);
+        report(name, rel_err(go.data(), o.data(), o.size()), 2e-5);
+        float *bufs[] = {dq, dc, dk, dql_ref, dol_ref, dql, dol, dout};
+        for (float *b : bufs)
+            cudaFree(b);
+        cudaFree((void *)wkv.d.data);
+        if (wkv.d.scale)
+            cudaFree((void *)wkv.d.scale);
+    }
 }
 
 int main(void)
