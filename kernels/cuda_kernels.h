@@ -30,6 +30,15 @@ int kc_rmsnorm(const float *x, size_t ldx, const float *w, float *y, size_t ldy,
 int kc_rope_apply(const k_rope *r, float *x, size_t rows, size_t heads, size_t ld_row,
                   size_t ld_head, const int32_t *pos, cudaStream_t st);
 
+/* MLA after the projections, one launch: c[t, :R] (row stride ldc) = rmsnorm(kva[t, :R])
+ * * norm_w; kpe[t, :P] = rope(kva[t, R:R+P], pos[t]) with P = r->dim; and in place
+ * rope on q[t*ldq + h*ldh + dn + (0..P)] for heads h < H. Equals kc_rmsnorm, a copy
+ * and two kc_rope_apply calls. */
+int kc_mla_prep(const float *kva, size_t ldkva, size_t R, const float *norm_w, float eps,
+                float *c, size_t ldc, float *kpe, size_t ldk, float *q, size_t ldq, size_t ldh,
+                size_t dn, size_t H, const k_rope *r, const int32_t *pos, size_t T,
+                cudaStream_t st);
+
 /* ---- embed.cu ---- table rows [row0, row0 + table->rows); other ids give zeros */
 int kc_embed(const k_weight *table, size_t row0, const int32_t *ids, size_t T, float *out,
              size_t ldo, cudaStream_t st);

@@ -321,21 +321,6 @@ int cm_reserve(cm_model *m, size_t T, dsr1_err *err)
     return 0;
 }
 
-__global__ void add_kernel(float *h, const float *a, size_t n)
-{
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < n)
-        h[i] += a[i];
-}
-
-static int add(cm_model *m, float *h, const float *a, size_t n)
-{
-    if (!n)
-        return 0;
-    add_kernel<<<kc_blocks(n, 256), 256, 0, m->st>>>(h, a, n);
-    return (int)cudaGetLastError();
-}
-
 static int tp_allreduce(cm_model *m, rt_comm *c, float *buf, size_t n, dsr1_err *err)
 {
     if (m->h->tp == 1 || !c)
@@ -350,8 +335,9 @@ static int tp_allreduce(cm_model *m, rt_comm *c, float *buf, size_t n, dsr1_err 
                                 "cuda: activation scratch exhausted (%s)", #p);   \
     } while (0)
 
+/* out (=, or += when accumulate) o_proj of the attention of x */
 static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t T, size_t pos0,
-                     float *out, dsr1_err *err)
+                     float *out, int accumulate, dsr1_err *err)
 {
     rt_model *h = m->h;
     size_t H = h->hidden, R = h->kv_lora, P = h->dr, dn = h->dn, dv = h->dv, Hl = h->heads;
@@ -370,18 +356,15 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
     CUK(kc_gemm_pair(m->kc, x, H, T, &L->q_a, qa, ql, &L->kv_a, kva, R + P), "q_a/kv_a_proj");
     CUK(kc_rmsnorm(qa, ql, L->q_a_norm, qa, ql, T, ql, eps, st), "q_a_layernorm");
     CUK(kc_gemm(m->kc, qa, ql, T, &L->q_b, q, Hl * dq, 0, 0), "q_b_proj");
-    CUK(kc_rmsnorm(kva, R + P, L->kv_a_norm, cc + pos0 * R, R, T, R, eps, st), "kv_a_layernorm");
-    CUK(cudaMemcpy2DAsync(kp + pos0 * P, P * 4, kva + R, (R + P) * 4, P * 4, T,
-                          cudaMemcpyDeviceToDevice, st),
-        "k_pe copy");
-    CUK(kc_rope_apply(&h->rope, kp + pos0 * P, T, 1, P, P, pos, st), "rope k");
-    CUK(kc_rope_apply(&h->rope, q + dn, T, Hl, Hl * dq, dq, pos, st), "rope q");
+    CUK(kc_mla_prep(kva, R + P, R, L->kv_a_norm, eps, cc + pos0 * R, R, kp + pos0 * P, P, q,
+                    Hl * dq, dq, dn, Hl, &h->rope, pos, T, st),
+        "kv_a_layernorm and rope");
     CUK(kc_mla_absorb_q(q, Hl * dq, dq, T, Hl, dn, dv, &L->kv_b, qlat, st), "absorb q");
     CUK(kc_mla_attn(qlat, q + dn, Hl * dq, dq, cc, R, kp, P, olat, T, S, Hl, R, P, pos0,
                     h->softmax_scale, st),
         "mla attention");
     CUK(kc_mla_absorb_v(olat, T, Hl, dn, dv, &L->kv_b, o, Hl * dv, st), "absorb v");
-    CUK(kc_gemm(m->kc, o, Hl * dv, T, &L->o, out, H, 0, 0), "o_proj");
+    CUK(kc_gemm(m->kc, o, Hl * dv, T, &L->o, out, H, accumulate, 0), "o_proj");
     return 0;
 }
 
@@ -396,13 +379,15 @@ static int mlp(cm_model *m, const k_weight *g, const k_weight *u, const k_weight
     return 0;
 }
 
-static int ffn(cm_model *m, cm_layer *L, const float *x, size_t T, float *out, dsr1_err *err)
+/* out (=, or += when accumulate) the feed-forward of x */
+static int ffn(cm_model *m, cm_layer *L, const float *x, size_t T, float *out, int accumulate,
+               dsr1_err *err)
 {
     rt_model *h = m->h;
     const rt_layer *hl = L->h;
     size_t H = h->hidden;
     if (!hl->moe)
-        return mlp(m, &L->gate, &L->up, &L->down, x, T, out, 0, err);
+        return mlp(m, &L->gate, &L->up, &L->down, x, T, out, accumulate, err);
     size_t E = h->rcfg.n_experts, K = h->rcfg.top_k;
     float *lr = (float *)cm_scratch(m, T * E * 4), *w = (float *)cm_scratch(m, T * K * 4);
     int32_t *idx = (int32_t *)cm_scratch(m, T * K * 4);
@@ -415,7 +400,8 @@ static int ffn(cm_model *m, cm_layer *L, const float *x, size_t T, float *out, d
                             h->rcfg.n_experts, h->rcfg.n_group, kc_strerror(rc));
     m->dbg_idx = idx;
     m->dbg_T = T;
-    CUK(cudaMemsetAsync(out, 0, T * H * 4, m->st), "memset");
+    if (!accumulate)
+        CUK(cudaMemsetAsync(out, 0, T * H * 4, m->st), "memset");
     if (L->moe)
         CUK(kc_moe(m->kc, L->moe, x, H, T, idx, w, K, L->e0, out, H), "routed experts");
     if (h->cfg.n_shared_experts && !hl->sh_whole)
@@ -431,20 +417,24 @@ int cm_layer_forward(cm_model *m, rt_comm *c, size_t li, float *hb, size_t T, si
     size_t H = h->hidden;
     float eps = (float)h->cfg.rms_norm_eps;
     size_t mark = m->pool_used;
-    float *xn = (float *)cm_scratch(m, T * H * 4), *a = (float *)cm_scratch(m, T * H * 4);
-    NEED(xn && a);
+    float *xn = (float *)cm_scratch(m, T * H * 4);
+    NEED(xn);
     int rc;
+    /* Residual adds ride on the output projections: TP rank 0 accumulates its partial
+     * onto the residual stream hb, the other ranks overwrite hb with theirs, and the
+     * all-reduce of hb gives h + sum of partials on every rank (no add kernels, no
+     * extra buffer; xn holds the normalized input the partials need). */
+    int acc = h->tp_rank == 0;
     CUK(kc_rmsnorm(hb, H, L->in_norm, xn, H, T, H, eps, m->st), "input_layernorm");
-    if ((rc = attention(m, L, li, xn, T, pos0, a, err)) || (rc = tp_allreduce(m, c, a, T * H, err)))
+    if ((rc = attention(m, L, li, xn, T, pos0, hb, acc, err)) ||
+        (rc = tp_allreduce(m, c, hb, T * H, err)))
         goto out;
-    CUK(add(m, hb, a, T * H), "residual");
     CUK(kc_rmsnorm(hb, H, L->post_norm, xn, H, T, H, eps, m->st), "post_attention_layernorm");
-    if ((rc = ffn(m, L, xn, T, a, err)) || (rc = tp_allreduce(m, c, a, T * H, err)))
+    if ((rc = ffn(m, L, xn, T, hb, acc, err)) || (rc = tp_allreduce(m, c, hb, T * H, err)))
         goto out;
     if (L->h->sh_whole && h->cfg.n_shared_experts &&
-        (rc = mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, xn, T, a, 1, err)))
+        (rc = mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, xn, T, hb, 1, err)))
         goto out;
-    CUK(add(m, hb, a, T * H), "residual");
 out:
     m->pool_used = mark;
     if (rc && err)

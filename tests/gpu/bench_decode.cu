@@ -327,7 +327,7 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr, "usage: bench-decode-gpu --manifest DIR/manifest.json [--ctx N] "
                             "[--batches 1,8,64] [--reps N] [--prefill-m M] [--rank R] "
-                            "[--local-experts N] [--quick] | --allreduce\n");
+                            "[--local-experts N] [--quick (no prefill table)] | --allreduce\n");
             return 2;
         }
     }
@@ -459,12 +459,13 @@ int main(int argc, char **argv)
                    hl->moe ? "moe" : "dense", B, us, bytes / 1e6, roof, 100 * roof / us, median(hv));
         }
     }
-    if (quick)
-        return 0;
+    std::set<size_t> bb = {1, std::min<size_t>(8, bmax), bmax};
     for (size_t li = 0; li < m->n_layers; li++)
         if (li == 0 || (m->L[li].h->moe && (li == 0 || !m->L[li - 1].h->moe)))
-            for (size_t B : {(size_t)1, bmax})
+            for (size_t B : bb)
                 breakdown(m, li, B, ctx, reps);
+    if (quick)
+        return 0;
     /* prefill GEMMs at the model's shapes: our path (quantize + cuBLASLt) vs cuBLASLt alone */
     printf("\nprefill GEMM (M tokens x N x K), FP8 block-scaled, TFLOP/s\n");
     printf("%-22s %6s %6s %6s %10s %12s %8s\n", "weight", "M", "N", "K", "ours", "cuBLASLt", "ratio");

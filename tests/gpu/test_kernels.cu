@@ -201,6 +201,36 @@ static void test_rope(void)
     report("rope yarn 5x16x64 (positions to 150000)", rel_err(got.data(), x.data(), x.size()), 2e-5);
 }
 
+/* kc_mla_prep against its parts on the CPU: rmsnorm into the latent cache, k_pe copied
+ * and rotated into the rope cache, q_pe rotated in place (H not a multiple of 8). */
+static void test_mla_prep(void)
+{
+    k_rope_params p = {64, 10000.0, 1, 40.0, 4096.0, 32.0, 1.0, 1.0, 1.0};
+    k_rope r;
+    k_rope_init(&r, &p);
+    size_t T = 3, H = 20, R = 512, P = 64, dn = 128, dq = dn + P, ldq = H * dq, cap = 40, p0 = 30;
+    auto kva = randv(T * (R + P)), q = randv(T * ldq), w = randv(R), c0 = randv(cap * R),
+         k0 = randv(cap * P);
+    std::vector<int32_t> pos(T);
+    for (size_t t = 0; t < T; t++)
+        pos[t] = (int32_t)(p0 + t + 100000);
+    std::vector<float> c = c0, kp = k0, qr = q;
+    k_rmsnorm(kva.data(), R + P, w.data(), c.data() + p0 * R, R, T, R, 1e-6f);
+    for (size_t t = 0; t < T; t++)
+        memcpy(kp.data() + (p0 + t) * P, kva.data() + t * (R + P) + R, P * 4);
+    k_rope_apply(&r, kp.data() + p0 * P, T, 1, P, P, pos.data());
+    k_rope_apply(&r, qr.data() + dn, T, H, ldq, dq, pos.data());
+    float *dkva = up(kva), *dqv = up(q), *dw = up(w), *dc = up(c0), *dk = up(k0);
+    int32_t *dp = up(pos);
+    CK(kc_mla_prep(dkva, R + P, R, dw, 1e-6f, dc + p0 * R, R, dk + p0 * P, P, dqv, ldq, dq, dn, H,
+                   &r, dp, T, 0));
+    auto gc = down(dc, c.size()), gk = down(dk, kp.size()), gq = down(dqv, qr.size());
+    double e = fmax(rel_err(gc.data(), c.data(), c.size()),
+                    fmax(rel_err(gk.data(), kp.data(), kp.size()),
+                         rel_err(gq.data(), qr.data(), qr.size())));
+    report("mla prep: kv norm into the cache, rope k_pe and q_pe (20 heads)", e, 2e-5);
+}
+
 static void test_embed(void)
 {
     for (int t = 0; t < 2; t++) {
@@ -615,6 +645,7 @@ int main(void)
     }
     test_rmsnorm();
     test_rope();
+    test_mla_prep();
     test_embed();
     test_act_quant_and_fp8(ctx);
     test_gemm(ctx);
