@@ -513,37 +513,50 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     }
 }
 
-/* One block per (t, h): o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, the split
- * weights computed once into shared memory; splits that saw no key (m = -inf) weigh 0. */
-__global__ void mla_combine_kernel(const float *part_o, const float *part_ml, int nsplit, int R,
-                                   float *o_lat)
+/* Block (t*H + h, r-chunk of 128): o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+ * Warp 0 computes the split weights (two splits a lane, warp reductions) into shared
+ * memory; then each thread sums one element over the splits with 8 loads in flight
+ * (the combine is latency-bound: at TP8 there are only 16 (t, h) pairs per token).
+ * Splits that saw no key (m = -inf) weigh 0. */
+__global__ void __launch_bounds__(128) mla_combine_kernel(const float *part_o,
+                                                          const float *part_ml, int nsplit,
+                                                          int R, float *o_lat)
 {
     __shared__ float wsh[MLA_MAXSPLIT];
     __shared__ float lsh;
     size_t th = blockIdx.x;
     int Rp = (R + 3) & ~3;
     const float *ml = part_ml + th * nsplit * 2;
-    if (threadIdx.x == 0) {
-        float M = -INFINITY;
-        for (int s = 0; s < nsplit; s++)
-            M = fmaxf(M, ml[2 * s]);
-        float L = 0.0f;
-        for (int s = 0; s < nsplit; s++) {
-            float w = ml[2 * s] == -INFINITY ? 0.0f : expf(ml[2 * s] - M);
-            wsh[s] = w;
-            L += w * ml[2 * s + 1];
-        }
-        lsh = L;
+    if (threadIdx.x < 32) {
+        int s0 = threadIdx.x, s1 = threadIdx.x + 32;
+        float m0 = s0 < nsplit ? ml[2 * s0] : -INFINITY, m1 = s1 < nsplit ? ml[2 * s1] : -INFINITY;
+        float l0 = s0 < nsplit ? ml[2 * s0 + 1] : 0.0f, l1 = s1 < nsplit ? ml[2 * s1 + 1] : 0.0f;
+        float M = kc_warp_max(fmaxf(m0, m1));
+        float w0 = m0 == -INFINITY ? 0.0f : expf(m0 - M), w1 = m1 == -INFINITY ? 0.0f : expf(m1 - M);
+        if (s0 < nsplit)
+            wsh[s0] = w0;
+        if (s1 < nsplit)
+            wsh[s1] = w1;
+        float L = kc_warp_sum(w0 * l0 + w1 * l1);
+        if (threadIdx.x == 0)
+            lsh = L;
     }
     __syncthreads();
+    int r = blockIdx.y * blockDim.x + threadIdx.x;
+    if (r >= R)
+        return;
     float L = lsh;
-    const float *po = part_o + th * nsplit * Rp;
-    for (int r = threadIdx.x; r < R; r += blockDim.x) {
-        float a = 0.0f;
-        for (int s = 0; s < nsplit; s++)
-            a += wsh[s] * po[(size_t)s * Rp + r];
-        o_lat[th * R + r] = L > 0.0f ? a / L : 0.0f;
-    }
+    const float *po = part_o + th * nsplit * Rp + r;
+    float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int s = 0;
+    for (; s + 8 <= nsplit; s += 8)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            a[j] += wsh[s + j] * po[(size_t)(s + j) * Rp];
+    for (; s < nsplit; s++)
+        a[0] += wsh[s] * po[(size_t)s * Rp];
+    float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    o_lat[th * R + r] = L > 0.0f ? sum / L : 0.0f;
 }
 
 static float *g_mla_part;
@@ -702,8 +715,8 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                                         (int)ns, nbuf, CS, part_o, part_ml);
     KC_LAUNCH_CHECK();
     if (ns > 1) {
-        mla_combine_kernel<<<(unsigned)(T * H), 128, 0, st>>>(part_o, part_ml, (int)ns, (int)R,
-                                                              o_lat);
+        dim3 cg((unsigned)(T * H), kc_blocks(R, 128));
+        mla_combine_kernel<<<cg, 128, 0, st>>>(part_o, part_ml, (int)ns, (int)R, o_lat);
         KC_LAUNCH_CHECK();
     }
     return 0;

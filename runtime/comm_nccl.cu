@@ -234,8 +234,13 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
         op_free(c);
         return dsr1_err_set(err, DSR1_E_NOMEM, 0, 0, "cudaMalloc failed");
     }
+    /* Non-blocking communicators let every wait poll a timeout and abort (a dead peer
+     * never hangs a call); DSR1_NCCL_BLOCKING=1 makes them blocking, for comparing the
+     * host cost per collective. */
+    const char *be = getenv("DSR1_NCCL_BLOCKING");
+    int blocking = be && atoi(be) == 1;
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
-    cfg.blocking = 0;
+    cfg.blocking = blocking;
     ncclUniqueId u;
     memcpy(&u, id, 128);
     int rc;
@@ -286,7 +291,7 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
             int leader = rt_comm_group_member(c, g, 0);
             memcpy(&u, all + (size_t)leader * 256 + (size_t)i * 128, 128);
             ncclConfig_t gc = NCCL_CONFIG_INITIALIZER;
-            gc.blocking = 0;
+            gc.blocking = blocking;
             ncclResult_t gr = ncclCommInitRankConfig(&x->g[g], rt_comm_group_size(c, g), u,
                                                      rt_comm_group_index(c, g), &gc);
             if (gr != ncclSuccess && gr != ncclInProgress)

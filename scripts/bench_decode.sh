@@ -33,6 +33,8 @@ if [ "$NG" -ge 2 ]; then
   for n in 2 4 8; do
     [ "$n" -le "$NG" ] || break
     scripts/launch_local.sh "$n" -- "$BIN/bench-decode-gpu" --allreduce | tee -a "$W/decode.txt"
+    DSR1_NCCL_BLOCKING=1 scripts/launch_local.sh "$n" -- "$BIN/bench-decode-gpu" --allreduce |
+      tee -a "$W/decode.txt"
   done
 fi
 "$PY" scripts/decode_projection.py "$W/decode.txt" "$W/decode-tp8.txt"

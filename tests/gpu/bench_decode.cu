@@ -171,17 +171,23 @@ static int allreduce_mode(size_t hidden, int reps)
     size_t toks[3] = {1, 8, 64};
     for (size_t i = 0; i < 3; i++) {
         size_t n = toks[i] * hidden;
-        /* one event pair around 100 back-to-back all-reduces: per-call latency */
+        /* one event pair around 100 back-to-back all-reduces: per-call latency; and the
+         * host time to enqueue them */
+        double host = 0;
         double ms = time_ms(
             [&] {
+                double t0 = host_s();
                 for (int k = 0; k < 100; k++)
                     rt_comm_allreduce_sum_f32(c, RT_GROUP_TP, buf, n, &err);
+                host = host_s() - t0;
             },
             reps);
         (void)st;
+        const char *be = getenv("DSR1_NCCL_BLOCKING");
         if (id.rank == 0)
-            printf("allreduce ranks=%d tokens=%zu bytes=%zu latency_us=%.1f\n", id.world_size,
-                   toks[i], n * 4, ms * 1000.0 / 100);
+            printf("allreduce ranks=%d tokens=%zu bytes=%zu latency_us=%.1f host_us=%.1f%s\n",
+                   id.world_size, toks[i], n * 4, ms * 1000.0 / 100, host * 1e6 / 100,
+                   be && atoi(be) == 1 ? " (blocking communicator)" : "");
     }
     if (rt_comm_nccl_wait(c, &err)) {
         fprintf(stderr, "bench-decode rank %d: %s\n", id.rank, err.msg);
