@@ -33,7 +33,7 @@ if [ "$NG" -ge 2 ]; then
   for n in 2 4 8; do
     [ "$n" -le "$NG" ] || break
     scripts/launch_local.sh "$n" -- "$BIN/bench-decode-gpu" --allreduce | tee -a "$W/decode.txt"
-    DSR1_NCCL_BLOCKING=1 scripts/launch_local.sh "$n" -- "$BIN/bench-decode-gpu" --allreduce |
+    DSR1_NCCL_BLOCKING=0 scripts/launch_local.sh "$n" -- "$BIN/bench-decode-gpu" --allreduce |
       tee -a "$W/decode.txt"
   done
 fi

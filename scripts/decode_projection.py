@@ -43,7 +43,7 @@ for m in re.finditer(r"^(\d+)\s+(dense|moe)\s+1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)
         host.setdefault(kind, []).append(float(m.group(7)))
 ar = {}
 for m in re.finditer(r"allreduce ranks=(\d+) tokens=1 bytes=\d+ latency_us=([\d.]+).*", text):
-    if "blocking" not in m.group(0):  # the runtime's (non-blocking) communicators
+    if "non-blocking" not in m.group(0):  # the runtime's default (blocking TP) communicator
         ar[int(m.group(1))] = float(m.group(2))
 if not eff:
     print("projection: no batch-1 layer rows found"); sys.exit(1)

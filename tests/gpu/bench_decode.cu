@@ -187,7 +187,7 @@ static int allreduce_mode(size_t hidden, int reps)
         if (id.rank == 0)
             printf("allreduce ranks=%d tokens=%zu bytes=%zu latency_us=%.1f host_us=%.1f%s\n",
                    id.world_size, toks[i], n * 4, ms * 1000.0 / 100, host * 1e6 / 100,
-                   be && atoi(be) == 1 ? " (blocking communicator)" : "");
+                   be && strcmp(be, "0") == 0 ? " (non-blocking communicator)" : "");
     }
     if (rt_comm_nccl_wait(c, &err)) {
         fprintf(stderr, "bench-decode rank %d: %s\n", id.rank, err.msg);
