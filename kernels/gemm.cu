@@ -250,7 +250,10 @@ __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
         const gv_job &Jw = a.j[NW == 1 ? jb : j];
         W[j] = Jw.w, S[j] = Jw.s, sld[j] = Jw.sld;
     }
-    tile_gemv<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
+    if constexpr (MT > 2) /* a.ks is 1 (gv_launch) */
+        tile_gemv_staged<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, a.x, a.ldx, a.M, sm);
+    else
+        tile_gemv<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
     for (int t = threadIdx.x; t < (8 / a.ks) * RB * MT; t += blockDim.x) {
         int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
         size_t n = row0 + (size_t)g * RB + r;
@@ -269,6 +272,8 @@ __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
 template <int WT, int MT, int NW, int DEC>
 static int gv_launch(gv_args a, cudaStream_t st)
 {
+    if (MT > 2)
+        a.ks = 1; /* tile_gemv_staged: every warp a row group */
     size_t rpb = (size_t)(8 / a.ks) * tg_rb<MT, NW>::RB;
     a.nb0 = kc_blocks(a.j[0].N, (unsigned)rpb);
     unsigned nb = a.nb0 + (NW == 1 && a.j[1].w ? kc_blocks(a.j[1].N, (unsigned)rpb) : 0);

@@ -278,10 +278,101 @@ static inline int tg_ks(size_t K, int V)
     return chunks >= 8 ? 8 : chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
 }
 
-/* Rows per warp for MT tokens and NW weights (register budget). */
+/* Rows per warp for NW weights: four weight rows per lane per chunk. */
 template <int MT, int NW>
 struct tg_rb {
-    static constexpr int RB = MT <= 2 ? (NW == 1 ? 4 : 2) : (NW == 1 ? 2 : 1);
+    static constexpr int RB = NW == 1 ? 4 : 2;
 };
+
+/* The tile GEMV for 3..16 tokens. tile_gemv's activations-from-L1 scheme thrashes
+ * there (16 rows of 7168 floats are 460 KB per SM; H100, 8 tokens: ~400 GB/s), so
+ * here every warp is a row group (ks = 1) and the block walks K in chunks of 32 * V:
+ * each chunk's activations for all tokens are staged once in shared memory (each
+ * lane's V values padded by 4 floats against bank conflicts), then each lane dots its
+ * RB * NW decoded weight rows with every token, reading each activation once per
+ * chunk. The weight loads of a chunk are issued before the staging barrier. Same
+ * output contract as tile_gemv (8 row groups); activation row m is x + m * ldx. */
+template <int WT, int MT, int RB, int NW, int DEC>
+__device__ __forceinline__ void tile_gemv_staged(const uint8_t *const *W, const float *const *S,
+                                                 const size_t *sld, size_t row0, size_t N,
+                                                 size_t K, const float *x, size_t ldx, int nm,
+                                                 tg_smem<MT, RB, NW> &sm)
+{
+    constexpr int V = wvec<WT>::V, B = wvec<WT>::B, RT = RB * NW, CH = 32 * V, LS = V + 4;
+    __shared__ __align__(16) float xs[MT * 32 * LS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t n0 = row0 + (size_t)warp * RB;
+    const bool active = n0 < N;
+    float acc[RT][MT];
+#pragma unroll
+    for (int i = 0; i < RT; i++)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            acc[i][m] = 0.0f;
+    const uint8_t *wp[RT];
+    const float *sp[NW];
+#pragma unroll
+    for (int i = 0; i < RT; i++) {
+        size_t n = n0 + i % RB;
+        wp[i] = W[i / RB] + (n < N ? n : (active ? n0 : 0)) * K * B;
+    }
+#pragma unroll
+    for (int j = 0; j < NW; j++)
+        sp[j] = WT == 2 ? S[j] + ((active ? n0 : 0) >> 7) * sld[j] : NULL;
+    for (size_t k0 = 0; k0 < K; k0 += CH) {
+        const size_t k = k0 + (size_t)lane * V;
+        const bool kin = active && k < K;
+        uint4 raw[RT];
+        float sc[NW];
+#pragma unroll
+        for (int i = 0; i < RT; i++)
+            raw[i] = kin ? kc_ld_stream(wp[i] + k * B) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int j = 0; j < NW; j++)
+            sc[j] = WT == 2 && kin ? __ldg(sp[j] + (k >> 7)) : 1.0f;
+        __syncthreads(); /* every warp is done with the previous chunk's activations */
+        for (int i = threadIdx.x; i < MT * CH / 4; i += blockDim.x) {
+            int m = i / (CH / 4), q = i % (CH / 4);
+            size_t kk = k0 + (size_t)q * 4;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (m < nm && kk < K)
+                v = __ldg(reinterpret_cast<const float4 *>(x + (size_t)m * ldx + kk));
+            *reinterpret_cast<float4 *>(xs + (m * 32 + q / (V / 4)) * LS + (q % (V / 4)) * 4) = v;
+        }
+        __syncthreads();
+        if (kin) {
+            float wf[RT][V];
+#pragma unroll
+            for (int i = 0; i < RT; i++)
+                tg_decode<WT, DEC>(raw[i], wf[i]);
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+                if (m < nm) {
+                    float xv[V];
+                    const float4 *xp = reinterpret_cast<const float4 *>(xs + (m * 32 + lane) * LS);
+#pragma unroll
+                    for (int j = 0; j < V / 4; j++) {
+                        float4 f = xp[j];
+                        xv[4 * j] = f.x * tg_scale<WT, DEC>::pre;
+                        xv[4 * j + 1] = f.y * tg_scale<WT, DEC>::pre;
+                        xv[4 * j + 2] = f.z * tg_scale<WT, DEC>::pre;
+                        xv[4 * j + 3] = f.w * tg_scale<WT, DEC>::pre;
+                    }
+#pragma unroll
+                    for (int i = 0; i < RT; i++)
+                        acc[i][m] = fmaf(tg_dot<V>(wf[i], xv), sc[i / RB], acc[i][m]);
+                }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < RT; i++)
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            float v = kc_warp_sum(acc[i][m]);
+            if (lane == 0)
+                sm.res[(warp * RT + i) * MT + m] = v * tg_scale<WT, DEC>::post;
+        }
+    __syncthreads();
+}
 
 #endif
