@@ -579,14 +579,27 @@ static float *mla_part_buf(size_t need, cudaStream_t st)
     return g_mla_part;
 }
 
+/* A device attribute, cached per (device, attribute): launches call this every step. */
 static int mla_dev_attr(cudaDeviceAttr a, int dflt)
 {
+    static int cache_dev[4] = {-1, -1, -1, -1}, cache_attr[4], cache_val[4];
     int d = 0, v = 0;
-    if (cudaGetDevice(&d) != cudaSuccess || cudaDeviceGetAttribute(&v, a, d) != cudaSuccess ||
-        v <= 0) {
+    if (cudaGetDevice(&d) != cudaSuccess) {
         cudaGetLastError();
         return dflt;
     }
+    for (int i = 0; i < 4; i++)
+        if (cache_dev[i] == d && cache_attr[i] == (int)a)
+            return cache_val[i];
+    if (cudaDeviceGetAttribute(&v, a, d) != cudaSuccess || v <= 0) {
+        cudaGetLastError();
+        return dflt;
+    }
+    for (int i = 0; i < 4; i++)
+        if (cache_dev[i] < 0) {
+            cache_dev[i] = d, cache_attr[i] = (int)a, cache_val[i] = v;
+            break;
+        }
     return v;
 }
 

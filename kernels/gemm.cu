@@ -250,9 +250,12 @@ __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
         const gv_job &Jw = a.j[NW == 1 ? jb : j];
         W[j] = Jw.w, S[j] = Jw.s, sld[j] = Jw.sld;
     }
-    if constexpr (MT > 2) /* a.ks is 1 (gv_launch) */
-        tile_gemv_staged<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, a.x, a.ldx, a.M, sm);
-    else
+    if constexpr (MT > 2) { /* a.ks is 1 (gv_launch) */
+        __shared__ const float *xrow[MT];
+        if (threadIdx.x < MT)
+            xrow[threadIdx.x] = a.x + (size_t)(threadIdx.x < (unsigned)a.M ? threadIdx.x : 0) * a.ldx;
+        tile_gemv_staged<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xrow, a.M, sm);
+    } else
         tile_gemv<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
     for (int t = threadIdx.x; t < (8 / a.ks) * RB * MT; t += blockDim.x) {
         int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;

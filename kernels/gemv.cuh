@@ -291,11 +291,12 @@ struct tg_rb {
  * lane's V values padded by 4 floats against bank conflicts), then each lane dots its
  * RB * NW decoded weight rows with every token, reading each activation once per
  * chunk. The weight loads of a chunk are issued before the staging barrier. Same
- * output contract as tile_gemv (8 row groups); activation row m is x + m * ldx. */
+ * output contract as tile_gemv (8 row groups). xrow: the nm activation rows, an array in
+ * shared memory (indexed at run time while staging), written before the call. */
 template <int WT, int MT, int RB, int NW, int DEC>
 __device__ __forceinline__ void tile_gemv_staged(const uint8_t *const *W, const float *const *S,
                                                  const size_t *sld, size_t row0, size_t N,
-                                                 size_t K, const float *x, size_t ldx, int nm,
+                                                 size_t K, const float *const *xrow, int nm,
                                                  tg_smem<MT, RB, NW> &sm)
 {
     constexpr int V = wvec<WT>::V, B = wvec<WT>::B, RT = RB * NW, CH = 32 * V, LS = V + 4;
@@ -336,7 +337,7 @@ __device__ __forceinline__ void tile_gemv_staged(const uint8_t *const *W, const 
             size_t kk = k0 + (size_t)q * 4;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (m < nm && kk < K)
-                v = __ldg(reinterpret_cast<const float4 *>(x + (size_t)m * ldx + kk));
+                v = __ldg(reinterpret_cast<const float4 *>(xrow[m] + kk));
             *reinterpret_cast<float4 *>(xs + (m * 32 + q / (V / 4)) * LS + (q % (V / 4)) * 4) = v;
         }
         __syncthreads();

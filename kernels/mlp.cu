@@ -86,7 +86,7 @@ void kc_moe_free(kc_moe_w *m)
 }
 
 /* One block: counting sort of the slots by local expert. meta = [n_active, act_e[A],
- * act_start[A], act_cnt[A]] with A = n experts. */
+ * act_start[A], act_cnt[A]] with A = n experts, active experts in increasing id order. */
 __global__ void moe_plan_kernel(const int32_t *idx, size_t S, size_t e0, size_t n, int *order,
                                 int *meta)
 {
@@ -102,17 +102,30 @@ __global__ void moe_plan_kernel(const int32_t *idx, size_t S, size_t e0, size_t 
     }
     __syncthreads();
     int *act_e = meta + 1, *act_start = meta + 1 + n, *act_cnt = meta + 1 + 2 * n;
-    if (threadIdx.x == 0) {
-        int na = 0, pos = 0;
-        for (size_t e = 0; e < n; e++) {
-            fill[e] = pos;
-            if (cnt[e]) {
-                act_e[na] = (int)e, act_start[na] = pos, act_cnt[na] = cnt[e];
-                na++;
+    if (threadIdx.x < 32) { /* warp 0: exclusive scan of the counts, 32 experts a step */
+        int lane = threadIdx.x, na = 0, pos = 0;
+        for (size_t b = 0; b < n; b += 32) {
+            size_t e = b + lane;
+            int c = e < n ? cnt[e] : 0, inc = c;
+            for (int o = 1; o < 32; o <<= 1) {
+                int v = __shfl_up_sync(0xffffffffu, inc, o);
+                if (lane >= o)
+                    inc += v;
             }
-            pos += cnt[e];
+            unsigned act = __ballot_sync(0xffffffffu, c > 0);
+            if (e < n) {
+                int start = pos + inc - c;
+                fill[e] = start;
+                if (c) {
+                    int a = na + __popc(act & ((1u << lane) - 1));
+                    act_e[a] = (int)e, act_start[a] = start, act_cnt[a] = c;
+                }
+            }
+            na += __popc(act);
+            pos += __shfl_sync(0xffffffffu, inc, 31);
         }
-        meta[0] = na;
+        if (lane == 0)
+            meta[0] = na;
     }
     __syncthreads();
     for (size_t s = threadIdx.x; s < S; s += blockDim.x) {
@@ -143,11 +156,19 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
     const size_t sl[2] = {sld, sld};
     for (int c0 = 0; c0 < cnt; c0 += MT) {
         int nm = cnt - c0 < MT ? cnt - c0 : MT;
-        const float *xr[MT];
+        if constexpr (MT > 2) { /* ks is 1 (moe_passes) */
+            __shared__ const float *xrow[MT];
+            if (threadIdx.x < MT)
+                xrow[threadIdx.x] =
+                    x + (size_t)(order[st + c0 + ((int)threadIdx.x < nm ? threadIdx.x : 0)] / top_k) * ldx;
+            tile_gemv_staged<WT, MT, RB, 2, 0>(W, S, sl, row0, I, D, xrow, nm, sm);
+        } else {
+            const float *xr[MT];
 #pragma unroll
-        for (int m = 0; m < MT; m++)
-            xr[m] = x + (size_t)(order[st + c0 + (m < nm ? m : 0)] / top_k) * ldx;
-        tile_gemv<WT, MT, RB, 2, 0>(W, S, sl, row0, I, D, xr, nm, ks, sm);
+            for (int m = 0; m < MT; m++)
+                xr[m] = x + (size_t)(order[st + c0 + (m < nm ? m : 0)] / top_k) * ldx;
+            tile_gemv<WT, MT, RB, 2, 0>(W, S, sl, row0, I, D, xr, nm, ks, sm);
+        }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
             size_t i = row0 + (size_t)g * RB + r;
@@ -179,11 +200,18 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
     const size_t sl[1] = {sld};
     for (int c0 = 0; c0 < cnt; c0 += MT) {
         int nm = cnt - c0 < MT ? cnt - c0 : MT;
-        const float *xr[MT];
+        if constexpr (MT > 2) { /* ks is 1 (moe_passes) */
+            __shared__ const float *xrow[MT];
+            if (threadIdx.x < MT)
+                xrow[threadIdx.x] = h + (size_t)(st + c0 + ((int)threadIdx.x < nm ? threadIdx.x : 0)) * I;
+            tile_gemv_staged<WT, MT, RB, 1, 0>(W, S, sl, row0, D, I, xrow, nm, sm);
+        } else {
+            const float *xr[MT];
 #pragma unroll
-        for (int m = 0; m < MT; m++)
-            xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * I;
-        tile_gemv<WT, MT, RB, 1, 0>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+            for (int m = 0; m < MT; m++)
+                xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * I;
+            tile_gemv<WT, MT, RB, 1, 0>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+        }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
             size_t d = row0 + (size_t)g * RB + r;
@@ -200,7 +228,7 @@ static int moe_passes(const float *x, size_t ldx, size_t top_k, const int *order
                       const kc_moe_w *m, size_t A, float *h, float *out, cudaStream_t st)
 {
     constexpr int V = wvec<WT>::V;
-    int ksu = tg_ks(m->D, V), ksd = tg_ks(m->I, V);
+    int ksu = MT > 2 ? 1 : tg_ks(m->D, V), ksd = MT > 2 ? 1 : tg_ks(m->I, V);
     dim3 gu((unsigned)A, kc_blocks(m->I, (unsigned)((8 / ksu) * tg_rb<MT, 2>::RB)));
     dim3 gd((unsigned)A, kc_blocks(m->D, (unsigned)((8 / ksd) * tg_rb<MT, 1>::RB)));
     moe_up_kernel<WT, MT><<<gu, 256, 0, st>>>(x, ldx, top_k, order, meta, m->tab, m->n, m->I,
@@ -218,13 +246,14 @@ static int moe_run(const float *x, size_t ldx, size_t tn, size_t top_k, const in
                    cudaStream_t st)
 {
     /* An expert gets at most one slot per token (the router picks distinct experts).
-     * Tiles of two slots: an expert with more loops, and the block re-reads its rows
-     * from L2, not HBM. Wider tiles hold fewer rows per warp (registers), which cost
-     * more at decode, where most experts see one or two tokens (H100, batch 64: an
-     * 8-slot tile ran the routed experts at 437 GB/s). */
+     * Up to 16 tokens most experts see one or two: tiles of 1 or 2 slots (an expert with
+     * more loops; its rows come back from L2). More tokens: 8-slot tiles with the
+     * activations staged in shared memory (tile_gemv_staged). */
     if (tn <= 1)
         return moe_passes<WT, 1>(x, ldx, top_k, order, meta, m, A, h, out, st);
-    return moe_passes<WT, 2>(x, ldx, top_k, order, meta, m, A, h, out, st);
+    if (tn <= 16)
+        return moe_passes<WT, 2>(x, ldx, top_k, order, meta, m, A, h, out, st);
+    return moe_passes<WT, 8>(x, ldx, top_k, order, meta, m, A, h, out, st);
 }
 
 /* y[t, d] += sum_k w[t,k] out[t*K+k, d] over local slots, in k order. */

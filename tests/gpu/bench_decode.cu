@@ -292,7 +292,10 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
         t = time_ms([&] { kc_moe(m->kc, L->moe, x, H, B, idx, w, K, L->e0, y, H); }, reps);
         std::vector<int32_t> hi(B * K);
         CK(cudaMemcpy(hi.data(), idx, hi.size() * 4, cudaMemcpyDeviceToHost));
-        std::set<int32_t> d(hi.begin(), hi.end());
+        std::set<int32_t> d; /* experts this rank holds (and reads) */
+        for (int32_t e : hi)
+            if (e >= (int32_t)L->e0 && e < (int32_t)(L->e0 + L->h->n_experts))
+                d.insert(e);
         double b = d.size() * (wbytes(&L->h->e_gate[0]) * 3);
         printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s (%zu experts)\n", "routed experts", t * 1e3,
                b / 1e6, b / t / 1e6, d.size());
