@@ -265,7 +265,8 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     mla_attn_kernel(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                     const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
                     size_t S, size_t H, int R, int P, size_t pos0, float scale, int ngroups,
-                    int tps, int nsplit, int nbuf, int CS, float *part_o, float *part_ml)
+                    int tps, int nsplit, int nbuf, int CS, float *part_o, float *part_ml,
+                    int qvec)
 {
     extern __shared__ float4 mla_smem4[];
     const int G = MLA_G, BK = MLA_BK;
@@ -288,20 +289,39 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     const size_t te = tb + tps < ntile_t ? tb + tps : ntile_t;
     const int ntiles = te > tb ? (int)(te - tb) : 0; /* same for the whole block */
 
-    /* queries (plain loads; visible after the first barrier of the loop) */
-    for (int i = tid; i < G * D4 * 4; i += MLA_THREADS) {
-        int g = i / (D4 * 4), col = i - g * (D4 * 4);
-        size_t h = h0 + g;
-        float v = 0.0f;
-        if (h < H) {
-            if (col < Rp) {
-                if (col < R)
-                    v = q_lat[(t * H + h) * R + col];
-            } else if (col - Rp < P) {
-                v = q_pe[t * ldqp + h * ldhp + (col - Rp)];
-            }
+    /* queries, visible after the first barrier of the loop. qvec (16-byte aligned rows,
+     * R and P multiples of 4: no pad columns): cp.async in the first tile's group, so
+     * they stream together instead of a chain of dependent plain loads before the tile
+     * (at TP8, 16 heads, one tile per block, that chain dominated the block). */
+    if (qvec)
+        for (int i = tid; i < G * D4; i += MLA_THREADS) {
+            int g = i / D4, qd = i - g * D4;
+            size_t h = h0 + g;
+            float *d = sQ + g * CS + 4 * qd;
+            if (h < H)
+                mla_cp16(d, qd < Rq ? q_lat + (t * H + h) * R + 4 * qd
+                                    : q_pe + t * ldqp + h * ldhp + 4 * (qd - Rq));
+            else
+                *(float4 *)d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
-        sQ[g * CS + col] = v;
+    else
+        for (int i = tid; i < G * D4 * 4; i += MLA_THREADS) {
+            int g = i / (D4 * 4), col = i - g * (D4 * 4);
+            size_t h = h0 + g;
+            float v = 0.0f;
+            if (h < H) {
+                if (col < Rp) {
+                    if (col < R)
+                        v = q_lat[(t * H + h) * R + col];
+                } else if (col - Rp < P) {
+                    v = q_pe[t * ldqp + h * ldhp + (col - Rp)];
+                }
+            }
+            sQ[g * CS + col] = v;
+        }
+    if (qvec && ntiles == 0) { /* no tile group will carry the query copies */
+        mla_commit();
+        mla_wait<0>();
     }
     /* scalar path: pad columns of the tiles are never written by the copies; zero them */
     if (!VEC)
@@ -605,7 +625,7 @@ static int mla_dev_attr(cudaDeviceAttr a, int dflt)
 
 typedef void (*mla_kfn)(const float *, const float *, size_t, size_t, const float *, size_t,
                         const float *, size_t, float *, size_t, size_t, int, int, size_t, float,
-                        int, int, int, int, int, float *, float *);
+                        int, int, int, int, int, float *, float *, int);
 
 /* Blocks of `fn` resident per SM at `smem` bytes (after raising its shared-memory limit). */
 static int mla_prepare(mla_kfn fn, int idx, size_t smem)
@@ -683,6 +703,8 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     size_t smem = base + nbuf * tile;
     bool vec = R % 4 == 0 && P % 4 == 0 && ldc % 4 == 0 && ldk % 4 == 0 &&
                ((uintptr_t)c & 15) == 0 && ((uintptr_t)kpe & 15) == 0;
+    int qvec = R % 4 == 0 && P % 4 == 0 && ldqp % 4 == 0 && ldhp % 4 == 0 &&
+               ((uintptr_t)q_lat & 15) == 0 && ((uintptr_t)q_pe & 15) == 0;
     int rj = Rp / 4 <= 128 ? 1 : 2;
     mla_kfn fn = rj == 1 ? (vec ? mla_attn_kernel<1, true> : mla_attn_kernel<1, false>)
                          : (vec ? mla_attn_kernel<2, true> : mla_attn_kernel<2, false>);
@@ -725,7 +747,7 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     dim3 grid((unsigned)(T * groups), (unsigned)ns);
     fn<<<grid, MLA_THREADS, smem, st>>>(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, S, H,
                                         (int)R, (int)P, pos0, scale, (int)groups, (int)tps,
-                                        (int)ns, nbuf, CS, part_o, part_ml);
+                                        (int)ns, nbuf, CS, part_o, part_ml, qvec);
     KC_LAUNCH_CHECK();
     if (ns > 1) {
         dim3 cg((unsigned)(T * H), kc_blocks(R, 128));
