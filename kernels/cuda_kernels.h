@@ -68,9 +68,9 @@ cudaStream_t kc_ctx_stream(const kc_ctx *c);
 int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why);
 /* M at or below which kc_gemm uses the GEMV kernel (env DSR1_GEMV_MAX_M, default 16). */
 void kc_ctx_set_gemv_max_m(kc_ctx *c, int m);
-/* GEMV kernel for comparisons: 0 tile kernel with hardware FP8 conversion (default), 1
- * tile kernel with integer FP8 decode, 2 the older warp-per-row kernel; and the warps
- * that split K in the tile kernel (0 = chosen by K, else 1, 2, 4, 8). */
+/* GEMV variant for comparisons: 0 hardware FP8 conversion (default), 1 integer FP8
+ * decode; and the warps that split K in the tile kernel (0 = chosen by K, else 1, 2, 4,
+ * 8). */
 void kc_set_gemv_variant(int v);
 void kc_set_gemv_ks(int ks);
 /* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */

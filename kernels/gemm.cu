@@ -159,32 +159,7 @@ void kc_ctx_free(kc_ctx *c)
 cudaStream_t kc_ctx_stream(const kc_ctx *c) { return c->st; }
 void kc_ctx_set_gemv_max_m(kc_ctx *c, int m) { c->gemv_max_m = m; }
 
-/* ---- GEMV kernel ---- */
-
-template <int WT, int MT, int U>
-__global__ void __launch_bounds__(256) gemv_kernel(const float *x, size_t ldx, int M,
-                                                   const uint8_t *W, const float *S, size_t sld,
-                                                   size_t N, size_t K, float *y, size_t ldy,
-                                                   int accumulate)
-{
-    size_t n = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (n >= N)
-        return;
-    const float *xr[MT];
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-        xr[m] = x + (size_t)(m < M ? m : 0) * ldx;
-    float acc[MT];
-    warp_rowdot<WT, MT, U>(W + n * K * wvec<WT>::B, WT == 2 ? S + (n >> 7) * sld : NULL, K, xr, M,
-                           acc);
-    if ((threadIdx.x & 31) == 0)
-#pragma unroll
-        for (int m = 0; m < MT; m++)
-            if (m < M) {
-                float *o = y + (size_t)m * ldy + n;
-                *o = accumulate ? *o + acc[m] : acc[m];
-            }
-}
+/* ---- GEMV kernels ---- */
 
 /* Any shape or alignment: a warp per row, scalar loads. */
 __global__ void gemv_scalar_kernel(const float *x, size_t ldx, size_t M, int type,
@@ -317,9 +292,9 @@ static int gv_run(gv_args a, cudaStream_t st)
     return 0;
 }
 
-/* 0: tile kernel, hardware FP8 conversion (default); 1: tile kernel, integer FP8
- * decode; 2: the previous warp-per-row kernel. Env DSR1_GEMV_VARIANT; bench-decode
- * compares them in one run (H100: 0 streams 2.5-2.6 TB/s, 1 2.46, 2 1.65). */
+/* 0: hardware FP8 conversion (default); 1: integer FP8 decode. Env DSR1_GEMV_VARIANT;
+ * bench-decode compares them in one run (H100: 0 streams 2.5-2.6 TB/s, 1 2.46; the
+ * warp-per-row kernel this replaced, 1.65). */
 static int g_variant = -1;
 
 void kc_set_gemv_ks(int ks) { g_ks = ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; }
@@ -329,45 +304,12 @@ static int gemv_variant(void)
     if (g_variant < 0) {
         const char *e = getenv("DSR1_GEMV_VARIANT");
         int v = e && *e ? atoi(e) : 0;
-        g_variant = v >= 0 && v <= 2 ? v : 0;
+        g_variant = v == 1 ? 1 : 0;
     }
     return g_variant;
 }
 
-void kc_set_gemv_variant(int v) { g_variant = v >= 0 && v <= 2 ? v : 0; }
-
-template <int WT, int MT>
-static void gemv_one(dim3 grid, cudaStream_t st, const float *xs, size_t ldx, int nm,
-                     const uint8_t *W, const k_weight *w, float *ys, size_t ldy, int accumulate)
-{
-    gemv_kernel<WT, MT, (MT <= 4 ? 4 : MT <= 8 ? 2 : 1)><<<grid, 256, 0, st>>>(
-        xs, ldx, nm, W, w->scale, w->scale_ld, w->rows, w->cols, ys, ldy, accumulate);
-}
-
-template <int WT>
-static int gemv_launch(const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
-                       size_t ldy, int accumulate, cudaStream_t st)
-{
-    dim3 grid(kc_blocks(w->rows, 8));
-    const uint8_t *W = (const uint8_t *)w->data;
-    for (size_t m0 = 0; m0 < M; m0 += 16) {
-        size_t nm = M - m0 < 16 ? M - m0 : 16;
-        const float *xs = x + m0 * ldx;
-        float *ys = y + m0 * ldy;
-        if (nm == 1)
-            gemv_one<WT, 1>(grid, st, xs, ldx, 1, W, w, ys, ldy, accumulate);
-        else if (nm == 2)
-            gemv_one<WT, 2>(grid, st, xs, ldx, 2, W, w, ys, ldy, accumulate);
-        else if (nm <= 4)
-            gemv_one<WT, 4>(grid, st, xs, ldx, (int)nm, W, w, ys, ldy, accumulate);
-        else if (nm <= 8)
-            gemv_one<WT, 8>(grid, st, xs, ldx, (int)nm, W, w, ys, ldy, accumulate);
-        else
-            gemv_one<WT, 16>(grid, st, xs, ldx, (int)nm, W, w, ys, ldy, accumulate);
-        KC_LAUNCH_CHECK();
-    }
-    return 0;
-}
+void kc_set_gemv_variant(int v) { g_variant = v == 1 ? 1 : 0; }
 
 /* The vector kernels need 16-byte aligned rows of W and x. */
 static int gemv_vector_ok(const float *x, size_t ldx, const k_weight *w)
@@ -413,15 +355,8 @@ static int gemv(const float *x, size_t ldx, size_t M, const k_weight *w, float *
 {
     if (M == 0 || w->rows == 0)
         return 0;
-    if (gemv_vector_ok(x, ldx, w)) {
-        if (gemv_variant() != 2)
-            return gv_dispatch(x, ldx, M, w, y, ldy, NULL, NULL, 0, 0, accumulate, st);
-        if (w->type == K_W_FP8)
-            return gemv_launch<2>(x, ldx, M, w, y, ldy, accumulate, st);
-        if (w->type == K_W_BF16)
-            return gemv_launch<1>(x, ldx, M, w, y, ldy, accumulate, st);
-        return gemv_launch<0>(x, ldx, M, w, y, ldy, accumulate, st);
-    }
+    if (gemv_vector_ok(x, ldx, w))
+        return gv_dispatch(x, ldx, M, w, y, ldy, NULL, NULL, 0, 0, accumulate, st);
     dim3 grid(kc_blocks(w->rows, 8), (unsigned)(M < 64 ? M : 64));
     gemv_scalar_kernel<<<grid, 256, 0, st>>>(x, ldx, M, (int)w->type, w->data, w->scale,
                                              w->scale_ld, w->rows, w->cols, y, ldy, accumulate);
@@ -930,7 +865,7 @@ static int pair_fusable(kc_ctx *c, const float *x, size_t ldx, size_t M, const k
                         const k_weight *b)
 {
     return (int)M <= c->gemv_max_m && a->type == b->type && a->cols == b->cols && a->rows &&
-           b->rows && gemv_variant() != 2 && gemv_vector_ok(x, ldx, a) &&
+           b->rows && gemv_vector_ok(x, ldx, a) &&
            gemv_vector_ok(x, ldx, b);
 }
 

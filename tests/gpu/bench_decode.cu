@@ -243,12 +243,6 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
             g(nm, &L->gate);
         }
         kc_set_gemv_ks(0);
-        kc_set_gemv_variant(2);
-        g("gate_proj (old kernel)", &L->gate);
-        g("o_proj (old kernel)", &L->o);
-        g("q_b_proj (old kernel)", &L->q_b);
-        g("kv_a_proj (old kernel)", &L->kv_a);
-        kc_set_gemv_variant(0);
         {
             double ms = time_ms([&] { kc_gemm_glu(m->kc, x, H, B, &L->gate, &L->up, y, L->gate.rows); },
                                 reps);
