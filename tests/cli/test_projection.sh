@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# scripts/decode_projection.py reads what bench-decode-gpu prints (the GPU run's logs
+# kept in docs/measurements): this guards that contract on CPU-only CI. The numbers it
+# must reproduce are recomputed here from the rows of the same files.
+set -u
+. "$(dirname "$0")/lib.inc"
+P=scripts/decode_projection.py
+M=docs/measurements/2026-11-28-h100
+cat "$M/bench-decode-1xh100.txt" "$M/allreduce-4xh100.txt" >"$T/decode.txt"
+
+expect_exit "projection on the H100 logs" 0 python3 "$P" "$T/decode.txt" "$M/decode-tp8-1xh100.txt"
+expect_out "uses the measured TP8 rank" '^  measured: one TP8/EP8 rank alone on NVIDIA H100'
+expect_out "uses the 4-GPU all-reduce (blocking TP communicator)" 'all-reduces added: 2 per layer at 13\.1 us'
+expect_out "two and three busiest-GPU experts" 'busiest GPU reads 3 experts, measured layers'
+# the 2-expert estimate from the rows: median dense / moe step + 2 all-reduces
+want=$(python3 - "$M/decode-tp8-1xh100.txt" <<'PYEOF'
+import re, sys
+t = open(sys.argv[1]).read()
+d = sorted(float(x) for x in re.findall(r"^tp8e2 +\d+ +dense +1 +([\d.]+)", t, re.M))
+m = sorted(float(x) for x in re.findall(r"^tp8e2 +\d+ +moe +1 +([\d.]+)", t, re.M))
+print(f"dense {d[len(d) // 2] + 26.2:.0f} us, MoE {m[len(m) // 2] + 26.2:.0f} us")
+PYEOF
+)
+expect_out "layer times are the rows' medians plus two all-reduces ($want)" "reads 2 experts, measured layers: $want"
+expect_out "TP1 efficiency parsed" 'at batch 1: dense [0-9]+%, MoE [0-9]+% of roofline'
+
+# without the TP8 file: the TP1-scaled estimate only; all-reduce assumed when absent
+expect_exit "projection from TP1 rows only" 0 python3 "$P" "$M/bench-decode-1xh100.txt"
+expect_out "no all-reduce rows: latency marked assumed" 'all-reduce latency 25\.0 us \(assumed; not measured\)'
+printf 'device=x\nnothing here\n' >"$T/empty.txt"
+expect_exit "no layer rows: exit 1" 1 python3 "$P" "$T/empty.txt"
+expect_out "says what is missing" 'no batch-1 layer rows found'
+finish
