@@ -2,8 +2,10 @@
  * every operation is ordered on the backend's CUDA stream. Calls return once the
  * operation is enqueued; rt_comm_nccl_wait() (and barrier) wait for the stream with a
  * bounded timeout that polls NCCL's asynchronous errors, so a dead or stalled peer
- * becomes an error naming the timeout, never a hang. The communicators are created in
- * NCCL's non-blocking mode for the same reason (initialization is bounded too).
+ * becomes an error naming the timeout, never a hang. WORLD is created in NCCL's
+ * non-blocking mode for the same reason (its initialization is bounded too); the TP
+ * communicator is blocking (per-collective host cost; see comm_nccl.cu and
+ * docs/cuda.md), set up right after a bounded WORLD exchange.
  *
  * Groups: WORLD is the communicator made from the unique id; each TP and PP group gets
  * its own communicator, initialized from an id its first member makes and the WORLD
