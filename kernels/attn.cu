@@ -599,7 +599,8 @@ static float *mla_part_buf(size_t need, cudaStream_t st)
     return g_mla_part;
 }
 
-/* A device attribute, cached per (device, attribute): launches call this every step. */
+/* A device attribute, cached per (device, attribute): launches call this every step.
+ * Like the other statics here, not thread-safe: one thread drives a GPU per process. */
 static int mla_dev_attr(cudaDeviceAttr a, int dflt)
 {
     static int cache_dev[4] = {-1, -1, -1, -1}, cache_attr[4], cache_val[4];

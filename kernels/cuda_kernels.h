@@ -32,8 +32,8 @@ int kc_rope_apply(const k_rope *r, float *x, size_t rows, size_t heads, size_t l
 
 /* MLA after the projections, one launch: c[t, :R] (row stride ldc) = rmsnorm(kva[t, :R])
  * * norm_w; kpe[t, :P] = rope(kva[t, R:R+P], pos[t]) with P = r->dim; and in place
- * rope on q[t*ldq + h*ldh + dn + (0..P)] for heads h < H. Equals kc_rmsnorm, a copy
- * and two kc_rope_apply calls. */
+ * rope on q[t*ldq + h*ldh + dn + (0..P)] for heads h < H. Equals kc_rmsnorm (its scalar
+ * kernel's summation order), a copy and two kc_rope_apply calls. */
 int kc_mla_prep(const float *kva, size_t ldkva, size_t R, const float *norm_w, float eps,
                 float *c, size_t ldc, float *kpe, size_t ldk, float *q, size_t ldq, size_t ldh,
                 size_t dn, size_t H, const k_rope *r, const int32_t *pos, size_t T,
@@ -77,7 +77,8 @@ void kc_set_gemv_ks(int ks);
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
             size_t ldy, int accumulate, int force);
 /* Two weights of the same input width on x (q_a and kv_a): one launch on the GEMV
- * path when both qualify, else two kc_gemm calls. */
+ * path when both qualify; at prefill (both on cuBLASLt FP8) x is quantized once for
+ * both; else two kc_gemm calls. */
 int kc_gemm_pair(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w1, float *y1,
                  size_t ldy1, const k_weight *w2, float *y2, size_t ldy2);
 /* h[M, I] = silu(x g^T) * (x u^T) (row stride ldh >= I): one fused launch on the GEMV
@@ -100,7 +101,8 @@ int kc_silu_mul(const float *g, const float *u, float *h, size_t n, cudaStream_t
  * shape and type for all). kc_moe: slot s = t * top_k + k of the router output (idx, w
  * on the device); y[t] (row stride ldy) += sum over slots whose expert is local of
  * w[s] * down(silu(gate x[t]) * up x[t]), summed per token in k order (deterministic).
- * Weights are streamed once per group of up to 8 tokens of an expert. */
+ * Weights are streamed once per tile of an expert's slots: 1 or 2 slots up to 16
+ * tokens, 8 above (activations staged in shared memory). */
 typedef struct kc_moe_w kc_moe_w;
 int kc_moe_prepare(kc_moe_w **out, size_t n, const k_weight *gate, const k_weight *up,
                    const k_weight *down);

@@ -1,10 +1,10 @@
 /* kc_gemm: y = x W^T on the GPU for F32 / BF16 / FP8 weights (mirrors kernels/gemm.c).
  *
  * Two paths:
- *  - GEMV kernel (M <= gemv_max_m, and any shape cuBLASLt refuses): each warp streams
- *    one weight row in 16-byte loads, dequantizes it exactly and dots it with up to 16
- *    fp32 activation rows. Decode is bound by weight bytes, and this touches each
- *    weight byte once per 16 tokens.
+ *  - GEMV kernel (M <= gemv_max_m, and any shape cuBLASLt refuses): gemv.cuh's tile
+ *    kernels, 2-4 rows per warp in 16-byte loads with K split over warps, exact
+ *    dequantization, up to 16 fp32 activation rows per pass. Decode is bound by weight
+ *    bytes, and this touches each weight byte once per 16 tokens.
  *  - cuBLASLt (larger M): FP8 weights run FP8 x FP8 with DeepSeek's scaling
  *    (activations quantized 1x128 by kc_act_quant, weights' 128x128 block scales);
  *    BF16 weights run BF16 x BF16 with activations rounded to bf16. fp32 output.
@@ -909,9 +909,9 @@ int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight 
 {
     if (M == 0 || g->rows == 0)
         return 0;
-    if (g->rows != u->rows || g->cols != u->cols)
+    if (g->rows != u->rows || g->cols != u->cols || ldh < g->rows)
         return -1;
-    if (pair_fusable(c, x, ldx, M, g, u) && ldh >= g->rows)
+    if (pair_fusable(c, x, ldx, M, g, u))
         return gv_dispatch(x, ldx, M, g, h, ldh, u, NULL, 0, 1, 0, c->st);
     float *ub = (float *)kc_ctx_scratch(c, KC_SCRATCH_GLU, M * u->rows * sizeof(float));
     if (!ub)

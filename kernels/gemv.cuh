@@ -53,7 +53,8 @@ __device__ __forceinline__ uint4 kc_ld_stream(const void *p)
  * A block of 8 warps computes rows [row0, row0 + 8/ks * RB) of NW weights (NW = 2: a
  * gate and an up weight of the same shape, for a fused SiLU-GLU) against nm <= MT
  * activation rows. Warp w = rg * ks + kw owns RB consecutive rows (row group rg) and
- * the K-chunks kw, kw + ks, ... of 32 * V elements; each lane issues RB * NW 16-byte
+ * the K-chunks kw, kw + ks, ... of 32 * V elements (MT <= 2; more tokens take
+ * tile_gemv_staged); each lane issues RB * NW 16-byte
  * weight loads per chunk before using any, reads its V activations once per chunk and
  * reuses them for every row. Partial sums are reduced over lanes, then over the ks
  * warps of a row group in a fixed order (deterministic, no atomics).
@@ -64,7 +65,8 @@ __device__ __forceinline__ uint4 kc_ld_stream(const void *p)
  * subnormals become fp32 subnormals, exactly): two bytes per shift/mask pair, no
  * conversion instructions. To keep every product in the normal range the activations
  * are scaled by 2^64 when loaded and the sum by 2^56 at the end: powers of two, so
- * the result equals the unscaled fp32 arithmetic. (The e4m3 NaN code decodes to 480
+ * the result equals the unscaled fp32 arithmetic while products stay normal (|w x| above
+ * about 2^-70). (The e4m3 NaN code decodes to 480
  * under DEC = 1; checkpoints carry no NaN weights.) */
 
 template <int WT, int DEC>
@@ -137,6 +139,7 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
                                           tg_smem<MT, RB, NW> &sm)
 {
     constexpr int V = wvec<WT>::V, B = wvec<WT>::B, RT = RB * NW;
+    static_assert(MT <= 2, "more tokens take tile_gemv_staged");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int rg = warp / ks, kw = warp % ks;
     const size_t n0 = row0 + (size_t)rg * RB;
@@ -167,7 +170,7 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
 #pragma unroll
             for (int j = 0; j < NW; j++)
                 sc[j] = WT == 2 ? __ldg(sp[j] + (k >> 7)) : 1.0f;
-            if constexpr (MT <= 2) { /* activations stay in registers, each row decoded once */
+            { /* activations stay in registers, each row decoded once */
                 float xv[MT][V];
 #pragma unroll
                 for (int m = 0; m < MT; m++)
@@ -182,20 +185,6 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
                         if (m < nm)
                             acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[i / RB], acc[i][m]);
                 }
-            } else { /* decoded rows stay in registers, activations stream from L1 */
-                float wf[RT][V];
-#pragma unroll
-                for (int i = 0; i < RT; i++)
-                    tg_decode<WT, DEC>(raw[i], wf[i]);
-#pragma unroll
-                for (int m = 0; m < MT; m++)
-                    if (m < nm) {
-                        float xv[V];
-                        tg_load_x<WT, DEC>(xr[m] + k, xv);
-#pragma unroll
-                        for (int i = 0; i < RT; i++)
-                            acc[i][m] = fmaf(tg_dot<V>(wf[i], xv), sc[i / RB], acc[i][m]);
-                    }
             }
         }
     }

@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
     }
 }
 
-/* Launch both expert passes at token tile MT (the most slots any expert can get). */
+/* Launch both expert passes with tiles of MT slots (an expert with more loops). */
 template <int WT, int MT>
 static int moe_passes(const float *x, size_t ldx, size_t top_k, const int *order, const int *meta,
                       const kc_moe_w *m, size_t A, float *h, float *out, cudaStream_t st)

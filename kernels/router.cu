@@ -61,7 +61,8 @@ __global__ void router_kernel(k_router_cfg c, const float *logits, const float *
     if (warp != 0)
         return;
     for (int k = 0; k < TG; k++) {
-        int best = warp_first_max(gs, G, gok, -1);
+        /* lane 0's pick for all: with NaN scores the arg-max is no total order */
+        int best = __shfl_sync(0xffffffffu, warp_first_max(gs, G, gok, -1), 0);
         __syncwarp();
         if (lane == 0)
             gok[best] = 0;
@@ -71,7 +72,7 @@ __global__ void router_kernel(k_router_cfg c, const float *logits, const float *
     }
     float sum = 0.0f;
     for (int k = 0; k < K; k++) {
-        int best = warp_first_max(sel, E, ok, -1);
+        int best = __shfl_sync(0xffffffffu, warp_first_max(sel, E, ok, -1), 0);
         __syncwarp();
         if (lane == 0) {
             ok[best] = 0;

@@ -240,8 +240,9 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
      * collectives return "in progress" and cost ~60 us of host polling each (H100,
      * 28 KB all-reduce: 64-71 us against 11-13 us blocking), more than the collective.
      * Its setup runs right after a bounded all-gather over WORLD (every rank alive)
-     * and ends with a bounded warm-up all-reduce that makes its connections; later
-     * waits poll the stream with the same timeout and abort on expiry.
+     * and ends with a bounded warm-up all-reduce (connections NCCL sets up lazily for
+     * other sizes or algorithms are made inside later blocking calls, unbounded by our
+     * timeout); later waits poll the stream with the timeout and abort on expiry.
      * DSR1_NCCL_BLOCKING=0: TP non-blocking too; =1: WORLD blocking too. */
     const char *be = getenv("DSR1_NCCL_BLOCKING");
     int world_blocking = be && strcmp(be, "1") == 0, tp_blocking = !(be && strcmp(be, "0") == 0);

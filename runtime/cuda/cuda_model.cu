@@ -424,7 +424,7 @@ int cm_layer_forward(cm_model *m, rt_comm *c, size_t li, float *hb, size_t T, si
      * onto the residual stream hb, the other ranks overwrite hb with theirs, and the
      * all-reduce of hb gives h + sum of partials on every rank (no add kernels, no
      * extra buffer; xn holds the normalized input the partials need). */
-    int acc = h->tp_rank == 0;
+    int acc = h->tp_rank == 0 || !c; /* no comm (a rank benchmarked alone): keep h */
     CUK(kc_rmsnorm(hb, H, L->in_norm, xn, H, T, H, eps, m->st), "input_layernorm");
     if ((rc = attention(m, L, li, xn, T, pos0, hb, acc, err)) ||
         (rc = tp_allreduce(m, c, hb, T * H, err)))
