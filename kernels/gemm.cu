@@ -205,7 +205,7 @@ struct gv_args {
 template <int WT, int MT, int NW, int DEC>
 __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
 {
-    constexpr int RB = tg_rb<MT, NW>::RB, RT = RB * NW;
+    constexpr int RB = tg_rb(NW), RT = RB * NW;
     __shared__ tg_smem<MT, RB, NW> sm;
     unsigned b = blockIdx.x;
     int jb = 0;
@@ -252,7 +252,7 @@ static int gv_launch(gv_args a, cudaStream_t st)
 {
     if (MT > 2)
         a.ks = 1; /* tile_gemv_staged: every warp a row group */
-    size_t rpb = (size_t)(8 / a.ks) * tg_rb<MT, NW>::RB;
+    size_t rpb = (size_t)(8 / a.ks) * tg_rb(NW);
     a.nb0 = kc_blocks(a.j[0].N, (unsigned)rpb);
     unsigned nb = a.nb0 + (NW == 1 && a.j[1].w ? kc_blocks(a.j[1].N, (unsigned)rpb) : 0);
     gemv_tile_kernel<WT, MT, NW, DEC><<<nb, 256, 0, st>>>(a);

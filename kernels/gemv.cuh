@@ -216,10 +216,7 @@ static inline int tg_ks(size_t K, int V)
 }
 
 /* Rows per warp for NW weights: four weight rows per lane per chunk. */
-template <int MT, int NW>
-struct tg_rb {
-    static constexpr int RB = NW == 1 ? 4 : 2;
-};
+__host__ __device__ constexpr int tg_rb(int nw) { return nw == 1 ? 4 : 2; }
 
 /* The tile GEMV for 3..16 tokens. tile_gemv's activations-from-L1 scheme thrashes
  * there (16 rows of 7168 floats are 460 KB per SM; H100, 8 tokens: ~400 GB/s), so

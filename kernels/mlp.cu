@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
                                                      const void *const *tab, size_t n, size_t I,
                                                      size_t D, size_t sld, int ks, float *h)
 {
-    constexpr int RB = tg_rb<MT, 2>::RB;
+    constexpr int RB = tg_rb(2);
     __shared__ tg_smem<MT, RB, 2> sm;
     int a = blockIdx.x;
     if (a >= meta[0])
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
                                                        size_t n, size_t I, size_t D, size_t sld,
                                                        int ks, float *out)
 {
-    constexpr int RB = tg_rb<MT, 1>::RB;
+    constexpr int RB = tg_rb(1);
     __shared__ tg_smem<MT, RB, 1> sm;
     int a = blockIdx.x;
     if (a >= meta[0])
@@ -229,8 +229,8 @@ static int moe_passes(const float *x, size_t ldx, size_t top_k, const int *order
 {
     constexpr int V = wvec<WT>::V;
     int ksu = MT > 2 ? 1 : tg_ks(m->D, V), ksd = MT > 2 ? 1 : tg_ks(m->I, V);
-    dim3 gu((unsigned)A, kc_blocks(m->I, (unsigned)((8 / ksu) * tg_rb<MT, 2>::RB)));
-    dim3 gd((unsigned)A, kc_blocks(m->D, (unsigned)((8 / ksd) * tg_rb<MT, 1>::RB)));
+    dim3 gu((unsigned)A, kc_blocks(m->I, (unsigned)((8 / ksu) * tg_rb(2))));
+    dim3 gd((unsigned)A, kc_blocks(m->D, (unsigned)((8 / ksd) * tg_rb(1))));
     moe_up_kernel<WT, MT><<<gu, 256, 0, st>>>(x, ldx, top_k, order, meta, m->tab, m->n, m->I,
                                               m->D, m->sld_gu, ksu, h);
     KC_LAUNCH_CHECK();

@@ -18,13 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <vector>
 
 #include "cuda_model.h"
 #include "cuda_util.cuh"
 
 extern "C" {
+#include "fu.h"
 #include "boot.h"
 #include "comm_nccl.h"
 #include "ident.h"
@@ -39,13 +39,6 @@ extern "C" {
             exit(3);                                                               \
         }                                                                          \
     } while (0)
-
-static double host_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static double median(std::vector<double> v)
 {
@@ -176,10 +169,10 @@ static int allreduce_mode(size_t hidden, int reps)
         double host = 0;
         double ms = time_ms(
             [&] {
-                double t0 = host_s();
+                double t0 = fu_now_s();
                 for (int k = 0; k < 100; k++)
                     rt_comm_allreduce_sum_f32(c, RT_GROUP_TP, buf, n, &err);
-                host = host_s() - t0;
+                host = fu_now_s() - t0;
             },
             reps);
         (void)st;
@@ -424,10 +417,10 @@ int main(int argc, char **argv)
                 cudaMemcpyAsync(hb, h0, B * H * 4, cudaMemcpyDeviceToDevice, st);
                 cm_scratch_reset(m);
                 cudaEventRecord(e0, st);
-                double t0 = host_s();
+                double t0 = fu_now_s();
                 rc |= cm_layer_forward(m, NULL, li, hb, B, ctx, &err);
                 if (k >= 2)
-                    hv.push_back((host_s() - t0) * 1e6);
+                    hv.push_back((fu_now_s() - t0) * 1e6);
                 cudaEventRecord(e1, st);
                 cudaEventSynchronize(e1);
                 float ms;

@@ -17,23 +17,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <vector>
 
 #include <cuda_runtime.h>
 
 extern "C" {
+#include "fu.h"
 #include "ld.h"
 #include "mf.h"
 #include "st.h"
 #include "upload.h"
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static double median(std::vector<double> v)
@@ -71,10 +64,10 @@ static void *hash_main(void *p)
     hjob *j = (hjob *)p;
     if (g_hash_threads > 0)
         omp_set_num_threads(g_hash_threads);
-    double t0 = now_s();
+    double t0 = fu_now_s();
     dsr1_err_clear(&j->err);
     j->rc = ld_hash_check(j->s, bad, NULL, &j->err);
-    j->secs = now_s() - t0;
+    j->secs = fu_now_s() - t0;
     return NULL;
 }
 
@@ -128,12 +121,12 @@ int main(int argc, char **argv)
     printf("device=%s\nfile=%s\nbytes=%zu\n", p.name, ld_path(s), n);
     /* page cache warm-up: touch every page */
     {
-        double t0 = now_s();
+        double t0 = fu_now_s();
         unsigned long sum = 0;
 #pragma omp parallel for reduction(+ : sum) schedule(static)
         for (long i = 0; i < (long)n; i += 4096)
             sum += (unsigned char)base[i];
-        printf("warm_read_s=%.3f (checksum %lu)\n", now_s() - t0, sum & 0xff);
+        printf("warm_read_s=%.3f (checksum %lu)\n", fu_now_s() - t0, sum & 0xff);
     }
     char *dev;
     CK(cudaMalloc(&dev, n));
@@ -147,21 +140,21 @@ int main(int argc, char **argv)
         memset(pin, 0x5a, pb);
         std::vector<double> v;
         for (int k = 0; k < reps + 1; k++) {
-            double t0 = now_s();
+            double t0 = fu_now_s();
             for (size_t off = 0; off < n; off += pb)
                 CK(cudaMemcpyAsync(dev + off, pin, n - off < pb ? n - off : pb,
                                    cudaMemcpyHostToDevice, st));
             CK(cudaStreamSynchronize(st));
             if (k)
-                v.push_back(n / (now_s() - t0) / 1e9);
+                v.push_back(n / (fu_now_s() - t0) / 1e9);
         }
         printf("pinned_h2d_GBps=%.2f\n", median(v));
         cudaFreeHost(pin);
     }
     {
-        double t0 = now_s();
+        double t0 = fu_now_s();
         CK(cudaMemcpy(dev, base, n, cudaMemcpyHostToDevice));
-        printf("pageable_h2d_GBps=%.2f\n", n / (now_s() - t0) / 1e9);
+        printf("pageable_h2d_GBps=%.2f\n", n / (fu_now_s() - t0) / 1e9);
     }
     const char *names[2] = {"up_pinned", "up_register"};
     for (int meth = 0; meth < 2; meth++) {
@@ -202,9 +195,9 @@ int main(int argc, char **argv)
         hjob hj;
         memset(&hj, 0, sizeof hj);
         hj.s = s;
-        double t0 = now_s();
+        double t0 = fu_now_s();
         hash_main(&hj);
-        printf("hash_only_GBps=%.2f\n", n / (now_s() - t0) / 1e9);
+        printf("hash_only_GBps=%.2f\n", n / (fu_now_s() - t0) / 1e9);
         rt_upload_opts o;
         rt_upload_opts_init(&o);
         o.chunk = chunk;
@@ -212,12 +205,12 @@ int main(int argc, char **argv)
         pthread_t th;
         /* as cm_load does: the upload keeps its 16 copy threads */
         g_hash_threads = omp_get_num_procs() - 16 < 4 ? 4 : omp_get_num_procs() - 16;
-        t0 = now_s();
+        t0 = fu_now_s();
         pthread_create(&th, NULL, hash_main, &hj);
         rt_upload_stats us;
         int rc = rt_upload(dev, base, n, &o, &us, &err);
         pthread_join(th, NULL);
-        double t = now_s() - t0;
+        double t = fu_now_s() - t0;
         if (rc || hj.rc) {
             printf("up_verify_error=%s %s (mismatches %d)\n", rc ? err.msg : "",
                    hj.rc < 0 ? hj.err.msg : "", hj.rc);

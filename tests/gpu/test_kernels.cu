@@ -249,53 +249,51 @@ static void test_embed(void)
     }
 }
 
+/* kc_act_quant against k_act_quant on M x K (row stride ldx): every code and scale
+ * equal. Leaves the host and device codes and scales for the GEMM check. */
+struct act_q {
+    std::vector<uint8_t> a;
+    std::vector<float> as;
+    uint8_t *da;
+    float *das;
+};
+
+static act_q check_act_quant(size_t M, size_t K, size_t ldx, const char *name)
+{
+    act_q q;
+    size_t nb = (K + 127) / 128;
+    auto x = randv(M * ldx, 3.0f);
+    q.a.resize(M * K);
+    q.as.resize(M * nb);
+    k_act_quant(x.data(), ldx, M, K, q.a.data(), q.as.data());
+    float *dx = up(x);
+    q.da = poisoned<uint8_t>(M * K);
+    q.das = poisoned<float>(M * nb);
+    int rc = kc_act_quant(dx, ldx, M, K, q.da, q.das, 0);
+    auto ga = down(q.da, M * K);
+    auto gs = down(q.das, M * nb);
+    size_t bad = 0;
+    for (size_t i = 0; i < M * K; i++)
+        bad += ga[i] != q.a[i];
+    double se = rel_err(gs.data(), q.as.data(), gs.size());
+    bool ok = rc == 0 && bad == 0 && se == 0;
+    printf("%s act_quant %s: %zu of %zu codes differ, scale rel err %.3g%s\n", ok ? "PASS" : "FAIL",
+           name, bad, M * K, se, rc ? " (launch failed)" : "");
+    ok ? g_pass++ : g_fail++;
+    cudaFree(dx);
+    return q;
+}
+
 static void test_act_quant_and_fp8(kc_ctx *ctx)
 {
     size_t M = 33, K = 7168 + 64, N = 256;
-    auto x = randv(M * K, 3.0f);
-    size_t nb = (K + 127) / 128;
-    std::vector<uint8_t> a(M * K);
-    std::vector<float> as(M * nb);
-    k_act_quant(x.data(), K, M, K, a.data(), as.data());
-    float *dx = up(x);
-    uint8_t *da = poisoned<uint8_t>(M * K);
-    float *das = poisoned<float>(M * nb);
-    CK(kc_act_quant(dx, K, M, K, da, das, 0));
-    auto ga = down(da, M * K);
-    auto gs = down(das, M * nb);
-    size_t bad = 0;
-    for (size_t i = 0; i < M * K; i++)
-        bad += ga[i] != a[i];
-    double se = rel_err(gs.data(), as.data(), gs.size());
-    printf("%s act_quant 33x7232: %zu of %zu codes differ, scale rel err %.3g\n",
-           bad == 0 && se == 0 ? "PASS" : "FAIL", bad, M * K, se);
-    (bad == 0 && se == 0) ? g_pass++ : g_fail++;
-    { /* the scalar path: odd width and row stride */
-        size_t Mo = 5, Ko = 1001, ldo = 1003, nbo = (Ko + 127) / 128;
-        auto xo = randv(Mo * ldo, 3.0f);
-        std::vector<uint8_t> ao(Mo * Ko);
-        std::vector<float> aso(Mo * nbo);
-        k_act_quant(xo.data(), ldo, Mo, Ko, ao.data(), aso.data());
-        float *dxo = up(xo);
-        uint8_t *dao = poisoned<uint8_t>(Mo * Ko);
-        float *daso = poisoned<float>(Mo * nbo);
-        CK(kc_act_quant(dxo, ldo, Mo, Ko, dao, daso, 0));
-        auto gao = down(dao, Mo * Ko);
-        auto gso = down(daso, Mo * nbo);
-        size_t bo = 0;
-        for (size_t i = 0; i < Mo * Ko; i++)
-            bo += gao[i] != ao[i];
-        double seo = rel_err(gso.data(), aso.data(), gso.size());
-        printf("%s act_quant 5x1001 (ld 1003, scalar path): %zu codes differ, scale rel err %.3g\n",
-               bo == 0 && seo == 0 ? "PASS" : "FAIL", bo, seo);
-        (bo == 0 && seo == 0) ? g_pass++ : g_fail++;
-    }
-
+    act_q q = check_act_quant(M, K, K, "33x7232");
+    check_act_quant(5, 1001, 1003, "5x1001 (ld 1003, scalar path)");
     W w = make_w(K_W_FP8, N, K);
     std::vector<float> ref(M * N);
-    k_gemm_fp8(a.data(), as.data(), M, w.q.data(), w.s.data(), N, K, ref.data(), N);
+    k_gemm_fp8(q.a.data(), q.as.data(), M, w.q.data(), w.s.data(), N, K, ref.data(), N);
     float *dy = poisoned<float>(M * N);
-    CK(kc_gemm_fp8_simple(da, das, M, (const uint8_t *)w.d.data, w.d.scale, N, K, dy, N, 0));
+    CK(kc_gemm_fp8_simple(q.da, q.das, M, (const uint8_t *)w.d.data, w.d.scale, N, K, dy, N, 0));
     auto got = down(dy, M * N);
     report("gemm_fp8_simple vs k_gemm_fp8", rel_err(got.data(), ref.data(), ref.size()), 1e-5);
 }
