@@ -232,6 +232,36 @@ __device__ __forceinline__ void mla_wait(void)
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+/* Tensor-core products for the attention kernel: m16n8k8 TF32 MMAs with fp32
+ * accumulation, each operand split into a TF32 high part and a TF32 remainder, and
+ * hi*lo + lo*hi + hi*hi summed (3xTF32): about fp32 accuracy (the low*low term, ~2^-22
+ * relative, is dropped) at a fraction of the FMA-pipe instructions. Fragments (lane =
+ * 4 * gid + tig): A[16x8] a0 (gid, tig), a1 (gid + 8, tig), a2 (gid, tig + 4), a3 (gid +
+ * 8, tig + 4); B[8x8] b0 (k = tig, n = gid), b1 (k = tig + 4, n = gid); D[16x8] d0 (gid,
+ * 2 tig), d1 (gid, 2 tig + 1), d2 (gid + 8, 2 tig), d3 (gid + 8, 2 tig + 1). */
+__device__ __forceinline__ void mla_split(float x, uint32_t &hi, uint32_t &lo)
+{
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
+}
+
+__device__ __forceinline__ void mla_mma(float *d, const uint32_t *a, const uint32_t *b)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* d += A B with A, B given as split fragments */
+__device__ __forceinline__ void mla_mma3(float *d, const uint32_t *ah, const uint32_t *al,
+                                         const uint32_t *bh, const uint32_t *bl)
+{
+    mla_mma(d, al, bh);
+    mla_mma(d, ah, bl);
+    mla_mma(d, ah, bh);
+}
+
 /* Absorbed MLA attention, flash-decoding style.
  *
  * Work split: one block per (token t, group of MLA_G = 16 heads of t, split of the keys).
@@ -260,7 +290,7 @@ __device__ __forceinline__ void mla_wait(void)
  *     rq + 128j (j < RJ): o = o * corr + sum_k p_k c_k, from shared memory only.
  * With one split the block writes o / l; otherwise (o, m, l) go to part_o / part_ml and
  * mla_combine_kernel merges the splits. */
-template <int RJ, bool VEC>
+template <int RJ, bool VEC, bool MMA>
 __global__ void __launch_bounds__(MLA_THREADS, 1)
     mla_attn_kernel(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                     const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
@@ -363,12 +393,15 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     const int kl = lane & 15, gl = lane >> 4; /* score phase */
     const int hh = tid >> 7, rq = tid & 127;  /* output phase */
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    /* FMA path: acc[j][g] = heads 8hh + g, latent quad rq + 128j. MMA path (R = 512):
+     * acc[0][j] = D fragment of heads 0..15 x latent columns 8 (warp + 8j) .. + 7 */
     float4 acc[RJ][8];
 #pragma unroll
     for (int j = 0; j < RJ; j++)
 #pragma unroll
         for (int g = 0; g < 8; g++)
             acc[j][g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const int gid = lane >> 2, tig = lane & 3; /* MMA fragment coordinates */
 
     if (ntiles > 0)
         issue(0);
@@ -382,7 +415,45 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         __syncthreads();
         const float *C = sC + (size_t)(it % nbuf) * BK * CS;
 
-        /* 1. partial scores over this warp's feature quads */
+        /* 1. partial scores. MMA: warp w takes the 8-feature steps w, w + 8, ... for all
+         * 32 keys (4 key octets): S[16 heads x 8 keys] per octet, the Q fragment split
+         * once per step and shared by the octets; hi*hi and the cross terms accumulate
+         * apart, so 8 MMA chains interleave instead of one dependent chain. */
+        if constexpr (MMA) {
+            float d[4][4], x[4][4];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    d[nt][i] = x[nt][i] = 0.0f;
+            const int F = 4 * D4;
+            const float *qa = sQ + gid * CS, *qb = sQ + (gid + 8) * CS, *cb = C + gid * CS;
+#pragma unroll 2
+            for (int k0 = 8 * warp; k0 < F; k0 += 64) {
+                uint32_t ah[4], al[4];
+                mla_split(qa[k0 + tig], ah[0], al[0]);
+                mla_split(qb[k0 + tig], ah[1], al[1]);
+                mla_split(qa[k0 + tig + 4], ah[2], al[2]);
+                mla_split(qb[k0 + tig + 4], ah[3], al[3]);
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    uint32_t bh[2], bl[2];
+                    mla_split(cb[8 * nt * CS + k0 + tig], bh[0], bl[0]);
+                    mla_split(cb[8 * nt * CS + k0 + tig + 4], bh[1], bl[1]);
+                    mla_mma(x[nt], al, bh);
+                    mla_mma(x[nt], ah, bl);
+                    mla_mma(d[nt], ah, bh);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                float *rp = red + warp * G * BK + 8 * nt + 2 * tig;
+                rp[gid * BK] = x[nt][0] + d[nt][0];
+                rp[gid * BK + 1] = x[nt][1] + d[nt][1];
+                rp[(gid + 8) * BK] = x[nt][2] + d[nt][2];
+                rp[(gid + 8) * BK + 1] = x[nt][3] + d[nt][3];
+            }
+        } else {
         float s0a[8], s1a[8];
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -409,6 +480,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             float *rp = red + (warp * G + gl + 2 * j) * BK;
             rp[kl] = s0a[j];
             rp[kl + 16] = s1a[j];
+        }
         }
         __syncthreads();
 
@@ -443,8 +515,35 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         }
         __syncthreads();
 
-        /* 3. o = o * corr + sum_k p_k c_k for heads 8hh.., quads rq + 128j */
-        {
+        /* 3. o = o * corr + sum_k p_k c_k. MMA: O[16 x 8 columns] += P[16 x 32 keys]
+         * C[32 keys x 8 columns] for this warp's column octets warp + 8j; FMA: heads
+         * 8hh.., quads rq + 128j */
+        if constexpr (MMA) { /* R = 512: 8 column octets a warp, ks outer so the 8 chains
+                              * interleave */
+            const float c0 = sCorr[gid], c1 = sCorr[gid + 8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float *d = reinterpret_cast<float *>(&acc[0][j]);
+                d[0] *= c0, d[1] *= c0, d[2] *= c1, d[3] *= c1;
+            }
+#pragma unroll
+            for (int ks = 0; ks < BK / 8; ks++) {
+                uint32_t ph[4], pl[4];
+                const float *pk = pT + (8 * ks + tig) * G;
+                mla_split(pk[gid], ph[0], pl[0]);
+                mla_split(pk[gid + 8], ph[1], pl[1]);
+                mla_split(pk[4 * G + gid], ph[2], pl[2]);
+                mla_split(pk[4 * G + gid + 8], ph[3], pl[3]);
+                const float *c0p = C + (8 * ks + tig) * CS + 8 * warp + gid;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    uint32_t bh[2], bl[2];
+                    mla_split(c0p[64 * j], bh[0], bl[0]);
+                    mla_split(c0p[4 * CS + 64 * j], bh[1], bl[1]);
+                    mla_mma3(reinterpret_cast<float *>(&acc[0][j]), ph, pl, bh, bl);
+                }
+            }
+        } else {
             float4 ca = *(const float4 *)(sCorr + 8 * hh), cb = *(const float4 *)(sCorr + 8 * hh + 4);
             float cr[8] = {ca.x, ca.y, ca.z, ca.w, cb.x, cb.y, cb.z, cb.w};
 #pragma unroll
@@ -489,6 +588,36 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         sM[2 * warp + 1] = m1;
     }
     __syncthreads();
+    if constexpr (MMA) { /* rows gid, gid + 8 of each column octet, two columns a lane */
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int col = 8 * (warp + 8 * j);
+            const float *d = reinterpret_cast<const float *>(&acc[0][j]);
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int gg = gid + 8 * hf, f = col + 2 * tig;
+                const size_t h = h0 + gg, th = t * H + h;
+                if (h >= H)
+                    continue;
+                if (nsplit == 1) {
+                    float l = sL[gg];
+                    float *op = o_lat + th * R + f;
+                    op[0] = l > 0.0f ? d[2 * hf] / l : 0.0f;
+                    op[1] = l > 0.0f ? d[2 * hf + 1] / l : 0.0f;
+                } else {
+                    float *pp = part_o + (th * nsplit + split) * Rp + f;
+                    pp[0] = d[2 * hf];
+                    pp[1] = d[2 * hf + 1];
+                }
+            }
+        }
+        if (nsplit > 1 && tid < G && h0 + tid < H) {
+            size_t pi = (t * H + h0 + tid) * nsplit + split;
+            part_ml[2 * pi] = sM[tid];
+            part_ml[2 * pi + 1] = sL[tid];
+        }
+        return;
+    }
     const bool ovec = (R & 3) == 0 && ((uintptr_t)o_lat & 15) == 0;
 #pragma unroll
     for (int g = 0; g < 8; g++) {
@@ -628,15 +757,22 @@ typedef void (*mla_kfn)(const float *, const float *, size_t, size_t, const floa
                         const float *, size_t, float *, size_t, size_t, int, int, size_t, float,
                         int, int, int, int, int, float *, float *, int);
 
+/* kc_mla_set_mma(0): the FMA kernel even where tensor cores apply (tests, bench) */
+static int mla_use_mma = 1;
+void kc_mla_set_mma(int on)
+{
+    mla_use_mma = on;
+}
+
 /* Blocks of `fn` resident per SM at `smem` bytes (after raising its shared-memory limit). */
 static int mla_prepare(mla_kfn fn, int idx, size_t smem)
 {
-    static int raised[4], occ[4], dev = -1;
-    static size_t occ_smem[4];
+    static int raised[5], occ[5], dev = -1;
+    static size_t occ_smem[5];
     int d = 0;
     cudaGetDevice(&d);
     if (d != dev) { /* attributes and occupancy are per device */
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             raised[i] = 0, occ_smem[i] = 0;
         dev = d;
     }
@@ -707,9 +843,12 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     int qvec = R % 4 == 0 && P % 4 == 0 && ldqp % 4 == 0 && ldhp % 4 == 0 &&
                ((uintptr_t)q_lat & 15) == 0 && ((uintptr_t)q_pe & 15) == 0;
     int rj = Rp / 4 <= 128 ? 1 : 2;
-    mla_kfn fn = rj == 1 ? (vec ? mla_attn_kernel<1, true> : mla_attn_kernel<1, false>)
-                         : (vec ? mla_attn_kernel<2, true> : mla_attn_kernel<2, false>);
-    int bps = mla_prepare(fn, (rj - 1) * 2 + (vec ? 1 : 0), smem);
+    /* tensor cores at R1's latent width (R = 512; P a multiple of 8) */
+    bool mma = vec && R == 512 && P % 8 == 0 && mla_use_mma;
+    mla_kfn fn = mma       ? mla_attn_kernel<1, true, true>
+                 : rj == 1 ? (vec ? mla_attn_kernel<1, true, false> : mla_attn_kernel<1, false, false>)
+                           : (vec ? mla_attn_kernel<2, true, false> : mla_attn_kernel<2, false, false>);
+    int bps = mla_prepare(fn, mma ? 4 : (rj - 1) * 2 + (vec ? 1 : 0), smem);
     if (bps <= 0)
         return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,
                                  pos0, scale, st);

@@ -98,14 +98,19 @@ int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, s
 int kc_silu_mul(const float *g, const float *u, float *h, size_t n, cudaStream_t st);
 /* Routed experts grouped by expert over the tokens of a batch. The rank holds experts
  * [e0, e0 + n) of one layer; kc_moe_prepare records their device views once (same
- * shape and type for all). kc_moe: slot s = t * top_k + k of the router output (idx, w
- * on the device); y[t] (row stride ldy) += sum over slots whose expert is local of
- * w[s] * down(silu(gate x[t]) * up x[t]), summed per token in k order (deterministic).
- * Weights are streamed once per tile of an expert's slots: 1 or 2 slots up to 16
- * tokens, 8 above (activations staged in shared memory). */
+ * shape and type for all), and optionally the shared expert (shared = its gate, up,
+ * down; same type and model dim, any intermediate size; -1 if not). kc_moe: slot s =
+ * t * top_k + k of the router output (idx, w on the device); y[t] (row stride ldy) +=
+ * sum over slots whose expert is local of w[s] * down(silu(gate x[t]) * up x[t]),
+ * summed per token in k order (deterministic), then + the shared expert of x[t] when
+ * prepared with one and T is small (kc_moe_has_shared(m, T); otherwise the caller runs
+ * the shared expert). Weights are streamed once per tile of an
+ * expert's slots: 1 or 2 slots up to 16 tokens, 8 above (activations staged in shared
+ * memory). */
 typedef struct kc_moe_w kc_moe_w;
 int kc_moe_prepare(kc_moe_w **out, size_t n, const k_weight *gate, const k_weight *up,
-                   const k_weight *down);
+                   const k_weight *down, const k_weight *shared);
+int kc_moe_has_shared(const kc_moe_w *m, size_t T);
 void kc_moe_free(kc_moe_w *m);
 int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
            const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy);
@@ -125,6 +130,10 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                 size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st);
 int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
                     const k_weight *wkv_b, float *o, size_t ldo, cudaStream_t st);
+/* kc_mla_attn's score and value products run on tensor cores (3xTF32, ~fp32 accuracy)
+ * at R = 512 with P a multiple of 8 (R1's MLA); 0 forces the fp32 FMA kernel
+ * (comparison in tests and bench-decode). Process-wide, not thread-safe. */
+void kc_mla_set_mma(int on);
 
 /* ---- helpers (gemm.cu) ---- */
 int kc_copy_f32_from_bf16(const uint16_t *in, float *out, size_t n, cudaStream_t st);

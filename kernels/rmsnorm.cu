@@ -18,24 +18,26 @@ __global__ void __launch_bounds__(RMS_THREADS) rmsnorm_vec_kernel(const float *x
     float4 *yr = reinterpret_cast<float4 *>(y + blockIdx.x * ldy);
     const float4 *wr = reinterpret_cast<const float4 *>(w);
     size_t n4 = dim / 4;
-    float4 v[RMS_VEC];
+    float4 v[RMS_VEC], g[RMS_VEC];
     float ss = 0.0f;
+    /* the weights load with the row, not after the reduction: one memory round trip */
 #pragma unroll
     for (int j = 0; j < RMS_VEC; j++) {
         size_t i = threadIdx.x + (size_t)j * RMS_THREADS;
         v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+        g[j] = i < n4 ? __ldg(wr + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
+#pragma unroll
+    for (int j = 0; j < RMS_VEC; j++)
+        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
     ss = kc_block_sum(ss, sh);
     float inv = 1.0f / sqrtf(ss / (float)dim + eps);
 #pragma unroll
     for (int j = 0; j < RMS_VEC; j++) {
         size_t i = threadIdx.x + (size_t)j * RMS_THREADS;
-        if (i < n4) {
-            float4 g = wr[i];
-            yr[i] = make_float4(v[j].x * inv * g.x, v[j].y * inv * g.y, v[j].z * inv * g.z,
-                                v[j].w * inv * g.w);
-        }
+        if (i < n4)
+            yr[i] = make_float4(v[j].x * inv * g[j].x, v[j].y * inv * g[j].y,
+                                v[j].z * inv * g[j].z, v[j].w * inv * g[j].w);
     }
 }
 

@@ -197,7 +197,13 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
                     rc = dev_w(m, &hl->e_gate[j], &g[j], "expert gate", err) ||
                          dev_w(m, &hl->e_up[j], &u[j], "expert up", err) ||
                          dev_w(m, &hl->e_down[j], &d[j], "expert down", err);
-                int krc = rc ? 0 : kc_moe_prepare(&L->moe, n, g, u, d);
+                /* the shared expert (split over TP) joins the routed launches when its
+                 * type allows; else it runs as its own MLP */
+                k_weight sh[3] = {L->sh_gate, L->sh_up, L->sh_down};
+                int with_sh = h->cfg.n_shared_experts && !hl->sh_whole;
+                int krc = rc ? 0 : kc_moe_prepare(&L->moe, n, g, u, d, with_sh ? sh : NULL);
+                if (!rc && krc && with_sh)
+                    krc = kc_moe_prepare(&L->moe, n, g, u, d, NULL);
                 free(g);
                 if (rc)
                     goto fail;
@@ -404,7 +410,7 @@ static int ffn(cm_model *m, cm_layer *L, const float *x, size_t T, float *out, i
         CUK(cudaMemsetAsync(out, 0, T * H * 4, m->st), "memset");
     if (L->moe)
         CUK(kc_moe(m->kc, L->moe, x, H, T, idx, w, K, L->e0, out, H), "routed experts");
-    if (h->cfg.n_shared_experts && !hl->sh_whole)
+    if (h->cfg.n_shared_experts && !hl->sh_whole && !kc_moe_has_shared(L->moe, T))
         return mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, T, out, 1, err);
     return 0;
 }

@@ -2,18 +2,21 @@
  * TFLOP/s against cuBLASLt at the same shapes, and (multi-GPU) all-reduce latency.
  *
  *   bench-decode-gpu --manifest DIR/manifest.json [--ctx N] [--batches 1,8,64]
- *                    [--reps N] [--prefill-m M]
+ *                    [--reps N] [--prefill-m M] [--rank R] [--local-experts N] [--quick]
+ *                    [--profile LAYER:BATCH]   (one step for ncu; tests/gpu/profile_decode.sh)
  *   bench-decode-gpu --allreduce [--hidden 7168]     (one process per GPU, torchrun env)
  *
- * Decode: the plan must have one rank (dsr1-shard with tp=1). The latent cache is
- * filled with ctx positions of pseudo-random values; a step of batch B runs B new
- * tokens of one sequence through one layer (cm_layer_forward), timed with CUDA events
- * after warm-up, median of --reps. Bytes touched = every weight of the layer that the
- * step reads (attention, dense MLP or router + shared expert + the distinct experts
- * the router picked, read back from the run) + the latent cache read. Roofline = bytes
- * / the device-to-device copy bandwidth measured in the same run ((read + write) /
+ * Decode: one rank of the plan (--rank; alone, collectives skipped). The latent cache is filled
+ * with ctx positions of pseudo-random values; a step of batch B runs B new tokens of one
+ * sequence through one layer (cm_layer_forward), timed with CUDA events after warm-up,
+ * median of --reps; the step is enqueued while the GPU spins, so the events time its
+ * kernels back to back (cold_us: without the spin). Bytes touched = every weight of the
+ * layer that the step reads (attention, dense MLP or router + shared expert + the distinct
+ * experts the router picked, read back from the run) + the latent cache read. Roofline =
+ * bytes / the device-to-device copy bandwidth measured in the same run ((read + write) /
  * time). GB and TB are 1e9 / 1e12 bytes. */
 #include <algorithm>
+#include <cuda_profiler_api.h>
 #include <set>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,14 +106,34 @@ static double copy_bw(void)
     return median(v);
 }
 
+/* Busy-waits ns on the GPU. Launched before a start event, it keeps the GPU busy while
+ * the host enqueues the timed work, so the events measure the work back to back as in a
+ * running decode (the host ahead of the GPU), not the first launch's latency. */
+__global__ void spin_kernel(unsigned long long ns)
+{
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    while (t - t0 < ns);
+}
+
+static void queue_ahead(cudaStream_t st)
+{
+    spin_kernel<<<1, 1, 0, st>>>(1000000ull); /* 1 ms: longer than any enqueue timed here */
+}
+
+/* median ms of f, queued behind a spin (queued=1) or launched cold */
 template <class F>
-static double time_ms(F f, int reps)
+static double time_ms(F f, int reps, int queued = 1)
 {
     cudaStream_t st = g_st;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0), cudaEventCreate(&e1);
     std::vector<double> v;
     for (int k = 0; k < reps + 2; k++) {
+        if (queued)
+            queue_ahead(st);
         cudaEventRecord(e0, st);
         f();
         cudaEventRecord(e1, st);
@@ -174,7 +197,7 @@ static int allreduce_mode(size_t hidden, int reps)
                     rt_comm_allreduce_sum_f32(c, RT_GROUP_TP, buf, n, &err);
                 host = fu_now_s() - t0;
             },
-            reps);
+            reps, 0);
         (void)st;
         const char *be = getenv("DSR1_NCCL_BLOCKING");
         if (id.rank == 0)
@@ -262,6 +285,13 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
                     0.1f, st);
     }, reps);
     printf("  %-22s %8.1f us  (S=%zu)\n", "mla_attn", t * 1e3, S);
+    kc_mla_set_mma(0);
+    t = time_ms([&] {
+        kc_mla_attn(y, x + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, z, B, S, Hl, R, P, ctx,
+                    0.1f, st);
+    }, reps);
+    kc_mla_set_mma(1);
+    printf("  %-22s %8.1f us  (S=%zu)\n", "mla_attn (fp32 FMA)", t * 1e3, S);
     t = time_ms([&] { kc_mla_absorb_v(z, B, Hl, dn, dv, &L->kv_b, y, Hl * dv, st); }, reps);
     printf("  %-22s %8.1f us\n", "absorb_v", t * 1e3);
     t = time_ms([&] { kc_rmsnorm(x, H, L->in_norm, y, H, B, H, 1e-6f, st); }, reps);
@@ -284,8 +314,11 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
             if (e >= (int32_t)L->e0 && e < (int32_t)(L->e0 + L->h->n_experts))
                 d.insert(e);
         double b = d.size() * (wbytes(&L->h->e_gate[0]) * 3);
-        printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s (%zu experts)\n", "routed experts", t * 1e3,
-               b / 1e6, b / t / 1e6, d.size());
+        int sh = kc_moe_has_shared(L->moe, B);
+        if (sh)
+            b += wbytes(&L->sh_gate) + wbytes(&L->sh_up) + wbytes(&L->sh_down);
+        printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s (%zu experts%s)\n", "routed experts", t * 1e3,
+               b / 1e6, b / t / 1e6, d.size(), sh ? " + shared" : "");
         cudaFree(idx), cudaFree(w);
     }
     cudaFree(x), cudaFree(y), cudaFree(z);
@@ -295,7 +328,8 @@ int main(int argc, char **argv)
 {
     const char *manifest = NULL;
     size_t ctx = 1024, pm = 4096, hidden = 7168;
-    int reps = 10, allreduce = 0, rank = 0, local_experts = -1, quick = 0;
+    int reps = 10, allreduce = 0, rank = 0, local_experts = -1, quick = 0, prof_layer = -1;
+    size_t prof_batch = 1;
     std::vector<size_t> batches = {1, 8, 64};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--manifest") && i + 1 < argc)
@@ -316,6 +350,9 @@ int main(int argc, char **argv)
             local_experts = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1;
+        else if (!strcmp(argv[i], "--profile") && i + 1 < argc &&
+                 sscanf(argv[i + 1], "%d:%zu", &prof_layer, &prof_batch) == 2)
+            i++;
         else if (!strcmp(argv[i], "--batches") && i + 1 < argc) {
             batches.clear();
             for (char *s = strtok(argv[++i], ","); s; s = strtok(NULL, ","))
@@ -323,7 +360,8 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr, "usage: bench-decode-gpu --manifest DIR/manifest.json [--ctx N] "
                             "[--batches 1,8,64] [--reps N] [--prefill-m M] [--rank R] "
-                            "[--local-experts N] [--quick (no prefill table)] | --allreduce\n");
+                            "[--local-experts N] [--quick (no prefill table)] [--profile LAYER:BATCH] | "
+                            "--allreduce\n");
             return 2;
         }
     }
@@ -398,10 +436,35 @@ int main(int argc, char **argv)
     CK(cudaMalloc(&hb, bmax * H * 4));
     fill(h0, bmax * H, 9, 1.0f);
     CK(cudaDeviceSynchronize());
-    /* host_us: CPU time to enqueue the layer (no CUDA graphs): the floor of a step once the
-     * GPU work per layer shrinks below it (e.g. at TP8) */
-    printf("\n%-6s %-5s %6s %10s %10s %12s %8s %9s\n", "layer", "kind", "batch", "step_us",
-           "MB_read", "roofline_us", "of_roof", "host_us");
+    if (prof_layer >= 0) {
+        /* one step of one layer between cudaProfilerStart/Stop, after warm-up: for
+         * `ncu --profile-from-start off` (tests/gpu/profile_decode.sh) */
+        if ((size_t)prof_layer >= m->n_layers || prof_batch < 1 || prof_batch > bmax) {
+            fprintf(stderr, "bench-decode: --profile %d:%zu outside %zu layers / batch %zu\n",
+                    prof_layer, prof_batch, m->n_layers, bmax);
+            return 2;
+        }
+        for (int k = 0; k < 4; k++) {
+            if (k == 3)
+                CK(cudaProfilerStart());
+            cudaMemcpyAsync(hb, h0, prof_batch * H * 4, cudaMemcpyDeviceToDevice, st);
+            cm_scratch_reset(m);
+            if (cm_layer_forward(m, NULL, (size_t)prof_layer, hb, prof_batch, ctx, &err)) {
+                fprintf(stderr, "bench-decode: layer %d: %s\n", prof_layer, err.msg);
+                return 3;
+            }
+            CK(cudaStreamSynchronize(st));
+        }
+        CK(cudaProfilerStop());
+        return 0;
+    }
+    /* step_us: the layer's kernels back to back on the GPU (enqueued behind a spin, as
+     * in a running decode where the host is ahead). host_us: CPU time to enqueue the
+     * layer (no CUDA graphs): the floor of a step once the GPU work per layer shrinks
+     * below it (e.g. at TP8). cold_us: enqueued with an idle GPU (the first launch's
+     * latency included: how step_us was measured in the first 2026-11-28 H100 logs). */
+    printf("\n%-6s %-5s %6s %10s %10s %12s %8s %9s %9s\n", "layer", "kind", "batch", "step_us",
+           "MB_read", "roofline_us", "of_roof", "host_us", "cold_us");
     for (size_t li = 0; li < m->n_layers; li++) {
         cm_layer *L = &m->L[li];
         const rt_layer *hl = L->h;
@@ -412,21 +475,24 @@ int main(int argc, char **argv)
             /* time only the layer: the copy runs before the start event on the stream */
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0), cudaEventCreate(&e1);
-            std::vector<double> v, hv;
-            for (int k = 0; k < reps + 2; k++) {
+            std::vector<double> v, hv, cv;
+            for (int k = 0; k < 2 * (reps + 2); k++) {
+                int cold = k >= reps + 2, kk = cold ? k - reps - 2 : k;
                 cudaMemcpyAsync(hb, h0, B * H * 4, cudaMemcpyDeviceToDevice, st);
                 cm_scratch_reset(m);
+                if (!cold)
+                    queue_ahead(st);
                 cudaEventRecord(e0, st);
                 double t0 = fu_now_s();
                 rc |= cm_layer_forward(m, NULL, li, hb, B, ctx, &err);
-                if (k >= 2)
+                if (kk >= 2 && !cold)
                     hv.push_back((fu_now_s() - t0) * 1e6);
                 cudaEventRecord(e1, st);
                 cudaEventSynchronize(e1);
                 float ms;
                 cudaEventElapsedTime(&ms, e0, e1);
-                if (k >= 2)
-                    v.push_back(ms);
+                if (kk >= 2)
+                    (cold ? cv : v).push_back(ms);
             }
             if (rc) {
                 fprintf(stderr, "bench-decode: layer %zu: %s\n", li, err.msg);
@@ -451,8 +517,9 @@ int main(int argc, char **argv)
                 bytes += per * distinct.size();
             }
             double us = median(v) * 1000, roof = bytes / bw * 1e6;
-            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%% %9.1f\n", li,
-                   hl->moe ? "moe" : "dense", B, us, bytes / 1e6, roof, 100 * roof / us, median(hv));
+            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%% %9.1f %9.1f\n", li,
+                   hl->moe ? "moe" : "dense", B, us, bytes / 1e6, roof, 100 * roof / us, median(hv),
+                   median(cv) * 1000);
         }
     }
     std::set<size_t> bb = {1, std::min<size_t>(8, bmax), bmax};

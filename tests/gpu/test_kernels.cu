@@ -429,12 +429,14 @@ static void test_moe(kc_ctx *ctx)
 {
     size_t E = 16, e0 = 8, n = 8, K = 4;
     /* token counts pick the kernels' token tile (1, 2, 4, 8) */
+    /* Is: a shared expert of Is rows in the same launches (0: none; I/8: split at TP8) */
     struct {
-        size_t T, D, I;
-    } passes[] = {{1, 256, 128}, {2, 256, 128}, {3, 256, 128}, {37, 256, 128}, {1, 1024, 512},
-                  {6, 1024, 384}};
+        size_t T, D, I, Is;
+    } passes[] = {{1, 256, 128, 0},   {2, 256, 128, 0},   {3, 256, 128, 0},  {37, 256, 128, 0},
+                  {1, 1024, 512, 0},  {6, 1024, 384, 0},  {1, 256, 128, 128}, {2, 256, 128, 32},
+                  {9, 1024, 512, 64}, {37, 256, 128, 128}};
     for (auto &ps : passes) {
-        size_t T = ps.T, D = ps.D, I = ps.I;
+        size_t T = ps.T, D = ps.D, I = ps.I, Is = ps.Is;
         std::vector<W> g, u, d;
         std::vector<k_weight> gd, ud, dd;
         for (size_t e = 0; e < n; e++) {
@@ -470,15 +472,33 @@ static void test_moe(kc_ctx *ctx)
                 k_mlp(x.data() + t * D, D, 1, &g[e - e0].h, &u[e - e0].h, &d[e - e0].h,
                       ref.data() + t * D, D, 1, &w[t * K + k]);
             }
+        std::vector<W> sw;
+        bool take = Is && T <= 2; /* kc_moe takes the shared expert up to 2 tokens */
+        if (Is) {
+            sw.push_back(make_w(K_W_FP8, Is, D));
+            sw.push_back(make_w(K_W_FP8, Is, D));
+            sw.push_back(make_w(K_W_FP8, D, Is));
+        }
+        if (take) /* after the routed sum, as the runtime's separate shared MLP does */
+            k_mlp(x.data(), D, T, &sw[0].h, &sw[1].h, &sw[2].h, ref.data(), D, 1, NULL);
+        k_weight sd[3] = {Is ? sw[0].d : k_weight{}, Is ? sw[1].d : k_weight{},
+                          Is ? sw[2].d : k_weight{}};
         kc_moe_w *mw;
-        CK(kc_moe_prepare(&mw, n, gd.data(), ud.data(), dd.data()));
+        CK(kc_moe_prepare(&mw, n, gd.data(), ud.data(), dd.data(), Is ? sd : NULL));
         float *dx = up(x), *dy = up(y0), *dw = up(w);
         int32_t *di = up(idx);
         CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D));
         auto got = down(dy, T * D);
-        char name[96];
+        char name[128];
         snprintf(name, sizeof name, "moe grouped experts T=%zu D=%zu I=%zu (8 of 16 local)", T,
                  D, I);
+        if (Is)
+            snprintf(name + strlen(name), sizeof name - strlen(name), " + shared I=%zu%s", Is,
+                     take ? "" : " (left to the caller)");
+        if (Is && take != (kc_moe_has_shared(mw, T) != 0)) {
+            printf("FAIL %s: shared expert %s\n", name, take ? "not taken" : "taken at T > 2");
+            g_fail++;
+        }
         report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
         kc_moe_free(mw);
     }
@@ -534,6 +554,33 @@ static void test_router(void)
         }
         cudaFree(dl), cudaFree(db), cudaFree(dw), cudaFree(di);
     }
+    /* NaN scores (a broken checkpoint): still K distinct valid experts per token */
+    k_router_cfg c = {256, 8, 4, 8, 1, 2.5f};
+    size_t T = 9, E = 256, K = 8;
+    auto logits = randv(T * E, 2.0f);
+    for (size_t t = 0; t < T; t++)
+        for (size_t j = 0; j < t * 7; j++)
+            logits[t * E + (j * 37 + t) % E] = NAN;
+    float *dl = up(logits), *dw = poisoned<float>(T * K);
+    int32_t *di = poisoned<int32_t>(T * K);
+    CK(kc_router(&c, dl, NULL, T, di, dw, 0));
+    auto gi = down(di, T * K);
+    size_t bad = 0;
+    for (size_t t = 0; t < T; t++)
+        for (size_t k = 0; k < K; k++) {
+            int32_t e = gi[t * K + k];
+            bad += e < 0 || e >= (int32_t)E;
+            for (size_t j = 0; j < k; j++)
+                bad += gi[t * K + j] == e;
+        }
+    if (bad) {
+        printf("FAIL router with NaN scores: %zu bad picks\n", bad);
+        g_fail++;
+    } else {
+        printf("PASS router with NaN scores: distinct valid experts\n");
+        g_pass++;
+    }
+    cudaFree(dl), cudaFree(dw), cudaFree(di);
 }
 
 static void test_attn(void)
@@ -607,11 +654,15 @@ static void test_attn(void)
         auto gql = down(dql, ql.size());
         snprintf(name, sizeof name, "mla absorb_q %s", tag);
         report(name, rel_err(gql.data(), ql.data(), ql.size()), 2e-5);
-        CK(kc_mla_attn(dql_ref, dq + dn, ldq, ldh, dc, cs.ldc, dk, cs.ldk, dol, T, S, H, R, P, pos0,
-                       scale, 0));
-        auto gol = down(dol, ol.size());
-        snprintf(name, sizeof name, "mla absorbed attention %s", tag);
-        report(name, rel_err(gol.data(), ol.data(), ol.size()), 2e-5);
+        for (int mma = 1; mma >= 0; mma--) { /* tensor cores where they apply, then FMA */
+            kc_mla_set_mma(mma);
+            CK(kc_mla_attn(dql_ref, dq + dn, ldq, ldh, dc, cs.ldc, dk, cs.ldk, dol, T, S, H, R, P,
+                           pos0, scale, 0));
+            auto gol = down(dol, ol.size());
+            snprintf(name, sizeof name, "mla absorbed attention %s%s", tag, mma ? "" : " (fp32 FMA)");
+            report(name, rel_err(gol.data(), ol.data(), ol.size()), 2e-5);
+        }
+        kc_mla_set_mma(1);
         CK(kc_mla_absorb_v(dol_ref, T, H, dn, dv, &wkv.d, dout, H * dv, 0));
         auto go = down(dout, o.size());
         snprintf(name, sizeof name, "mla absorb_v %s", tag);
