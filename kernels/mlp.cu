@@ -117,6 +117,8 @@ void kc_moe_free(kc_moe_w *m)
 struct moe_k {
     const void *const *tab; /* [T_N][ts] */
     size_t n, N, ts, I, Is, D, ldh, S, top_k, sld_gu, sld_d, sld_gu_s, sld_d_s;
+    const int32_t *idx; /* one token: no plan, block row = slot (see moe_entry) */
+    size_t e0;
 };
 
 /* One block: counting sort of the slots by local expert. meta = [n_active, act_e[N],
@@ -182,6 +184,38 @@ __device__ __forceinline__ size_t moe_tok(const moe_k &a, int v)
     return (size_t)v < a.S ? (size_t)v / a.top_k : (size_t)v - a.S;
 }
 
+/* Expert e, first sorted slot st and slot count of block row ai; false: nothing to do.
+ * From the plan (its four words load together; ai < N keeps them in bounds), or with
+ * one token (a.idx) straight from the router output: row ai < S is slot ai, row S the
+ * shared expert. That skips the plan kernel and a dependent load per block (at batch 1
+ * each block streams only a few rows, so the lookups before its first weight load
+ * count). */
+__device__ __forceinline__ bool moe_entry(const moe_k &a, const int *meta, int ai, int &e, int &st,
+                                          int &cnt)
+{
+    if (a.idx) {
+        if ((size_t)ai < a.S) {
+            long v = (long)a.idx[ai] - (long)a.e0;
+            if (v < 0 || v >= (long)a.n)
+                return false;
+            e = (int)v;
+        } else {
+            e = (int)a.n;
+        }
+        st = ai, cnt = 1;
+        return true;
+    }
+    const int na = meta[0];
+    e = meta[1 + ai], st = meta[1 + a.N + ai], cnt = meta[1 + 2 * a.N + ai];
+    return ai < na;
+}
+
+/* slot value (router slot, or S + token) of sorted slot p */
+__device__ __forceinline__ int moe_slot(const moe_k &a, const int *order, int p)
+{
+    return a.idx ? p : order[p];
+}
+
 /* h[p, i] = silu(gate_e[i] . x[tok(p)]) * (up_e[i] . x[tok(p)]) for the sorted slots p of
  * active expert blockIdx.y, rows i of blockIdx.x's tile (gemv.cuh's tile_gemv with the
  * fused GLU): each weight byte is read once per MT slots of its expert. */
@@ -191,11 +225,8 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
 {
     constexpr int RB = tg_rb(2);
     __shared__ tg_smem<MT, RB, 2> sm;
-    /* the four plan words load together (ai < N: in bounds even when inactive), so the
-     * block waits one round trip, not two, before its table and weight loads */
-    const int ai = blockIdx.y, na = meta[0];
-    const int e = meta[1 + ai], st = meta[1 + a.N + ai], cnt = meta[1 + 2 * a.N + ai];
-    if (ai >= na)
+    int e, st, cnt;
+    if (!moe_entry(a, meta, blockIdx.y, e, st, cnt))
         return; /* block-uniform */
     const size_t I = (size_t)e < a.n ? a.I : a.Is, N = a.ts;
     const size_t row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB;
@@ -210,13 +241,13 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
             __shared__ const float *xrow[MT];
             if (threadIdx.x < MT)
                 xrow[threadIdx.x] =
-                    x + moe_tok(a, order[st + c0 + ((int)threadIdx.x < nm ? threadIdx.x : 0)]) * ldx;
+                    x + moe_tok(a, moe_slot(a, order, st + c0 + ((int)threadIdx.x < nm ? threadIdx.x : 0))) * ldx;
             tile_gemv_staged<WT, MT, RB, 2, 0>(W, S, sl, row0, I, a.D, xrow, nm, sm);
         } else {
             const float *xr[MT];
 #pragma unroll
             for (int m = 0; m < MT; m++)
-                xr[m] = x + moe_tok(a, order[st + c0 + (m < nm ? m : 0)]) * ldx;
+                xr[m] = x + moe_tok(a, moe_slot(a, order, st + c0 + (m < nm ? m : 0))) * ldx;
             tile_gemv<WT, MT, RB, 2, 0>(W, S, sl, row0, I, a.D, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
@@ -239,9 +270,8 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
 {
     constexpr int RB = tg_rb(1);
     __shared__ tg_smem<MT, RB, 1> sm;
-    const int ai = blockIdx.y, na = meta[0];
-    const int e = meta[1 + ai], st = meta[1 + a.N + ai], cnt = meta[1 + 2 * a.N + ai];
-    if (ai >= na)
+    int e, st, cnt;
+    if (!moe_entry(a, meta, blockIdx.y, e, st, cnt))
         return; /* block-uniform */
     const size_t I = (size_t)e < a.n ? a.I : a.Is, D = a.D, N = a.ts;
     const size_t row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB;
@@ -266,7 +296,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
             size_t d = row0 + (size_t)g * RB + r;
             if (d < D && m < nm)
-                out[(size_t)order[st + c0 + m] * D + d] = sm.res[(g * RB + r) * MT + m];
+                out[(size_t)moe_slot(a, order, st + c0 + m) * D + d] = sm.res[(g * RB + r) * MT + m];
         }
         __syncthreads();
     }
@@ -345,7 +375,7 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
         return -1;
     size_t n = m->n, D = m->D, N = n + (kc_moe_has_shared(m, T) ? 1 : 0);
     moe_k a = {m->tab, n, N, n + (m->Is ? 1 : 0), m->I, m->Is, D, m->I > m->Is ? m->I : m->Is, 0, top_k,
-               m->sld_gu, m->sld_d, m->sld_gu_s, m->sld_d_s};
+               m->sld_gu, m->sld_d, m->sld_gu_s, m->sld_d_s, NULL, 0};
     for (size_t t0 = 0; t0 < T; t0 += MOE_CHUNK) {
         size_t tn = T - t0 < MOE_CHUNK ? T - t0 : MOE_CHUNK, S = tn * top_k;
         size_t P = S + (N - n) * tn, A = (S < n ? S : n) + (N - n);
@@ -358,8 +388,14 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
         a.S = S;
         const int32_t *ci = idx + t0 * top_k;
         const float *cx = x + t0 * ldx;
-        moe_plan_kernel<<<1, 1024, 2 * n * sizeof(int), st>>>(ci, S, e0, n, N, tn, order, meta);
-        KC_LAUNCH_CHECK();
+        if (tn == 1) { /* one token: blocks per slot, no plan (moe_entry) */
+            a.idx = ci, a.e0 = e0;
+            A = S + (N - n);
+        } else {
+            a.idx = NULL;
+            moe_plan_kernel<<<1, 1024, 2 * n * sizeof(int), st>>>(ci, S, e0, n, N, tn, order, meta);
+            KC_LAUNCH_CHECK();
+        }
         int rc = m->type == K_W_FP8    ? moe_run<2>(cx, ldx, tn, order, meta, a, A, h, out, st)
                  : m->type == K_W_BF16 ? moe_run<1>(cx, ldx, tn, order, meta, a, A, h, out, st)
                                        : moe_run<0>(cx, ldx, tn, order, meta, a, A, h, out, st);
