@@ -115,7 +115,8 @@ void kc_moe_free(kc_moe_w *m);
 int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
            const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy);
 
-/* ---- router.cu ---- logits [T, E] -> idx, w [T, top_k] (same algorithm as k_router) */
+/* ---- router.cu ---- logits [T, E] -> idx, w [T, top_k] (same picks as k_router; E up
+ * to 1024, else -1) */
 int kc_router(const k_router_cfg *c, const float *logits, const float *bias, size_t T,
               int32_t *idx, float *w, cudaStream_t st);
 
