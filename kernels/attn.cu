@@ -454,33 +454,33 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
                 rp[(gid + 8) * BK + 1] = x[nt][3] + d[nt][3];
             }
         } else {
-        float s0a[8], s1a[8];
+            float s0a[8], s1a[8];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            s0a[j] = s1a[j] = 0.0f;
-        const float *c0p = C + kl * CS, *c1p = C + (kl + 16) * CS, *qp = sQ + gl * CS;
+            for (int j = 0; j < 8; j++)
+                s0a[j] = s1a[j] = 0.0f;
+            const float *c0p = C + kl * CS, *c1p = C + (kl + 16) * CS, *qp = sQ + gl * CS;
 #pragma unroll 2
-        for (int qd = warp; qd < D4; qd += 8) {
-            float4 a = *(const float4 *)(c0p + 4 * qd), b = *(const float4 *)(c1p + 4 * qd);
+            for (int qd = warp; qd < D4; qd += 8) {
+                float4 a = *(const float4 *)(c0p + 4 * qd), b = *(const float4 *)(c1p + 4 * qd);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    float4 x = *(const float4 *)(qp + 2 * j * CS + 4 * qd);
+                    s0a[j] = fmaf(a.x, x.x, s0a[j]);
+                    s0a[j] = fmaf(a.y, x.y, s0a[j]);
+                    s0a[j] = fmaf(a.z, x.z, s0a[j]);
+                    s0a[j] = fmaf(a.w, x.w, s0a[j]);
+                    s1a[j] = fmaf(b.x, x.x, s1a[j]);
+                    s1a[j] = fmaf(b.y, x.y, s1a[j]);
+                    s1a[j] = fmaf(b.z, x.z, s1a[j]);
+                    s1a[j] = fmaf(b.w, x.w, s1a[j]);
+                }
+            }
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                float4 x = *(const float4 *)(qp + 2 * j * CS + 4 * qd);
-                s0a[j] = fmaf(a.x, x.x, s0a[j]);
-                s0a[j] = fmaf(a.y, x.y, s0a[j]);
-                s0a[j] = fmaf(a.z, x.z, s0a[j]);
-                s0a[j] = fmaf(a.w, x.w, s0a[j]);
-                s1a[j] = fmaf(b.x, x.x, s1a[j]);
-                s1a[j] = fmaf(b.y, x.y, s1a[j]);
-                s1a[j] = fmaf(b.z, x.z, s1a[j]);
-                s1a[j] = fmaf(b.w, x.w, s1a[j]);
+                float *rp = red + (warp * G + gl + 2 * j) * BK;
+                rp[kl] = s0a[j];
+                rp[kl + 16] = s1a[j];
             }
-        }
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            float *rp = red + (warp * G + gl + 2 * j) * BK;
-            rp[kl] = s0a[j];
-            rp[kl + 16] = s1a[j];
-        }
         }
         __syncthreads();
 
@@ -845,9 +845,11 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     int rj = Rp / 4 <= 128 ? 1 : 2;
     /* tensor cores at R1's latent width (R = 512; P a multiple of 8) */
     bool mma = vec && R == 512 && P % 8 == 0 && mla_use_mma;
-    mla_kfn fn = mma       ? mla_attn_kernel<1, true, true>
-                 : rj == 1 ? (vec ? mla_attn_kernel<1, true, false> : mla_attn_kernel<1, false, false>)
-                           : (vec ? mla_attn_kernel<2, true, false> : mla_attn_kernel<2, false, false>);
+    /* [rj - 1][vec] for the FMA kernels; slot 4 (mla_prepare's cache) the MMA one */
+    static const mla_kfn fma_fn[2][2] = {
+        {mla_attn_kernel<1, false, false>, mla_attn_kernel<1, true, false>},
+        {mla_attn_kernel<2, false, false>, mla_attn_kernel<2, true, false>}};
+    mla_kfn fn = mma ? mla_attn_kernel<1, true, true> : fma_fn[rj - 1][vec];
     int bps = mla_prepare(fn, mma ? 4 : (rj - 1) * 2 + (vec ? 1 : 0), smem);
     if (bps <= 0)
         return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,

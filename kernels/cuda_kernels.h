@@ -95,7 +95,6 @@ int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, s
                     size_t K, float *y);
 
 /* ---- mlp.cu ---- */
-int kc_silu_mul(const float *g, const float *u, float *h, size_t n, cudaStream_t st);
 /* Routed experts grouped by expert over the tokens of a batch. The rank holds experts
  * [e0, e0 + n) of one layer; kc_moe_prepare records their device views once (same
  * shape and type for all), and optionally the shared expert (shared = its gate, up,

@@ -69,6 +69,26 @@ __device__ __forceinline__ float kc_block_sum(float v, float *sh)
     return v;
 }
 
+/* silu(g) * u, the expression of the CPU reference's k_silu_mul */
+__device__ __forceinline__ float kc_silu_mul(float g, float u)
+{
+    return g / (1.0f + expf(-g)) * u;
+}
+
+/* y = x * w / sqrt(mean(x^2) + eps) over one row of dim floats, by the whole block (y may
+ * be x; sh: 32 floats of shared memory). The scalar RMSNorm of kc_rmsnorm and mla_prep. */
+__device__ __forceinline__ void kc_rms_row(const float *x, const float *w, float *y, size_t dim,
+                                           float eps, float *sh)
+{
+    float ss = 0.0f;
+    for (size_t j = threadIdx.x; j < dim; j += blockDim.x)
+        ss += x[j] * x[j];
+    ss = kc_block_sum(ss, sh);
+    float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (size_t j = threadIdx.x; j < dim; j += blockDim.x)
+        y[j] = x[j] * inv * w[j];
+}
+
 __device__ __forceinline__ float kc_block_max(float v, float *sh)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;

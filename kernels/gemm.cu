@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
         float v = sm.res[(g * RT + r) * MT + m];
         if (NW == 2) {
             float u = sm.res[(g * RT + RB + r) * MT + m];
-            v = v / (1.0f + expf(-v)) * u;
+            v = kc_silu_mul(v, u);
         }
         float *o = J.y + (size_t)m * J.ldy + n;
         *o = a.accumulate ? *o + v : v;
@@ -901,7 +901,7 @@ __global__ void glu_rows_kernel(float *h, size_t ldh, const float *u, size_t M, 
     if (i >= M * I)
         return;
     float *g = h + (i / I) * ldh + i % I;
-    *g = *g / (1.0f + expf(-*g)) * u[i];
+    *g = kc_silu_mul(*g, u[i]);
 }
 
 int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *g,

@@ -120,6 +120,16 @@ __device__ __forceinline__ float tg_dot(const float *w, const float *x)
     return d0 + d1;
 }
 
+template <int RT, int MT>
+__device__ __forceinline__ void tg_zero(float (&acc)[RT][MT])
+{
+#pragma unroll
+    for (int i = 0; i < RT; i++)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            acc[i][m] = 0.0f;
+}
+
 /* Shared memory a tile needs (floats): per-warp partials, then the block's results. */
 template <int MT, int RB, int NW>
 struct tg_smem {
@@ -144,11 +154,7 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
     const int rg = warp / ks, kw = warp % ks;
     const size_t n0 = row0 + (size_t)rg * RB;
     float acc[RT][MT];
-#pragma unroll
-    for (int i = 0; i < RT; i++)
-#pragma unroll
-        for (int m = 0; m < MT; m++)
-            acc[i][m] = 0.0f;
+    tg_zero(acc);
     if (rg < 8 / ks && n0 < N) {
         const uint8_t *wp[RT];
         const float *sp[NW];
@@ -239,11 +245,7 @@ __device__ __forceinline__ void tile_gemv_staged(const uint8_t *const *W, const 
     const size_t n0 = row0 + (size_t)warp * RB;
     const bool active = n0 < N;
     float acc[RT][MT];
-#pragma unroll
-    for (int i = 0; i < RT; i++)
-#pragma unroll
-        for (int m = 0; m < MT; m++)
-            acc[i][m] = 0.0f;
+    tg_zero(acc);
     const uint8_t *wp[RT];
     const float *sp[NW];
 #pragma unroll

@@ -1,4 +1,4 @@
-/* kc_silu_mul / kc_moe: the SiLU-gated MLP pieces on CUDA, mirroring kernels/mlp.c.
+/* kc_moe: the routed (and shared) experts on CUDA, mirroring kernels/mlp.c.
  * Dense MLPs are kc_gemm_glu + kc_gemm (gemm.cu). Routed experts go through kc_moe, which
  * groups the (token, expert) slots by expert on the device (no host round trip, so
  * decode can be captured in a graph); up to 2 tokens the shared expert rides in the
@@ -10,22 +10,6 @@
 #include "cuda_util.cuh"
 #include "gemm_fp8_internal.cuh"
 #include "gemv.cuh"
-
-__global__ void silu_mul_kernel(const float *g, const float *u, float *h, size_t n)
-{
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < n)
-        h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
-int kc_silu_mul(const float *g, const float *u, float *h, size_t n, cudaStream_t st)
-{
-    if (!n)
-        return 0;
-    silu_mul_kernel<<<kc_blocks(n, 256), 256, 0, st>>>(g, u, h, n);
-    KC_LAUNCH_CHECK();
-    return 0;
-}
 
 struct kc_moe_w {
     size_t n, I, D; /* experts, intermediate (gate/up rows), model dim (down rows) */
@@ -256,7 +240,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
             if (i >= I || m >= nm)
                 continue;
             float gv = sm.res[(g * 2 * RB + r) * MT + m], uv = sm.res[(g * 2 * RB + RB + r) * MT + m];
-            h[(size_t)(st + c0 + m) * a.ldh + i] = gv / (1.0f + expf(-gv)) * uv;
+            h[(size_t)(st + c0 + m) * a.ldh + i] = kc_silu_mul(gv, uv);
         }
         __syncthreads(); /* sm.res is rewritten by the next tile */
     }

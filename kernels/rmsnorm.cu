@@ -45,15 +45,7 @@ __global__ void rmsnorm_kernel(const float *x, size_t ldx, const float *w, float
                                size_t dim, float eps)
 {
     __shared__ float sh[32];
-    const float *xr = x + blockIdx.x * ldx;
-    float *yr = y + blockIdx.x * ldy;
-    float ss = 0.0f;
-    for (size_t j = threadIdx.x; j < dim; j += blockDim.x)
-        ss += xr[j] * xr[j];
-    ss = kc_block_sum(ss, sh);
-    float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-    for (size_t j = threadIdx.x; j < dim; j += blockDim.x)
-        yr[j] = xr[j] * inv * w[j];
+    kc_rms_row(x + blockIdx.x * ldx, w, y + blockIdx.x * ldy, dim, eps, sh);
 }
 
 int kc_rmsnorm(const float *x, size_t ldx, const float *w, float *y, size_t ldy, size_t rows,

@@ -60,7 +60,7 @@ int kc_rope_apply(const k_rope *r, float *x, size_t rows, size_t heads, size_t l
 
 /* Block (t, 0): c[t] = rmsnorm(kva[t, :R]) * w and kpe[t] = rope(kva[t, R:R+P]); blocks
  * (t, b > 0): rope on q_pe of heads [(b-1) * 8, b * 8) of token t. Same arithmetic as
- * kc_rmsnorm's scalar kernel and kc_rope_apply. */
+ * kc_rmsnorm's scalar kernel (kc_rms_row) and kc_rope_apply. */
 __global__ void mla_prep_kernel(rope_arg r, const float *kva, size_t ldkva, size_t R,
                                 const float *w, float eps, float *c, size_t ldc, float *kpe,
                                 size_t ldk, float *q, size_t ldq, size_t ldh, size_t dn, size_t H,
@@ -70,13 +70,7 @@ __global__ void mla_prep_kernel(rope_arg r, const float *kva, size_t ldkva, size
     size_t t = blockIdx.x;
     const float *kv = kva + t * ldkva;
     if (blockIdx.y == 0) {
-        float ss = 0.0f;
-        for (size_t j = threadIdx.x; j < R; j += blockDim.x)
-            ss += kv[j] * kv[j];
-        ss = kc_block_sum(ss, sh);
-        float inv = 1.0f / sqrtf(ss / (float)R + eps);
-        for (size_t j = threadIdx.x; j < R; j += blockDim.x)
-            c[t * ldc + j] = kv[j] * inv * w[j];
+        kc_rms_row(kv, w, c + t * ldc, R, eps, sh);
         for (int p = threadIdx.x; p < r.half; p += blockDim.x)
             rope_pair(r, p, pos[t], kv + R, kpe + t * ldk);
         return;

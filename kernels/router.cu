@@ -9,7 +9,7 @@
 #include "cuda_kernels.h"
 #include "cuda_util.cuh"
 
-#define KC_ROUTER_MAX_E 1024 /* shared memory (38 KB); R1 has 256 */
+#define KC_ROUTER_MAX_E 1024 /* shared memory (34 KB); R1 has 256 */
 #define KC_ROUTER_THREADS 256
 
 /* a beats b: one 64-bit compare of (value as ordered bits, inverted index) */
@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(KC_ROUTER_THREADS) router_kernel(k_router_cfg 
                                                                    const float *bias,
                                                                    int32_t *idx, float *w)
 {
-    __shared__ float s[KC_ROUTER_MAX_E], sel[KC_ROUTER_MAX_E], gs[KC_ROUTER_MAX_E];
+    __shared__ float s[KC_ROUTER_MAX_E], sel[KC_ROUTER_MAX_E];
     __shared__ unsigned long long key[KC_ROUTER_MAX_E], gkey[KC_ROUTER_MAX_E];
     __shared__ short ga[KC_ROUTER_MAX_E], gb[KC_ROUTER_MAX_E], kept[KC_ROUTER_MAX_E];
     __shared__ float ws[KC_ROUTER_MAX_E];
@@ -52,10 +52,8 @@ __global__ void __launch_bounds__(KC_ROUTER_THREADS) router_kernel(k_router_cfg 
             gb[e / per] = (short)e;
     }
     __syncthreads();
-    for (int g = tid; g < G; g += blockDim.x) {
-        gs[g] = per > 1 ? sel[ga[g]] + sel[gb[g]] : sel[ga[g]];
-        gkey[g] = rank_key(gs[g], g);
-    }
+    for (int g = tid; g < G; g += blockDim.x)
+        gkey[g] = rank_key(per > 1 ? sel[ga[g]] + sel[gb[g]] : sel[ga[g]], g);
     __syncthreads();
     /* the TG best groups, listed by rank */
     for (int g = tid; g < G; g += blockDim.x) {

@@ -280,18 +280,15 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
     double t;
     t = time_ms([&] { kc_mla_absorb_q(x, Hl * dq, dq, B, Hl, dn, dv, &L->kv_b, y, st); }, reps);
     printf("  %-22s %8.1f us\n", "absorb_q", t * 1e3);
-    t = time_ms([&] {
-        kc_mla_attn(y, x + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, z, B, S, Hl, R, P, ctx,
-                    0.1f, st);
-    }, reps);
-    printf("  %-22s %8.1f us  (S=%zu)\n", "mla_attn", t * 1e3, S);
-    kc_mla_set_mma(0);
-    t = time_ms([&] {
-        kc_mla_attn(y, x + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, z, B, S, Hl, R, P, ctx,
-                    0.1f, st);
-    }, reps);
+    for (int mma = 1; mma >= 0; mma--) { /* the runtime's kernel, then the fp32 one */
+        kc_mla_set_mma(mma);
+        t = time_ms([&] {
+            kc_mla_attn(y, x + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, z, B, S, Hl, R, P,
+                        ctx, 0.1f, st);
+        }, reps);
+        printf("  %-22s %8.1f us  (S=%zu)\n", mma ? "mla_attn" : "mla_attn (fp32 FMA)", t * 1e3, S);
+    }
     kc_mla_set_mma(1);
-    printf("  %-22s %8.1f us  (S=%zu)\n", "mla_attn (fp32 FMA)", t * 1e3, S);
     t = time_ms([&] { kc_mla_absorb_v(z, B, Hl, dn, dv, &L->kv_b, y, Hl * dv, st); }, reps);
     printf("  %-22s %8.1f us\n", "absorb_v", t * 1e3);
     t = time_ms([&] { kc_rmsnorm(x, H, L->in_norm, y, H, B, H, 1e-6f, st); }, reps);

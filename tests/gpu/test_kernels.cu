@@ -502,13 +502,6 @@ static void test_moe(kc_ctx *ctx)
         report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
         kc_moe_free(mw);
     }
-    auto g = randv(5000), u = randv(5000);
-    std::vector<float> ref(5000);
-    k_silu_mul(g.data(), u.data(), ref.data(), 5000);
-    float *dg = up(g), *du = up(u), *dh = poisoned<float>(5000);
-    CK(kc_silu_mul(dg, du, dh, 5000, 0));
-    auto got = down(dh, 5000);
-    report("silu_mul", rel_err(got.data(), ref.data(), 5000), 1e-6);
 }
 
 static void test_router(void)
