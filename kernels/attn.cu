@@ -208,6 +208,9 @@ int kc_attn_naive(const float *q, size_t ldq, const float *k, size_t ldk, const 
 #define MLA_BK 32       /* keys per tile */
 #define MLA_THREADS 256 /* 8 warps; the code below assumes exactly this */
 #define MLA_MAXSPLIT 64
+#define MLA_MMA_THREADS 512 /* 16 warps for the tensor-core kernel */
+#define MLA_RS 40       /* red row stride there: float2 fragment stores conflict-free */
+#define MLA_PS 24       /* pT row stride there: fragment loads conflict-free */
 
 __device__ __forceinline__ void mla_cp16(float *dst, const float *src)
 {
@@ -262,35 +265,172 @@ __device__ __forceinline__ void mla_mma3(float *d, const uint32_t *ah, const uin
     mla_mma(d, ah, bh);
 }
 
-/* Absorbed MLA attention, flash-decoding style.
+/* Pieces shared by the two absorbed-attention kernels below (NT threads a block).
+ *
+ * Shared memory (floats; CS = row stride, (Rp+Pp)/4 rounded to odd quads so rows at the
+ * same column hit different banks):
+ *   sQ  [16][CS]          queries: q_lat (Rp) then q_pe (Pp), zero padded
+ *   sC  [nbuf][32][CS]    key tiles: c_s (Rp) then kpe_s (Pp); rows past the range zero
+ *   red [8][16][RS]       partial scores of 8 feature slices (RS: row stride)
+ *   pT  [32][PS]          softmax weights of the tile, key-major (PS: row stride)
+ *   sCorr, sL, sM [16]   rescale factors; final sums and maxima */
+struct mla_tile {
+    const float *c, *kpe;
+    size_t ldc, ldk, n, tb; /* visible keys of the token; first tile of the split */
+    int R, P, Rq, D4, CS;
+};
+
+/* queries of heads h0..h0+15 of token t. With qvec (16-byte aligned rows, R and P
+ * multiples of 4: no pad columns) by cp.async (the caller commits the group), so they
+ * stream instead of a chain of dependent loads before the first tile. */
+template <int NT>
+__device__ __forceinline__ void mla_load_q(float *sQ, const float *q_lat, const float *q_pe,
+                                           size_t ldqp, size_t ldhp, size_t t, size_t h0,
+                                           size_t H, const mla_tile &m, int qvec)
+{
+    const int G = MLA_G, tid = threadIdx.x;
+    const int Rp = 4 * m.Rq;
+    if (qvec) {
+        for (int i = tid; i < G * m.D4; i += NT) {
+            int g = i / m.D4, qd = i - g * m.D4;
+            size_t h = h0 + g;
+            float *d = sQ + g * m.CS + 4 * qd;
+            if (h < H)
+                mla_cp16(d, qd < m.Rq ? q_lat + (t * H + h) * m.R + 4 * qd
+                                      : q_pe + t * ldqp + h * ldhp + 4 * (qd - m.Rq));
+            else
+                *(float4 *)d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        return;
+    }
+    for (int i = tid; i < G * m.D4 * 4; i += NT) {
+        int g = i / (m.D4 * 4), col = i - g * (m.D4 * 4);
+        size_t h = h0 + g;
+        float v = 0.0f;
+        if (h < H) {
+            if (col < Rp) {
+                if (col < m.R)
+                    v = q_lat[(t * H + h) * m.R + col];
+            } else if (col - Rp < m.P) {
+                v = q_pe[t * ldqp + h * ldhp + (col - Rp)];
+            }
+        }
+        sQ[g * m.CS + col] = v;
+    }
+}
+
+/* Tile it of the split into dst as one cp.async group: warp w copies rows w, w + NT/32,
+ * ...; rows past the visible range are zeroed (scored -inf, weighted 0). VEC: 16-byte
+ * copies (R, P, ldc, ldk multiples of 4, aligned bases); else 4-byte copies, the pad
+ * columns zeroed once by the caller. */
+template <int NT, bool VEC>
+__device__ __forceinline__ void mla_issue_tile(float *dst, const mla_tile &m, int it)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    size_t s0 = (m.tb + it) * MLA_BK;
+    int cn = m.n - s0 < (size_t)MLA_BK ? (int)(m.n - s0) : MLA_BK;
+    for (int k = warp; k < MLA_BK; k += NT / 32) {
+        float *d = dst + k * m.CS;
+        const float *cr = m.c + (s0 + k) * m.ldc, *kr = m.kpe + (s0 + k) * m.ldk;
+        if (VEC) {
+            for (int qd = lane; qd < m.D4; qd += 32) {
+                if (k < cn)
+                    mla_cp16(d + 4 * qd, qd < m.Rq ? cr + 4 * qd : kr + 4 * (qd - m.Rq));
+                else
+                    *(float4 *)(d + 4 * qd) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        } else {
+            const int Rp = 4 * m.Rq;
+            for (int col = lane; col < m.R + m.P; col += 32) {
+                float *dc = d + (col < m.R ? col : Rp + (col - m.R));
+                if (k < cn)
+                    mla_cp4(dc, col < m.R ? cr + col : kr + (col - m.R));
+                else
+                    *dc = 0.0f;
+            }
+        }
+    }
+    mla_commit();
+}
+
+/* Block prologue: queries into sQ and tile 0 into sC. Tile 0 is issued before the PDL
+ * wait when all its rows precede pos0 (written by earlier steps, so complete); the
+ * queries come from the kernels just before and load after the wait, in their own
+ * cp.async group, which the loop's first wait covers either way. */
+template <int NT, bool VEC>
+__device__ __forceinline__ void mla_prologue(float *sQ, float *sC, const mla_tile &m,
+                                             int ntiles, size_t pos0, const float *q_lat,
+                                             const float *q_pe, size_t ldqp, size_t ldhp,
+                                             size_t t, size_t h0, size_t H, int qvec)
+{
+    const bool early = ntiles > 0 && (m.tb + 1) * MLA_BK <= pos0;
+    if (early)
+        mla_issue_tile<NT, VEC>(sC, m, 0);
+    kc_pdl_wait();
+    mla_load_q<NT>(sQ, q_lat, q_pe, ldqp, ldhp, t, h0, H, m, qvec);
+    if (qvec)
+        mla_commit();
+    if (ntiles > 0 && !early)
+        mla_issue_tile<NT, VEC>(sC, m, 0);
+    if (ntiles == 0)
+        mla_wait<0>();
+}
+
+/* Online softmax of head g over the tile: x = the sum of the 8 feature-slice partials of
+ * key `lane` (fixed order), scaled; updates the warp's running max m and sum l, writes p
+ * = e^(x - m) to pT and the rescale factor to sCorr[g]. */
+__device__ __forceinline__ void mla_softmax_head(const float *red, int RS, float *pT, int PS,
+                                                 float *sCorr, int g, int cn, float scale,
+                                                 float &m, float &l)
+{
+    const int lane = threadIdx.x & 31;
+    float x = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 8; w++)
+        x += red[(w * MLA_G + g) * RS + lane];
+    x = lane < cn ? x * scale : -INFINITY;
+    float mn = fmaxf(m, kc_warp_max(x));
+    float corr = m == -INFINITY ? 0.0f : expf(m - mn);
+    float p = x == -INFINITY ? 0.0f : expf(x - mn);
+    l = l * corr + kc_warp_sum(p);
+    m = mn;
+    pT[lane * PS + g] = p;
+    if (lane == 0)
+        sCorr[g] = corr;
+}
+
+/* The running (m, l) of a split that is merged later (mla_combine_kernel). */
+__device__ __forceinline__ void mla_store_ml(float *part_ml, const float *sM, const float *sL,
+                                             size_t t, size_t h0, size_t H, int nsplit,
+                                             int split)
+{
+    int g = threadIdx.x;
+    if (g < MLA_G && h0 + g < H) {
+        size_t pi = (t * H + h0 + g) * nsplit + split;
+        part_ml[2 * pi] = sM[g];
+        part_ml[2 * pi + 1] = sL[g];
+    }
+}
+
+/* Absorbed MLA attention, flash-decoding style, fp32 on CUDA cores (any R, P).
  *
  * Work split: one block per (token t, group of MLA_G = 16 heads of t, split of the keys).
  * A split is `tps` consecutive tiles of MLA_BK = 32 keys of t's visible range. Every
  * latent row c_s (+ its rope key kpe_s) is brought into shared memory once per block and
  * scored against all 16 heads, so the cache is read H/16 times instead of H times. Tiles
  * are double-buffered with cp.async (single-buffered when two do not fit in shared
- * memory), so the next tile loads while this one is computed.
- *
- * Shared memory (floats; CS = row stride, (Rp+Pp)/4 rounded to odd quads so rows at the
- * same column hit different banks):
- *   sQ  [16][CS]          queries: q_lat (Rp) then q_pe (Pp), zero padded
- *   sC  [nbuf][32][CS]    key tiles: c_s (Rp) then kpe_s (Pp); rows past the range zero
- *   red [8][16][32]       per-warp partial scores
- *   pT  [32][16]          softmax weights of the tile, key-major
- *   sCorr, sL, sM [16]   rescale factors; final sums and maxima
- * Per tile:
+ * memory), so the next tile loads while this one is computed. Shared memory as above
+ * with RS = 32, PS = 16. Per tile:
  *  1. scores: warp w takes the feature quads w, w+8, ...; lane = (kl = lane&15, gl =
  *     lane>>4) computes keys kl, kl+16 against heads gl, gl+2, ..., gl+14 (2x8 register
  *     tile; the c loads hit 16 rows, the q loads are broadcasts). The 8 warp partials are
  *     summed in fixed order in step 2.
- *  2. online softmax (fp32): warp w owns heads 2w, 2w+1 (lane = key): running max m and
- *     sum l live in that warp's registers; p = e^(s - m) goes to pT, the rescale factor to
- *     corr.
+ *  2. online softmax (fp32): warp w owns heads 2w, 2w+1 (lane = key).
  *  3. output: thread (hh = tid>>7, rq = tid&127) owns heads 8hh..8hh+7 and latent quads
  *     rq + 128j (j < RJ): o = o * corr + sum_k p_k c_k, from shared memory only.
  * With one split the block writes o / l; otherwise (o, m, l) go to part_o / part_ml and
  * mla_combine_kernel merges the splits. */
-template <int RJ, bool VEC, bool MMA>
+template <int RJ, bool VEC>
 __global__ void __launch_bounds__(MLA_THREADS, 1)
     mla_attn_kernel(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                     const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
@@ -299,7 +439,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
                     int qvec)
 {
     extern __shared__ float4 mla_smem4[];
-    const int G = MLA_G, BK = MLA_BK;
+    const int G = MLA_G, BK = MLA_BK, NT = MLA_THREADS;
     const int Rp = (R + 3) & ~3, Pp = (P + 3) & ~3, Rq = Rp / 4, D4 = (Rp + Pp) / 4;
     float *sQ = (float *)mla_smem4;
     float *sC = sQ + G * CS;
@@ -313,101 +453,34 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     const size_t t = blockIdx.x / (unsigned)ngroups;
     const size_t h0 = (size_t)(blockIdx.x % (unsigned)ngroups) * G;
     const int split = blockIdx.y;
-    const size_t n = att_visible(t, S, pos0);
-    const size_t ntile_t = (n + BK - 1) / BK;
-    const size_t tb = (size_t)split * tps;
-    const size_t te = tb + tps < ntile_t ? tb + tps : ntile_t;
-    const int ntiles = te > tb ? (int)(te - tb) : 0; /* same for the whole block */
+    mla_tile mt = {c, kpe, ldc, ldk, att_visible(t, S, pos0), (size_t)split * tps, R, P, Rq, D4,
+                   CS};
+    const size_t ntile_t = (mt.n + BK - 1) / BK;
+    const size_t te = mt.tb + tps < ntile_t ? mt.tb + tps : ntile_t;
+    const int ntiles = te > mt.tb ? (int)(te - mt.tb) : 0; /* same for the whole block */
 
-    /* queries, visible after the first barrier of the loop. qvec (16-byte aligned rows,
-     * R and P multiples of 4: no pad columns): cp.async in the first tile's group, so
-     * they stream together instead of a chain of dependent plain loads before the tile
-     * (at TP8, 16 heads, one tile per block, that chain dominated the block). */
-    if (qvec)
-        for (int i = tid; i < G * D4; i += MLA_THREADS) {
-            int g = i / D4, qd = i - g * D4;
-            size_t h = h0 + g;
-            float *d = sQ + g * CS + 4 * qd;
-            if (h < H)
-                mla_cp16(d, qd < Rq ? q_lat + (t * H + h) * R + 4 * qd
-                                    : q_pe + t * ldqp + h * ldhp + 4 * (qd - Rq));
-            else
-                *(float4 *)d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-    else
-        for (int i = tid; i < G * D4 * 4; i += MLA_THREADS) {
-            int g = i / (D4 * 4), col = i - g * (D4 * 4);
-            size_t h = h0 + g;
-            float v = 0.0f;
-            if (h < H) {
-                if (col < Rp) {
-                    if (col < R)
-                        v = q_lat[(t * H + h) * R + col];
-                } else if (col - Rp < P) {
-                    v = q_pe[t * ldqp + h * ldhp + (col - Rp)];
-                }
-            }
-            sQ[g * CS + col] = v;
-        }
-    if (qvec && ntiles == 0) { /* no tile group will carry the query copies */
-        mla_commit();
-        mla_wait<0>();
-    }
+    mla_prologue<NT, VEC>(sQ, sC, mt, ntiles, pos0, q_lat, q_pe, ldqp, ldhp, t, h0, H, qvec);
     /* scalar path: pad columns of the tiles are never written by the copies; zero them */
     if (!VEC)
-        for (int i = tid; i < nbuf * BK * D4 * 4; i += MLA_THREADS) {
+        for (int i = tid; i < nbuf * BK * D4 * 4; i += NT) {
             int row = i / (D4 * 4), col = i - row * (D4 * 4);
             if ((col >= R && col < Rp) || col >= Rp + P)
                 sC[row * CS + col] = 0.0f;
         }
 
-    /* tile it (0-based within the split) -> buffer it % nbuf, as one cp.async group */
-    auto issue = [&](int it) {
-        float *dst = sC + (size_t)(it % nbuf) * BK * CS;
-        size_t s0 = (tb + it) * BK;
-        int cn = n - s0 < (size_t)BK ? (int)(n - s0) : BK;
-        if (VEC) {
-            for (int i = tid; i < BK * D4; i += MLA_THREADS) {
-                int k = i / D4, qd = i - k * D4;
-                float *d = dst + k * CS + 4 * qd;
-                if (k < cn)
-                    mla_cp16(d, qd < Rq ? c + (s0 + k) * ldc + 4 * qd
-                                        : kpe + (s0 + k) * ldk + 4 * (qd - Rq));
-                else
-                    *(float4 *)d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            }
-        } else {
-            int RP = R + P;
-            for (int i = tid; i < BK * RP; i += MLA_THREADS) {
-                int k = i / RP, col = i - k * RP;
-                float *d = dst + k * CS + (col < R ? col : Rp + (col - R));
-                if (k < cn)
-                    mla_cp4(d, col < R ? c + (s0 + k) * ldc + col : kpe + (s0 + k) * ldk + (col - R));
-                else
-                    *d = 0.0f;
-            }
-        }
-        mla_commit();
-    };
-
     const int kl = lane & 15, gl = lane >> 4; /* score phase */
     const int hh = tid >> 7, rq = tid & 127;  /* output phase */
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    /* FMA path: acc[j][g] = heads 8hh + g, latent quad rq + 128j. MMA path (R = 512):
-     * acc[0][j] = D fragment of heads 0..15 x latent columns 8 (warp + 8j) .. + 7 */
-    float4 acc[RJ][8];
+    float4 acc[RJ][8]; /* heads 8hh + g, latent quad rq + 128j */
 #pragma unroll
     for (int j = 0; j < RJ; j++)
 #pragma unroll
         for (int g = 0; g < 8; g++)
             acc[j][g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    const int gid = lane >> 2, tig = lane & 3; /* MMA fragment coordinates */
 
-    if (ntiles > 0)
-        issue(0);
     for (int it = 0; it < ntiles; it++) {
         if (nbuf == 2 && it + 1 < ntiles) {
-            issue(it + 1);
+            mla_issue_tile<NT, VEC>(sC + (size_t)((it + 1) % 2) * BK * CS, mt, it + 1);
             mla_wait<1>();
         } else {
             mla_wait<0>();
@@ -415,45 +488,8 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         __syncthreads();
         const float *C = sC + (size_t)(it % nbuf) * BK * CS;
 
-        /* 1. partial scores. MMA: warp w takes the 8-feature steps w, w + 8, ... for all
-         * 32 keys (4 key octets): S[16 heads x 8 keys] per octet, the Q fragment split
-         * once per step and shared by the octets; hi*hi and the cross terms accumulate
-         * apart, so 8 MMA chains interleave instead of one dependent chain. */
-        if constexpr (MMA) {
-            float d[4][4], x[4][4];
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    d[nt][i] = x[nt][i] = 0.0f;
-            const int F = 4 * D4;
-            const float *qa = sQ + gid * CS, *qb = sQ + (gid + 8) * CS, *cb = C + gid * CS;
-#pragma unroll 2
-            for (int k0 = 8 * warp; k0 < F; k0 += 64) {
-                uint32_t ah[4], al[4];
-                mla_split(qa[k0 + tig], ah[0], al[0]);
-                mla_split(qb[k0 + tig], ah[1], al[1]);
-                mla_split(qa[k0 + tig + 4], ah[2], al[2]);
-                mla_split(qb[k0 + tig + 4], ah[3], al[3]);
-#pragma unroll
-                for (int nt = 0; nt < 4; nt++) {
-                    uint32_t bh[2], bl[2];
-                    mla_split(cb[8 * nt * CS + k0 + tig], bh[0], bl[0]);
-                    mla_split(cb[8 * nt * CS + k0 + tig + 4], bh[1], bl[1]);
-                    mla_mma(x[nt], al, bh);
-                    mla_mma(x[nt], ah, bl);
-                    mla_mma(d[nt], ah, bh);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                float *rp = red + warp * G * BK + 8 * nt + 2 * tig;
-                rp[gid * BK] = x[nt][0] + d[nt][0];
-                rp[gid * BK + 1] = x[nt][1] + d[nt][1];
-                rp[(gid + 8) * BK] = x[nt][2] + d[nt][2];
-                rp[(gid + 8) * BK + 1] = x[nt][3] + d[nt][3];
-            }
-        } else {
+        /* 1. partial scores */
+        {
             float s0a[8], s1a[8];
 #pragma unroll
             for (int j = 0; j < 8; j++)
@@ -486,64 +522,15 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
 
         /* 2. online softmax: warp owns heads 2*warp, 2*warp+1; lane = key */
         {
-            size_t ks = (tb + it) * BK;
-            int cn = n - ks < (size_t)BK ? (int)(n - ks) : BK;
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int g = 2 * warp + u;
-                float x = 0.0f;
-#pragma unroll
-                for (int w = 0; w < 8; w++)
-                    x += red[(w * G + g) * BK + lane];
-                x = lane < cn ? x * scale : -INFINITY;
-                float mo = u ? m1 : m0, lo = u ? l1 : l0;
-                float mn = fmaxf(mo, kc_warp_max(x));
-                float corr = mo == -INFINITY ? 0.0f : expf(mo - mn);
-                float p = x == -INFINITY ? 0.0f : expf(x - mn);
-                float ln = lo * corr + kc_warp_sum(p);
-                if (u) {
-                    m1 = mn;
-                    l1 = ln;
-                } else {
-                    m0 = mn;
-                    l0 = ln;
-                }
-                pT[lane * G + g] = p;
-                if (lane == 0)
-                    sCorr[g] = corr;
-            }
+            size_t ks = (mt.tb + it) * BK;
+            int cn = mt.n - ks < (size_t)BK ? (int)(mt.n - ks) : BK;
+            mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp, cn, scale, m0, l0);
+            mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp + 1, cn, scale, m1, l1);
         }
         __syncthreads();
 
-        /* 3. o = o * corr + sum_k p_k c_k. MMA: O[16 x 8 columns] += P[16 x 32 keys]
-         * C[32 keys x 8 columns] for this warp's column octets warp + 8j; FMA: heads
-         * 8hh.., quads rq + 128j */
-        if constexpr (MMA) { /* R = 512: 8 column octets a warp, ks outer so the 8 chains
-                              * interleave */
-            const float c0 = sCorr[gid], c1 = sCorr[gid + 8];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                float *d = reinterpret_cast<float *>(&acc[0][j]);
-                d[0] *= c0, d[1] *= c0, d[2] *= c1, d[3] *= c1;
-            }
-#pragma unroll
-            for (int ks = 0; ks < BK / 8; ks++) {
-                uint32_t ph[4], pl[4];
-                const float *pk = pT + (8 * ks + tig) * G;
-                mla_split(pk[gid], ph[0], pl[0]);
-                mla_split(pk[gid + 8], ph[1], pl[1]);
-                mla_split(pk[4 * G + gid], ph[2], pl[2]);
-                mla_split(pk[4 * G + gid + 8], ph[3], pl[3]);
-                const float *c0p = C + (8 * ks + tig) * CS + 8 * warp + gid;
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    uint32_t bh[2], bl[2];
-                    mla_split(c0p[64 * j], bh[0], bl[0]);
-                    mla_split(c0p[4 * CS + 64 * j], bh[1], bl[1]);
-                    mla_mma3(reinterpret_cast<float *>(&acc[0][j]), ph, pl, bh, bl);
-                }
-            }
-        } else {
+        /* 3. o = o * corr + sum_k p_k c_k: heads 8hh.., quads rq + 128j */
+        {
             float4 ca = *(const float4 *)(sCorr + 8 * hh), cb = *(const float4 *)(sCorr + 8 * hh + 4);
             float cr[8] = {ca.x, ca.y, ca.z, ca.w, cb.x, cb.y, cb.z, cb.w};
 #pragma unroll
@@ -578,7 +565,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         }
         __syncthreads(); /* buffer, red and pT are reused next */
         if (nbuf == 1 && it + 1 < ntiles)
-            issue(it + 1);
+            mla_issue_tile<NT, VEC>(sC, mt, it + 1);
     }
 
     if (lane == 0) {
@@ -588,36 +575,8 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         sM[2 * warp + 1] = m1;
     }
     __syncthreads();
-    if constexpr (MMA) { /* rows gid, gid + 8 of each column octet, two columns a lane */
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int col = 8 * (warp + 8 * j);
-            const float *d = reinterpret_cast<const float *>(&acc[0][j]);
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int gg = gid + 8 * hf, f = col + 2 * tig;
-                const size_t h = h0 + gg, th = t * H + h;
-                if (h >= H)
-                    continue;
-                if (nsplit == 1) {
-                    float l = sL[gg];
-                    float *op = o_lat + th * R + f;
-                    op[0] = l > 0.0f ? d[2 * hf] / l : 0.0f;
-                    op[1] = l > 0.0f ? d[2 * hf + 1] / l : 0.0f;
-                } else {
-                    float *pp = part_o + (th * nsplit + split) * Rp + f;
-                    pp[0] = d[2 * hf];
-                    pp[1] = d[2 * hf + 1];
-                }
-            }
-        }
-        if (nsplit > 1 && tid < G && h0 + tid < H) {
-            size_t pi = (t * H + h0 + tid) * nsplit + split;
-            part_ml[2 * pi] = sM[tid];
-            part_ml[2 * pi + 1] = sL[tid];
-        }
-        return;
-    }
+    if (nsplit > 1)
+        mla_store_ml(part_ml, sM, sL, t, h0, H, nsplit, split);
     const bool ovec = (R & 3) == 0 && ((uintptr_t)o_lat & 15) == 0;
 #pragma unroll
     for (int g = 0; g < 8; g++) {
@@ -654,9 +613,168 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
                 if (qd < Rq)
                     *(float4 *)(part_o + pi * Rp + 4 * qd) = acc[j][g];
             }
-            if (rq == 0) {
-                part_ml[2 * pi] = sM[gg];
-                part_ml[2 * pi + 1] = sL[gg];
+        }
+    }
+}
+
+/* The same attention on tensor cores, for R = 512 and P a multiple of 8 (R1's shapes),
+ * with 16 warps (MLA_MMA_THREADS): m16n8k8 3xTF32 MMAs (mla_mma3), heads as the M = 16
+ * rows. Shared memory as above with RS = MLA_RS, PS = MLA_PS (padded so the fragment
+ * stores and loads do not collide in banks). Per tile:
+ *  1. scores: warp w takes key octets 2kh, 2kh+1 (kh = w >> 3) and the 8-feature steps
+ *     fs, fs + 8, ... (fs = w & 7): S[16 heads x 8 keys] per octet, the Q fragment split
+ *     once per step and shared by both octets; hi*hi and the cross terms accumulate
+ *     apart so the MMA chains interleave. Partials per feature slice go to red.
+ *  2. online softmax: warp w owns head w (lane = key).
+ *  3. output: warp w owns the latent column octets w + 16j (j < 4): O[16 x 8] +=
+ *     P[16 x 32 keys] C[32 keys x 8], after rescaling by corr. */
+template <int NT>
+__global__ void __launch_bounds__(NT, 1)
+    mla_attn_mma_kernel(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
+                        const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
+                        size_t S, size_t H, int R, int P, size_t pos0, float scale,
+                        int ngroups, int tps, int nsplit, int nbuf, int CS, float *part_o,
+                        float *part_ml, int qvec)
+{
+    static_assert(NT == 512, "the work split below assumes 16 warps");
+    extern __shared__ float4 mla_smem4[];
+    const int G = MLA_G, BK = MLA_BK, RS = MLA_RS, PS = MLA_PS, OJ = 4;
+    const int Rq = R / 4, D4 = (R + P) / 4, F = R + P;
+    float *sQ = (float *)mla_smem4;
+    float *sC = sQ + G * CS;
+    float *red = sC + (size_t)nbuf * BK * CS;
+    float *pT = red + 8 * G * RS;
+    float *sCorr = pT + BK * PS;
+    float *sL = sCorr + G;
+    float *sM = sL + G;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gid = lane >> 2, tig = lane & 3; /* MMA fragment coordinates */
+    const int kh = warp >> 3, fs = warp & 7;
+    const size_t t = blockIdx.x / (unsigned)ngroups;
+    const size_t h0 = (size_t)(blockIdx.x % (unsigned)ngroups) * G;
+    const int split = blockIdx.y;
+    mla_tile mt = {c, kpe, ldc, ldk, att_visible(t, S, pos0), (size_t)split * tps, R, P, Rq, D4,
+                   CS};
+    const size_t ntile_t = (mt.n + BK - 1) / BK;
+    const size_t te = mt.tb + tps < ntile_t ? mt.tb + tps : ntile_t;
+    const int ntiles = te > mt.tb ? (int)(te - mt.tb) : 0;
+
+    mla_prologue<NT, true>(sQ, sC, mt, ntiles, pos0, q_lat, q_pe, ldqp, ldhp, t, h0, H, qvec);
+    float m = -INFINITY, l = 0.0f;
+    float acc[OJ][4]; /* D fragments: heads gid, gid + 8 x columns 8 (warp + 16j) + 2tig, +1 */
+#pragma unroll
+    for (int j = 0; j < OJ; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            acc[j][i] = 0.0f;
+
+    for (int it = 0; it < ntiles; it++) {
+        if (nbuf == 2 && it + 1 < ntiles) {
+            mla_issue_tile<NT, true>(sC + (size_t)((it + 1) % 2) * BK * CS, mt, it + 1);
+            mla_wait<1>();
+        } else {
+            mla_wait<0>();
+        }
+        __syncthreads();
+        const float *C = sC + (size_t)(it % nbuf) * BK * CS;
+
+        /* 1. partial scores over this warp's feature slice, key octets 2kh, 2kh + 1 */
+        {
+            float d[2][4], x[2][4];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    d[nt][i] = x[nt][i] = 0.0f;
+            const float *qa = sQ + gid * CS, *qb = sQ + (gid + 8) * CS;
+            const float *cb = C + (16 * kh + gid) * CS;
+#pragma unroll 3
+            for (int k0 = 8 * fs; k0 < F; k0 += 64) {
+                uint32_t ah[4], al[4];
+                mla_split(qa[k0 + tig], ah[0], al[0]);
+                mla_split(qb[k0 + tig], ah[1], al[1]);
+                mla_split(qa[k0 + tig + 4], ah[2], al[2]);
+                mla_split(qb[k0 + tig + 4], ah[3], al[3]);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    uint32_t bh[2], bl[2];
+                    mla_split(cb[8 * nt * CS + k0 + tig], bh[0], bl[0]);
+                    mla_split(cb[8 * nt * CS + k0 + tig + 4], bh[1], bl[1]);
+                    mla_mma(x[nt], al, bh);
+                    mla_mma(x[nt], ah, bl);
+                    mla_mma(d[nt], ah, bh);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                float *rp = red + (fs * G + gid) * RS + 16 * kh + 8 * nt + 2 * tig;
+                *(float2 *)rp = make_float2(x[nt][0] + d[nt][0], x[nt][1] + d[nt][1]);
+                *(float2 *)(rp + 8 * RS) = make_float2(x[nt][2] + d[nt][2], x[nt][3] + d[nt][3]);
+            }
+        }
+        __syncthreads();
+
+        /* 2. online softmax of head `warp` */
+        {
+            size_t ks = (mt.tb + it) * BK;
+            int cn = mt.n - ks < (size_t)BK ? (int)(mt.n - ks) : BK;
+            mla_softmax_head(red, RS, pT, PS, sCorr, warp, cn, scale, m, l);
+        }
+        __syncthreads();
+
+        /* 3. rescale, then O += P C for column octets warp + 16j */
+        {
+            const float c0 = sCorr[gid], c1 = sCorr[gid + 8];
+#pragma unroll
+            for (int j = 0; j < OJ; j++)
+                acc[j][0] *= c0, acc[j][1] *= c0, acc[j][2] *= c1, acc[j][3] *= c1;
+#pragma unroll
+            for (int ks = 0; ks < BK / 8; ks++) {
+                uint32_t ph[4], pl[4];
+                const float *pk = pT + (8 * ks + tig) * PS;
+                mla_split(pk[gid], ph[0], pl[0]);
+                mla_split(pk[gid + 8], ph[1], pl[1]);
+                mla_split(pk[4 * PS + gid], ph[2], pl[2]);
+                mla_split(pk[4 * PS + gid + 8], ph[3], pl[3]);
+                const float *c0p = C + (8 * ks + tig) * CS + 8 * warp + gid;
+#pragma unroll
+                for (int j = 0; j < OJ; j++) {
+                    uint32_t bh[2], bl[2];
+                    mla_split(c0p[128 * j], bh[0], bl[0]);
+                    mla_split(c0p[4 * CS + 128 * j], bh[1], bl[1]);
+                    mla_mma3(acc[j], ph, pl, bh, bl);
+                }
+            }
+        }
+        __syncthreads();
+        if (nbuf == 1 && it + 1 < ntiles)
+            mla_issue_tile<NT, true>(sC, mt, it + 1);
+    }
+
+    if (lane == 0) {
+        sL[warp] = l;
+        sM[warp] = m;
+    }
+    __syncthreads();
+    if (nsplit > 1)
+        mla_store_ml(part_ml, sM, sL, t, h0, H, nsplit, split);
+#pragma unroll
+    for (int j = 0; j < OJ; j++) {
+        const int f = 8 * (warp + 16 * j) + 2 * tig;
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int gg = gid + 8 * hf;
+            const size_t h = h0 + gg, th = t * H + h;
+            if (h >= H)
+                continue;
+            float2 v = make_float2(acc[j][2 * hf], acc[j][2 * hf + 1]);
+            if (nsplit == 1) {
+                float s = sL[gg];
+                v = s > 0.0f ? make_float2(v.x / s, v.y / s) : make_float2(0.0f, 0.0f);
+                *(float2 *)(o_lat + th * R + f) = v;
+            } else {
+                *(float2 *)(part_o + (th * nsplit + split) * R + f) = v;
             }
         }
     }
@@ -676,6 +794,7 @@ __global__ void __launch_bounds__(128) mla_combine_kernel(const float *part_o,
     size_t th = blockIdx.x;
     int Rp = (R + 3) & ~3;
     const float *ml = part_ml + th * nsplit * 2;
+    kc_pdl_wait();
     if (threadIdx.x < 32) {
         int s0 = threadIdx.x, s1 = threadIdx.x + 32;
         float m0 = s0 < nsplit ? ml[2 * s0] : -INFINITY, m1 = s1 < nsplit ? ml[2 * s1] : -INFINITY;
@@ -764,8 +883,9 @@ void kc_mla_set_mma(int on)
     mla_use_mma = on;
 }
 
-/* Blocks of `fn` resident per SM at `smem` bytes (after raising its shared-memory limit). */
-static int mla_prepare(mla_kfn fn, int idx, size_t smem)
+/* Blocks of `fn` (nt threads) resident per SM at `smem` bytes (after raising its
+ * shared-memory limit). */
+static int mla_prepare(mla_kfn fn, int idx, int nt, size_t smem)
 {
     static int raised[5], occ[5], dev = -1;
     static size_t occ_smem[5];
@@ -787,8 +907,7 @@ static int mla_prepare(mla_kfn fn, int idx, size_t smem)
     }
     if (occ_smem[idx] != smem) {
         int b = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, (const void *)fn, MLA_THREADS,
-                                                          smem) != cudaSuccess) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, (const void *)fn, nt, smem) != cudaSuccess) {
             cudaGetLastError();
             b = 1;
         }
@@ -830,7 +949,14 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     const int G = MLA_G, BK = MLA_BK;
     int Rp = (int)((R + 3) & ~(size_t)3), Pp = (int)((P + 3) & ~(size_t)3);
     int D4 = (Rp + Pp) / 4, CS = 4 * (D4 | 1); /* odd number of quads per row */
-    size_t base = (size_t)(G * CS + 8 * G * BK + BK * G + 3 * G) * sizeof(float);
+    bool vec = R % 4 == 0 && P % 4 == 0 && ldc % 4 == 0 && ldk % 4 == 0 &&
+               ((uintptr_t)c & 15) == 0 && ((uintptr_t)kpe & 15) == 0;
+    int qvec = R % 4 == 0 && P % 4 == 0 && ldqp % 4 == 0 && ldhp % 4 == 0 &&
+               ((uintptr_t)q_lat & 15) == 0 && ((uintptr_t)q_pe & 15) == 0;
+    /* tensor cores at R1's latent width (R = 512; P a multiple of 8) */
+    bool mma = vec && R == 512 && P % 8 == 0 && mla_use_mma;
+    int RS = mma ? MLA_RS : BK, PS = mma ? MLA_PS : G, nt = mma ? MLA_MMA_THREADS : MLA_THREADS;
+    size_t base = (size_t)(G * CS + 8 * G * RS + BK * PS + 3 * G) * sizeof(float);
     size_t tile = (size_t)BK * CS * sizeof(float);
     size_t maxsm = (size_t)mla_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
     int nbuf = base + 2 * tile <= maxsm ? 2 : base + tile <= maxsm ? 1 : 0;
@@ -838,19 +964,12 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
         return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,
                                  pos0, scale, st);
     size_t smem = base + nbuf * tile;
-    bool vec = R % 4 == 0 && P % 4 == 0 && ldc % 4 == 0 && ldk % 4 == 0 &&
-               ((uintptr_t)c & 15) == 0 && ((uintptr_t)kpe & 15) == 0;
-    int qvec = R % 4 == 0 && P % 4 == 0 && ldqp % 4 == 0 && ldhp % 4 == 0 &&
-               ((uintptr_t)q_lat & 15) == 0 && ((uintptr_t)q_pe & 15) == 0;
     int rj = Rp / 4 <= 128 ? 1 : 2;
-    /* tensor cores at R1's latent width (R = 512; P a multiple of 8) */
-    bool mma = vec && R == 512 && P % 8 == 0 && mla_use_mma;
     /* [rj - 1][vec] for the FMA kernels; slot 4 (mla_prepare's cache) the MMA one */
-    static const mla_kfn fma_fn[2][2] = {
-        {mla_attn_kernel<1, false, false>, mla_attn_kernel<1, true, false>},
-        {mla_attn_kernel<2, false, false>, mla_attn_kernel<2, true, false>}};
-    mla_kfn fn = mma ? mla_attn_kernel<1, true, true> : fma_fn[rj - 1][vec];
-    int bps = mla_prepare(fn, mma ? 4 : (rj - 1) * 2 + (vec ? 1 : 0), smem);
+    static const mla_kfn fma_fn[2][2] = {{mla_attn_kernel<1, false>, mla_attn_kernel<1, true>},
+                                         {mla_attn_kernel<2, false>, mla_attn_kernel<2, true>}};
+    mla_kfn fn = mma ? mla_attn_mma_kernel<MLA_MMA_THREADS> : fma_fn[rj - 1][vec];
+    int bps = mla_prepare(fn, mma ? 4 : (rj - 1) * 2 + (vec ? 1 : 0), nt, smem);
     if (bps <= 0)
         return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,
                                  pos0, scale, st);
@@ -887,16 +1006,14 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
         }
     }
     dim3 grid((unsigned)(T * groups), (unsigned)ns);
-    fn<<<grid, MLA_THREADS, smem, st>>>(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, S, H,
-                                        (int)R, (int)P, pos0, scale, (int)groups, (int)tps,
-                                        (int)ns, nbuf, CS, part_o, part_ml, qvec);
-    KC_LAUNCH_CHECK();
-    if (ns > 1) {
-        dim3 cg((unsigned)(T * H), kc_blocks(R, 128));
-        mla_combine_kernel<<<cg, 128, 0, st>>>(part_o, part_ml, (int)ns, (int)R, o_lat);
-        KC_LAUNCH_CHECK();
-    }
-    return 0;
+    int rc = kc_launch(fn, grid, dim3(nt), smem, st, q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk,
+                       o_lat, S, H, (int)R, (int)P, pos0, scale, (int)groups, (int)tps, (int)ns,
+                       nbuf, CS, part_o, part_ml, qvec);
+    if (rc || ns == 1)
+        return rc;
+    dim3 cg((unsigned)(T * H), kc_blocks(R, 128));
+    return kc_launch(mla_combine_kernel, cg, dim3(128), 0, st, (const float *)part_o,
+                     (const float *)part_ml, (int)ns, (int)R, o_lat);
 }
 
 /* ---- weight absorption ----------------------------------------------------------- */
@@ -1021,6 +1138,25 @@ __global__ void __launch_bounds__(ABS_THREADS)
     const int seg = blockIdx.x * nsegb + sl;
     const bool segok = seg < R / 16;
     const int col0 = seg * 16;
+    const size_t row0 = h * (size_t)(dn + dv);
+    const size_t rs4 = (size_t)R * NV / 16; /* 16-byte words per weight row */
+    const uint4 *W = (const uint4 *)wd;
+    uint4 raw[NB][NV];
+    float sc[NB];
+    auto load = [&](int d0) { /* NB rows of weights in flight */
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            int d = d0 + b * DS;
+            bool ok = segok && d < dn;
+            size_t row = row0 + d;
+#pragma unroll
+            for (int v = 0; v < NV; v++)
+                raw[b][v] = ok ? __ldg(W + row * rs4 + (size_t)seg * NV + v) : make_uint4(0, 0, 0, 0);
+            sc[b] = TYPE == 2 && ok ? __ldg(ws + (row >> 7) * sld + (col0 >> 7)) : 0.0f;
+        }
+    };
+    load(ds); /* before the PDL wait: the weights do not depend on earlier kernels */
+    kc_pdl_wait();
     for (int i = tid; i < TT * dn; i += nthr) {
         int tt = i / dn, d = i - tt * dn;
         Qs[i] = t0 + tt < T ? q[(t0 + tt) * ldq + h * ldh + d] : 0.0f;
@@ -1033,22 +1169,9 @@ __global__ void __launch_bounds__(ABS_THREADS)
 #pragma unroll
         for (int j = 0; j < 16; j++)
             acc[tt][j] = 0.0f;
-    const size_t row0 = h * (size_t)(dn + dv);
-    const size_t rs4 = (size_t)R * NV / 16; /* 16-byte words per weight row */
-    const uint4 *W = (const uint4 *)wd;
     for (int d0 = ds; d0 < dn; d0 += NB * DS) {
-        uint4 raw[NB][NV];
-        float sc[NB];
-#pragma unroll
-        for (int b = 0; b < NB; b++) {
-            int d = d0 + b * DS;
-            bool ok = segok && d < dn;
-            size_t row = row0 + d;
-#pragma unroll
-            for (int v = 0; v < NV; v++)
-                raw[b][v] = ok ? __ldg(W + row * rs4 + (size_t)seg * NV + v) : make_uint4(0, 0, 0, 0);
-            sc[b] = TYPE == 2 && ok ? __ldg(ws + (row >> 7) * sld + (col0 >> 7)) : 0.0f;
-        }
+        if (d0 != ds)
+            load(d0);
 #pragma unroll
         for (int b = 0; b < NB; b++) {
             int d = d0 + b * DS;
@@ -1110,6 +1233,25 @@ __global__ void __launch_bounds__(ABS_THREADS)
     const size_t h = blockIdx.y, t0 = (size_t)blockIdx.z * TT;
     const int e = blockIdx.x * 64 + el;
     const bool eok = e < dv;
+    const int nseg = R / 16;
+    const size_t row = h * (size_t)(dn + dv) + dn + (eok ? e : 0);
+    const uint4 *W = (const uint4 *)wd + row * ((size_t)R * NV / 16);
+    const float *wsr = TYPE == 2 ? ws + (row >> 7) * sld : ws;
+    uint4 raw[NB][NV];
+    float sc[NB];
+    auto load = [&](int s0) { /* NB segments of the row in flight */
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            int seg = s0 + 4 * b;
+            bool ok = eok && seg < nseg;
+#pragma unroll
+            for (int v = 0; v < NV; v++)
+                raw[b][v] = ok ? __ldg(W + (size_t)seg * NV + v) : make_uint4(0, 0, 0, 0);
+            sc[b] = TYPE == 2 && ok ? __ldg(wsr + (seg >> 3)) : 0.0f;
+        }
+    };
+    load(sg); /* before the PDL wait: the weights do not depend on earlier kernels */
+    kc_pdl_wait();
     for (int i = tid; i < TT * R; i += ABS_THREADS) {
         int tt = i / R, r = i - tt * R;
         Os[tt * RSP + r + (r >> 5) * 4] = t0 + tt < T ? o_lat[((t0 + tt) * H + h) * R + r] : 0.0f;
@@ -1120,22 +1262,9 @@ __global__ void __launch_bounds__(ABS_THREADS)
 #pragma unroll
     for (int tt = 0; tt < TT; tt++)
         acc[tt] = 0.0f;
-    const int nseg = R / 16;
-    const size_t row = h * (size_t)(dn + dv) + dn + (eok ? e : 0);
-    const uint4 *W = (const uint4 *)wd + row * ((size_t)R * NV / 16);
-    const float *wsr = TYPE == 2 ? ws + (row >> 7) * sld : ws;
     for (int s0 = sg; s0 < nseg; s0 += 4 * NB) {
-        uint4 raw[NB][NV];
-        float sc[NB];
-#pragma unroll
-        for (int b = 0; b < NB; b++) {
-            int seg = s0 + 4 * b;
-            bool ok = eok && seg < nseg;
-#pragma unroll
-            for (int v = 0; v < NV; v++)
-                raw[b][v] = ok ? __ldg(W + (size_t)seg * NV + v) : make_uint4(0, 0, 0, 0);
-            sc[b] = TYPE == 2 && ok ? __ldg(wsr + (seg >> 3)) : 0.0f;
-        }
+        if (s0 != sg)
+            load(s0);
 #pragma unroll
         for (int b = 0; b < NB; b++) {
             int seg = s0 + 4 * b;
@@ -1196,11 +1325,8 @@ static int absorb_q_launch(const float *q, size_t ldq, size_t ldh, size_t T, siz
     int DS = ABS_THREADS / nsegb;
     size_t smem = ((size_t)TT * dn + (size_t)DS * nsegb * 17) * sizeof(float);
     dim3 grid((unsigned)((nseg + nsegb - 1) / nsegb), (unsigned)H, (unsigned)((T + TT - 1) / TT));
-    absorb_q_fast<TYPE, TT><<<grid, nsegb * DS, smem, st>>>(q, ldq, ldh, T, H, (int)dn, (int)dv,
-                                                            w->data, w->scale, R, w->scale_ld,
-                                                            nsegb, DS, q_lat);
-    KC_LAUNCH_CHECK();
-    return 0;
+    return kc_launch(absorb_q_fast<TYPE, TT>, grid, dim3(nsegb * DS), smem, st, q, ldq, ldh, T, H,
+                     (int)dn, (int)dv, w->data, w->scale, R, w->scale_ld, nsegb, DS, q_lat);
 }
 
 template <int TYPE>
@@ -1247,11 +1373,8 @@ static int absorb_v_launch(const float *o_lat, size_t T, size_t H, size_t dn, si
     int R = (int)w->cols;
     size_t smem = (size_t)TT * (R + (R + 31) / 32 * 4) * sizeof(float);
     dim3 grid(kc_blocks(dv, 64), (unsigned)H, (unsigned)((T + TT - 1) / TT));
-    absorb_v_fast<TYPE, TT><<<grid, ABS_THREADS, smem, st>>>(o_lat, T, H, (int)dn, (int)dv,
-                                                             w->data, w->scale, R, w->scale_ld,
-                                                             o, ldo);
-    KC_LAUNCH_CHECK();
-    return 0;
+    return kc_launch(absorb_v_fast<TYPE, TT>, grid, dim3(ABS_THREADS), smem, st, o_lat, T, H,
+                     (int)dn, (int)dv, w->data, w->scale, R, w->scale_ld, o, ldo);
 }
 
 template <int TYPE>

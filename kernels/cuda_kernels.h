@@ -134,6 +134,9 @@ int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv
  * at R = 512 with P a multiple of 8 (R1's MLA); 0 forces the fp32 FMA kernel
  * (comparison in tests and bench-decode). Process-wide, not thread-safe. */
 void kc_mla_set_mma(int on);
+/* Programmatic dependent launch of the decode kernels (default on; DSR1_PDL=0 turns it
+ * off): kc_set_pdl(0/1) for tests and benchmarks. */
+void kc_set_pdl(int on);
 
 /* ---- helpers (gemm.cu) ---- */
 int kc_copy_f32_from_bf16(const uint16_t *in, float *out, size_t n, cudaStream_t st);

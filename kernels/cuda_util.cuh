@@ -8,6 +8,8 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define KC_LAUNCH_CHECK() \
     do {                                      \
@@ -15,6 +17,53 @@
         if (_e != cudaSuccess)                \
             return (int)_e;                   \
     } while (0)
+
+/* Programmatic dependent launch (sm_90). Decode runs ~16 small kernels a layer; with
+ * PDL the next kernel's blocks start while this one runs, load what does not depend on
+ * it (weights, cache rows of earlier steps) and then wait. Contract for a kernel
+ * launched with kc_launch: call kc_pdl_wait() before reading anything the previous
+ * kernel may write and before any global write. kc_pdl_wait() returns once the previous
+ * kernel has completed (its writes visible) and only then lets the next kernel launch,
+ * so code before the wait never overlaps more than the one kernel in front: everything
+ * older is complete. No-op for a kernel launched without the attribute. DSR1_PDL=0 (or
+ * kc_set_pdl(0)) launches everything plainly. */
+__device__ __forceinline__ void kc_pdl_wait(void)
+{
+    asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
+}
+
+inline int kc_pdl_mode = -1; /* -1: not read from the environment yet */
+
+static inline int kc_pdl_on(void)
+{
+    if (kc_pdl_mode < 0) {
+        const char *e = getenv("DSR1_PDL");
+        kc_pdl_mode = !(e && strcmp(e, "0") == 0);
+    }
+    return kc_pdl_mode;
+}
+
+/* k<<<grid, block, smem, st>>>(args...), with the PDL attribute when enabled; returns
+ * the launch status as KC_LAUNCH_CHECK would. */
+template <typename... KArgs, typename... Args>
+static inline int kc_launch(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                            cudaStream_t st, Args... args)
+{
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cfg.attrs = at;
+    cfg.numAttrs = kc_pdl_on() ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, k, ((KArgs)args)...);
+    if (e != cudaSuccess)
+        cudaGetLastError(); /* a launch error is not sticky; leave none behind */
+    return (int)e;
+}
 
 static inline unsigned kc_blocks(size_t n, unsigned per)
 {

@@ -255,9 +255,12 @@ static int gv_launch(gv_args a, cudaStream_t st)
     size_t rpb = (size_t)(8 / a.ks) * tg_rb(NW);
     a.nb0 = kc_blocks(a.j[0].N, (unsigned)rpb);
     unsigned nb = a.nb0 + (NW == 1 && a.j[1].w ? kc_blocks(a.j[1].N, (unsigned)rpb) : 0);
-    gemv_tile_kernel<WT, MT, NW, DEC><<<nb, 256, 0, st>>>(a);
-    KC_LAUNCH_CHECK();
-    return 0;
+    return kc_launch(gemv_tile_kernel<WT, MT, NW, DEC>, dim3(nb), dim3(256), 0, st, a);
+}
+
+void kc_set_pdl(int on)
+{
+    kc_pdl_mode = on ? 1 : 0;
 }
 
 static int g_ks = 0; /* warps splitting K: 0 = by K (tg_ks), else 1, 2, 4 or 8 */

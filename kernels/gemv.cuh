@@ -167,6 +167,7 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
         for (int j = 0; j < NW; j++)
             sp[j] = WT == 2 ? S[j] + (n0 >> 7) * sld[j] : NULL;
         const size_t step = (size_t)ks * 32 * V;
+        bool waited = false;
         for (size_t k = ((size_t)kw * 32 + lane) * V; k < K; k += step) {
             uint4 raw[RT];
             float sc[NW];
@@ -176,6 +177,10 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
 #pragma unroll
             for (int j = 0; j < NW; j++)
                 sc[j] = WT == 2 ? __ldg(sp[j] + (k >> 7)) : 1.0f;
+            if (!waited) { /* PDL: the first weights are in flight; now the activations */
+                kc_pdl_wait();
+                waited = true;
+            }
             { /* activations stay in registers, each row decoded once */
                 float xv[MT][V];
 #pragma unroll
@@ -194,6 +199,7 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
             }
         }
     }
+    kc_pdl_wait(); /* warps without rows (a no-op where already waited) */
 #pragma unroll
     for (int i = 0; i < RT; i++)
 #pragma unroll
@@ -267,6 +273,8 @@ __device__ __forceinline__ void tile_gemv_staged(const uint8_t *const *W, const 
 #pragma unroll
         for (int j = 0; j < NW; j++)
             sc[j] = WT == 2 && kin ? __ldg(sp[j] + (k >> 7)) : 1.0f;
+        if (k0 == 0)
+            kc_pdl_wait(); /* PDL: the first weights are in flight; now the activations */
         __syncthreads(); /* every warp is done with the previous chunk's activations */
         for (int i = threadIdx.x; i < MT * CH / 4; i += blockDim.x) {
             int m = i / (CH / 4), q = i % (CH / 4);

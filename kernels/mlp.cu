@@ -113,6 +113,7 @@ __global__ void moe_plan_kernel(const int32_t *idx, size_t S, size_t e0, size_t 
 {
     extern __shared__ int sh[]; /* cnt[n], fill[n] */
     int *cnt = sh, *fill = sh + n;
+    kc_pdl_wait();
     for (size_t e = threadIdx.x; e < n; e += blockDim.x)
         cnt[e] = 0, fill[e] = 0;
     __syncthreads();
@@ -210,6 +211,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
     constexpr int RB = tg_rb(2);
     __shared__ tg_smem<MT, RB, 2> sm;
     int e, st, cnt;
+    kc_pdl_wait(); /* the expert comes from the router (or the plan) */
     if (!moe_entry(a, meta, blockIdx.y, e, st, cnt))
         return; /* block-uniform */
     const size_t I = (size_t)e < a.n ? a.I : a.Is, N = a.ts;
@@ -255,6 +257,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
     constexpr int RB = tg_rb(1);
     __shared__ tg_smem<MT, RB, 1> sm;
     int e, st, cnt;
+    kc_pdl_wait(); /* the expert comes from the router (or the plan) */
     if (!moe_entry(a, meta, blockIdx.y, e, st, cnt))
         return; /* block-uniform */
     const size_t I = (size_t)e < a.n ? a.I : a.Is, D = a.D, N = a.ts;
@@ -299,11 +302,8 @@ static int moe_passes(const float *x, size_t ldx, const int *order, const int *m
      * several row tiles (to pay the plan and table lookups once) were slower. */
     dim3 gu(kc_blocks(Imax, (unsigned)((8 / ksu) * tg_rb(2))), (unsigned)A);
     dim3 gd(kc_blocks(a.D, (unsigned)((8 / ksd) * tg_rb(1))), (unsigned)A);
-    moe_up_kernel<WT, MT><<<gu, 256, 0, st>>>(x, ldx, order, meta, a, ksu, h);
-    KC_LAUNCH_CHECK();
-    moe_down_kernel<WT, MT><<<gd, 256, 0, st>>>(h, order, meta, a, ksd, out);
-    KC_LAUNCH_CHECK();
-    return 0;
+    int rc = kc_launch(moe_up_kernel<WT, MT>, gu, dim3(256), 0, st, x, ldx, order, meta, a, ksu, h);
+    return rc ? rc : kc_launch(moe_down_kernel<WT, MT>, gd, dim3(256), 0, st, h, order, meta, a, ksd, out);
 }
 
 template <int WT>
@@ -328,6 +328,7 @@ __global__ void moe_combine_kernel(const float *out, const int32_t *idx, const f
                                    float *y, size_t ldy)
 {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    kc_pdl_wait();
     if (i >= T * D)
         return;
     size_t t = i / D, d = i % D;
@@ -377,17 +378,20 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
             A = S + (N - n);
         } else {
             a.idx = NULL;
-            moe_plan_kernel<<<1, 1024, 2 * n * sizeof(int), st>>>(ci, S, e0, n, N, tn, order, meta);
-            KC_LAUNCH_CHECK();
+            int rc = kc_launch(moe_plan_kernel, dim3(1), dim3(1024), 2 * n * sizeof(int), st, ci,
+                               S, e0, n, N, tn, order, meta);
+            if (rc)
+                return rc;
         }
         int rc = m->type == K_W_FP8    ? moe_run<2>(cx, ldx, tn, order, meta, a, A, h, out, st)
                  : m->type == K_W_BF16 ? moe_run<1>(cx, ldx, tn, order, meta, a, A, h, out, st)
                                        : moe_run<0>(cx, ldx, tn, order, meta, a, A, h, out, st);
         if (rc)
             return rc;
-        moe_combine_kernel<<<kc_blocks(tn * D, 256), 256, 0, st>>>(
-            out, ci, w + t0 * top_k, tn, top_k, e0, n, D, N > n, y + t0 * ldy, ldy);
-        KC_LAUNCH_CHECK();
+        rc = kc_launch(moe_combine_kernel, dim3(kc_blocks(tn * D, 256)), dim3(256), 0, st, out, ci,
+                       w + t0 * top_k, tn, top_k, e0, n, D, (int)(N > n), y + t0 * ldy, ldy);
+        if (rc)
+            return rc;
     }
     return 0;
 }

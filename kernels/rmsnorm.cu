@@ -20,12 +20,17 @@ __global__ void __launch_bounds__(RMS_THREADS) rmsnorm_vec_kernel(const float *x
     size_t n4 = dim / 4;
     float4 v[RMS_VEC], g[RMS_VEC];
     float ss = 0.0f;
-    /* the weights load with the row, not after the reduction: one memory round trip */
+    /* the weights load before the wait for the row (PDL), not after the reduction */
+#pragma unroll
+    for (int j = 0; j < RMS_VEC; j++) {
+        size_t i = threadIdx.x + (size_t)j * RMS_THREADS;
+        g[j] = i < n4 ? __ldg(wr + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    kc_pdl_wait();
 #pragma unroll
     for (int j = 0; j < RMS_VEC; j++) {
         size_t i = threadIdx.x + (size_t)j * RMS_THREADS;
         v[j] = i < n4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        g[j] = i < n4 ? __ldg(wr + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 #pragma unroll
     for (int j = 0; j < RMS_VEC; j++)
@@ -56,9 +61,9 @@ int kc_rmsnorm(const float *x, size_t ldx, const float *w, float *y, size_t ldy,
     int vec = dim % 4 == 0 && ldx % 4 == 0 && ldy % 4 == 0 && dim <= 4 * RMS_VEC * RMS_THREADS &&
               (((uintptr_t)x | (uintptr_t)y | (uintptr_t)w) & 15) == 0;
     if (vec)
-        rmsnorm_vec_kernel<<<(unsigned)rows, RMS_THREADS, 0, st>>>(x, ldx, w, y, ldy, dim, eps);
-    else
-        rmsnorm_kernel<<<(unsigned)rows, 256, 0, st>>>(x, ldx, w, y, ldy, dim, eps);
+        return kc_launch(rmsnorm_vec_kernel, dim3((unsigned)rows), dim3(RMS_THREADS), 0, st, x,
+                         ldx, w, y, ldy, dim, eps);
+    rmsnorm_kernel<<<(unsigned)rows, 256, 0, st>>>(x, ldx, w, y, ldy, dim, eps);
     KC_LAUNCH_CHECK();
     return 0;
 }

@@ -69,6 +69,7 @@ __global__ void mla_prep_kernel(rope_arg r, const float *kva, size_t ldkva, size
     __shared__ float sh[32];
     size_t t = blockIdx.x;
     const float *kv = kva + t * ldkva;
+    kc_pdl_wait();
     if (blockIdx.y == 0) {
         kc_rms_row(kv, w, c + t * ldc, R, eps, sh);
         for (int p = threadIdx.x; p < r.half; p += blockDim.x)
@@ -94,8 +95,6 @@ int kc_mla_prep(const float *kva, size_t ldkva, size_t R, const float *norm_w, f
         return 0;
     rope_arg a = rope_arg_of(r);
     dim3 grid((unsigned)T, (unsigned)(1 + (H + PREP_HEADS - 1) / PREP_HEADS));
-    mla_prep_kernel<<<grid, 256, 0, st>>>(a, kva, ldkva, R, norm_w, eps, c, ldc, kpe, ldk, q, ldq,
-                                          ldh, dn, H, pos);
-    KC_LAUNCH_CHECK();
-    return 0;
+    return kc_launch(mla_prep_kernel, grid, dim3(256), 0, st, a, kva, ldkva, R, norm_w, eps, c,
+                     ldc, kpe, ldk, q, ldq, ldh, dn, H, pos);
 }

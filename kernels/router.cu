@@ -35,6 +35,7 @@ __global__ void __launch_bounds__(KC_ROUTER_THREADS) router_kernel(k_router_cfg 
               K = (int)c.top_k, per = E / G, tid = threadIdx.x;
     const size_t t = blockIdx.x;
     const float *l = logits + t * (size_t)E;
+    kc_pdl_wait();
     for (int e = tid; e < E; e += blockDim.x) {
         s[e] = 1.0f / (1.0f + expf(-l[e]));
         sel[e] = s[e] + (bias ? bias[e] : 0.0f);
@@ -97,7 +98,6 @@ int kc_router(const k_router_cfg *c, const float *logits, const float *bias, siz
         return -1;
     if (T == 0)
         return 0;
-    router_kernel<<<(unsigned)T, KC_ROUTER_THREADS, 0, st>>>(*c, logits, bias, idx, w);
-    KC_LAUNCH_CHECK();
-    return 0;
+    return kc_launch(router_kernel, dim3((unsigned)T), dim3(KC_ROUTER_THREADS), 0, st, *c, logits,
+                     bias, idx, w);
 }

@@ -459,9 +459,11 @@ int main(int argc, char **argv)
      * in a running decode where the host is ahead). host_us: CPU time to enqueue the
      * layer (no CUDA graphs): the floor of a step once the GPU work per layer shrinks
      * below it (e.g. at TP8). cold_us: enqueued with an idle GPU (the first launch's
-     * latency included: how step_us was measured in the first 2026-11-28 H100 logs). */
-    printf("\n%-6s %-5s %6s %10s %10s %12s %8s %9s %9s\n", "layer", "kind", "batch", "step_us",
-           "MB_read", "roofline_us", "of_roof", "host_us", "cold_us");
+     * latency included: how step_us was measured in the first 2026-11-28 H100 logs).
+     * nopdl_us: step_us with programmatic dependent launch off (kc_set_pdl(0)). */
+    const int pdl = kc_pdl_on();
+    printf("\n%-6s %-5s %6s %10s %10s %12s %8s %9s %9s %9s\n", "layer", "kind", "batch",
+           "step_us", "MB_read", "roofline_us", "of_roof", "host_us", "cold_us", "nopdl_us");
     for (size_t li = 0; li < m->n_layers; li++) {
         cm_layer *L = &m->L[li];
         const rt_layer *hl = L->h;
@@ -472,9 +474,11 @@ int main(int argc, char **argv)
             /* time only the layer: the copy runs before the start event on the stream */
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0), cudaEventCreate(&e1);
-            std::vector<double> v, hv, cv;
-            for (int k = 0; k < 2 * (reps + 2); k++) {
-                int cold = k >= reps + 2, kk = cold ? k - reps - 2 : k;
+            std::vector<double> v, hv, cv, nv;
+            for (int k = 0; k < 3 * (reps + 2); k++) {
+                /* phase 0: step_us, 1: cold_us, 2: nopdl_us */
+                int phase = k / (reps + 2), kk = k % (reps + 2), cold = phase == 1;
+                kc_set_pdl(phase == 2 ? 0 : pdl);
                 cudaMemcpyAsync(hb, h0, B * H * 4, cudaMemcpyDeviceToDevice, st);
                 cm_scratch_reset(m);
                 if (!cold)
@@ -482,15 +486,16 @@ int main(int argc, char **argv)
                 cudaEventRecord(e0, st);
                 double t0 = fu_now_s();
                 rc |= cm_layer_forward(m, NULL, li, hb, B, ctx, &err);
-                if (kk >= 2 && !cold)
+                if (kk >= 2 && phase == 0)
                     hv.push_back((fu_now_s() - t0) * 1e6);
                 cudaEventRecord(e1, st);
                 cudaEventSynchronize(e1);
                 float ms;
                 cudaEventElapsedTime(&ms, e0, e1);
                 if (kk >= 2)
-                    (cold ? cv : v).push_back(ms);
+                    (phase == 0 ? v : cold ? cv : nv).push_back(ms);
             }
+            kc_set_pdl(pdl);
             if (rc) {
                 fprintf(stderr, "bench-decode: layer %zu: %s\n", li, err.msg);
                 return 3;
@@ -514,9 +519,9 @@ int main(int argc, char **argv)
                 bytes += per * distinct.size();
             }
             double us = median(v) * 1000, roof = bytes / bw * 1e6;
-            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%% %9.1f %9.1f\n", li,
+            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%% %9.1f %9.1f %9.1f\n", li,
                    hl->moe ? "moe" : "dense", B, us, bytes / 1e6, roof, 100 * roof / us, median(hv),
-                   median(cv) * 1000);
+                   median(cv) * 1000, median(nv) * 1000);
         }
     }
     std::set<size_t> bb = {1, std::min<size_t>(8, bmax), bmax};

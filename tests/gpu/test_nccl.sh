@@ -104,5 +104,20 @@ print(s if isinstance(s, str) else m['shards'][s]['file'])")
   [ $allok = 1 ] && ok "corrupted shard on rank 1: all $N ranks stop naming rank 1" \
     || bad "corrupted shard on rank 1 not reported by every rank"
 fi
+# programmatic dependent launch moves only when kernels start, never a result: the first
+# plan's prompt 0 again with DSR1_PDL=0 must give bit-identical logits
+set -- ${PLANS[0]}
+P0="tp$1-ep$2-pp$3-$4" D=$T/shard-$1-$2-$3-$4 np=$(($1 * $3)) L=$T/nopdl
+mkdir -p "$L"
+set -- ${PROMPTS[0]}
+if [ -f "$T/$P0-p0/logits.npy" ] &&
+   DSR1_PDL=0 scripts/launch_local.sh "$np" --logdir "$L" -- "$BIN/dsr1-serve" generate \
+     --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" --max-new-tokens "$3" \
+     --logits-out "$L/logits.npy" --timeout 60 >/dev/null 2>"$L/err" &&
+   cmp -s "$T/$P0-p0/logits.npy" "$L/logits.npy"; then
+  ok "$P0 prompt 0: logits with DSR1_PDL=0 bit-identical"
+else
+  bad "$P0 prompt 0: logits with DSR1_PDL=0 differ (or the run failed: $(tail -c 300 "$L/err" 2>/dev/null))"
+fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
