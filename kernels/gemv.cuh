@@ -102,7 +102,7 @@ __device__ __forceinline__ void tg_load_x(const float *p, float *v)
     const float4 *xp = reinterpret_cast<const float4 *>(p);
 #pragma unroll
     for (int j = 0; j < V / 4; j++) {
-        float4 a = __ldg(xp + j);
+        float4 a = xp[j]; /* coherent load: written by the kernel before (PDL) */
         v[4 * j] = a.x * tg_scale<WT, DEC>::pre, v[4 * j + 1] = a.y * tg_scale<WT, DEC>::pre;
         v[4 * j + 2] = a.z * tg_scale<WT, DEC>::pre, v[4 * j + 3] = a.w * tg_scale<WT, DEC>::pre;
     }
@@ -155,51 +155,56 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
     const size_t n0 = row0 + (size_t)rg * RB;
     float acc[RT][MT];
     tg_zero(acc);
-    if (rg < 8 / ks && n0 < N) {
-        const uint8_t *wp[RT];
-        const float *sp[NW];
+    const bool act = rg < 8 / ks && n0 < N;
+    const uint8_t *wp[RT];
+    const float *sp[NW];
 #pragma unroll
-        for (int i = 0; i < RT; i++) {
-            size_t n = n0 + i % RB;
-            wp[i] = W[i / RB] + (n < N ? n : n0) * K * B; /* rows past N re-read row n0 */
-        }
+    for (int i = 0; i < RT; i++) {
+        size_t n = n0 + i % RB;
+        wp[i] = W[i / RB] + (n < N ? n : act ? n0 : 0) * K * B; /* rows past N re-read n0 */
+    }
+#pragma unroll
+    for (int j = 0; j < NW; j++)
+        sp[j] = WT == 2 ? S[j] + ((act ? n0 : 0) >> 7) * sld[j] : NULL;
+    const size_t step = (size_t)ks * 32 * V;
+    size_t k = ((size_t)kw * 32 + lane) * V;
+    uint4 raw[RT];
+    float sc[NW];
+    auto load = [&](size_t kk) {
+#pragma unroll
+        for (int i = 0; i < RT; i++)
+            raw[i] = kc_ld_stream(wp[i] + kk * B);
 #pragma unroll
         for (int j = 0; j < NW; j++)
-            sp[j] = WT == 2 ? S[j] + (n0 >> 7) * sld[j] : NULL;
-        const size_t step = (size_t)ks * 32 * V;
-        bool waited = false;
-        for (size_t k = ((size_t)kw * 32 + lane) * V; k < K; k += step) {
-            uint4 raw[RT];
-            float sc[NW];
+            sc[j] = WT == 2 ? __ldg(sp[j] + (kk >> 7)) : 1.0f;
+    };
+    /* PDL: the first chunk's weights are in flight before the wait (every thread waits,
+     * converged); the activations load after it */
+    bool pre = act && k < K;
+    if (pre)
+        load(k);
+    kc_pdl_wait();
+    for (; act && k < K; k += step) {
+        if (!pre)
+            load(k);
+        pre = false;
+        { /* activations stay in registers, each row decoded once */
+            float xv[MT][V];
 #pragma unroll
-            for (int i = 0; i < RT; i++)
-                raw[i] = kc_ld_stream(wp[i] + k * B);
+            for (int m = 0; m < MT; m++)
+                if (m < nm)
+                    tg_load_x<WT, DEC>(xr[m] + k, xv[m]);
 #pragma unroll
-            for (int j = 0; j < NW; j++)
-                sc[j] = WT == 2 ? __ldg(sp[j] + (k >> 7)) : 1.0f;
-            if (!waited) { /* PDL: the first weights are in flight; now the activations */
-                kc_pdl_wait();
-                waited = true;
-            }
-            { /* activations stay in registers, each row decoded once */
-                float xv[MT][V];
+            for (int i = 0; i < RT; i++) {
+                float wf[V];
+                tg_decode<WT, DEC>(raw[i], wf);
 #pragma unroll
                 for (int m = 0; m < MT; m++)
                     if (m < nm)
-                        tg_load_x<WT, DEC>(xr[m] + k, xv[m]);
-#pragma unroll
-                for (int i = 0; i < RT; i++) {
-                    float wf[V];
-                    tg_decode<WT, DEC>(raw[i], wf);
-#pragma unroll
-                    for (int m = 0; m < MT; m++)
-                        if (m < nm)
-                            acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[i / RB], acc[i][m]);
-                }
+                        acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[i / RB], acc[i][m]);
             }
         }
     }
-    kc_pdl_wait(); /* warps without rows (a no-op where already waited) */
 #pragma unroll
     for (int i = 0; i < RT; i++)
 #pragma unroll
@@ -281,7 +286,7 @@ __device__ __forceinline__ void tile_gemv_staged(const uint8_t *const *W, const 
             size_t kk = k0 + (size_t)q * 4;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (m < nm && kk < K)
-                v = __ldg(reinterpret_cast<const float4 *>(xrow[m] + kk));
+                v = *reinterpret_cast<const float4 *>(xrow[m] + kk); /* coherent (PDL) */
             *reinterpret_cast<float4 *>(xs + (m * 32 + q / (V / 4)) * LS + (q % (V / 4)) * 4) = v;
         }
         __syncthreads();

@@ -1,5 +1,7 @@
 /* rt_upload: chunked, double-buffered host-to-device copies (see upload.h). */
 #include <cuda_runtime.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <omp.h>
 #include <string.h>
 #include <time.h>
@@ -41,8 +43,37 @@ static void par_copy(void *dst, const void *src, size_t n, int threads)
     }
 }
 
-static int up_pinned(char *dev, const char *host, uint64_t len, size_t chunk, int threads,
-                     cudaStream_t st, dsr1_err *err)
+/* Parallel pread of n bytes at file offset off into dst; 0, or an errno (EIO: the file
+ * ended early). */
+static int par_read(void *dst, int fd, uint64_t off, size_t n, int threads)
+{
+    size_t per = (n + (size_t)threads - 1) / (size_t)threads;
+    per = (per + 4095) & ~(size_t)4095;
+    int bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : bad)
+    for (int t = 0; t < threads; t++) {
+        size_t o = (size_t)t * per;
+        if (o >= n)
+            continue;
+        size_t k = n - o < per ? n - o : per, done = 0;
+        while (done < k) {
+            ssize_t r = pread(fd, (char *)dst + o + done, k - done, (off_t)(off + o + done));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                bad = r < 0 ? errno : EIO;
+                break;
+            }
+            done += (size_t)r;
+        }
+    }
+    return bad;
+}
+
+/* Staged upload: chunk i+1 is filled (copy from host, or pread of fd when fd >= 0)
+ * while chunk i is in flight. */
+static int up_pinned(char *dev, const char *host, int fd, uint64_t foff, uint64_t len,
+                     size_t chunk, int threads, cudaStream_t st, dsr1_err *err)
 {
     void *buf[2] = {NULL, NULL};
     cudaEvent_t ev[2] = {NULL, NULL};
@@ -63,7 +94,17 @@ static int up_pinned(char *dev, const char *host, uint64_t len, size_t chunk, in
             rc = cuda_fail(err, e, "staging copy");
             goto out;
         }
-        par_copy(buf[b], host + off, n, threads);
+        if (fd >= 0) {
+            int en = par_read(buf[b], fd, foff + off, n, threads);
+            if (en) {
+                rc = dsr1_err_set(err, DSR1_E_IO, 0, 0, "upload: read at offset %llu: %s",
+                                  (unsigned long long)(foff + off),
+                                  en == EIO ? "the file is shorter than its mapping" : strerror(en));
+                goto out;
+            }
+        } else {
+            par_copy(buf[b], host + off, n, threads);
+        }
         if ((e = cudaMemcpyAsync(dev + off, buf[b], n, cudaMemcpyHostToDevice, st)) != cudaSuccess ||
             (e = cudaEventRecord(ev[b], st)) != cudaSuccess) {
             rc = cuda_fail(err, e, "host-to-device copy");
@@ -154,9 +195,20 @@ int rt_upload(void *dev, const void *host, uint64_t len, const rt_upload_opts *o
         own = 1;
     }
     double t0 = now_s();
-    int rc = o->method == RT_UP_REGISTER
-                 ? up_register((char *)dev, (const char *)host, len, chunk, st, err)
-                 : up_pinned((char *)dev, (const char *)host, len, chunk, threads, st, err);
+    int rc, fd = -1;
+    if (o->method == RT_UP_PREAD) {
+        if (!o->path || (fd = open(o->path, O_RDONLY | O_CLOEXEC)) < 0)
+            rc = dsr1_err_set(err, DSR1_E_IO, 0, 0, "upload: cannot open %s: %s",
+                              o->path ? o->path : "(no path)", strerror(o->path ? errno : EINVAL));
+        else
+            rc = up_pinned((char *)dev, NULL, fd, o->file_off, len, chunk, threads, st, err);
+        if (fd >= 0)
+            close(fd);
+    } else if (o->method == RT_UP_REGISTER) {
+        rc = up_register((char *)dev, (const char *)host, len, chunk, st, err);
+    } else {
+        rc = up_pinned((char *)dev, (const char *)host, -1, 0, len, chunk, threads, st, err);
+    }
     if (stats) {
         stats->bytes = len;
         stats->seconds = now_s() - t0;

@@ -1,10 +1,14 @@
-/* rt_upload: move host bytes (a shard's read-only mapping) into device memory at
- * near host-to-device bandwidth without pinning the whole shard.
+/* rt_upload: move host bytes (a shard's read-only mapping, or the file behind it) into
+ * device memory at near host-to-device bandwidth without pinning the whole shard.
  *
  * Methods:
  *  - RT_UP_PINNED: two pinned staging buffers of `chunk` bytes, double-buffered: the
  *    host threads copy chunk i+1 from the mapping (page cache) into one buffer while
  *    the DMA engine moves chunk i from the other;
+ *  - RT_UP_PREAD: the same staging, filled by parallel pread() of `path` at
+ *    `file_off` (the bytes the mapping shows): the kernel copies from the page cache
+ *    (or reads the disk) without populating the mapping's page tables. Measured faster
+ *    than copying from a fresh mapping (bench-load up_pread against up_pinned);
  *  - RT_UP_REGISTER: page-lock a window of the mapping itself (cudaHostRegister,
  *    read-only) chunk by chunk, at most two chunks at a time, and DMA straight from it.
  * Either way at most 2 x chunk bytes are pinned at once.
@@ -19,13 +23,15 @@
 
 #include "err.h"
 
-typedef enum { RT_UP_PINNED = 0, RT_UP_REGISTER = 1 } rt_up_method;
+typedef enum { RT_UP_PINNED = 0, RT_UP_REGISTER = 1, RT_UP_PREAD = 2 } rt_up_method;
 
 typedef struct rt_upload_opts {
     rt_up_method method;
     size_t chunk;        /* bytes per chunk; 0: 64 MiB */
     int threads;         /* host copy threads (PINNED); 0: up to 16 */
     void *stream;        /* cudaStream_t; NULL: a private stream */
+    const char *path;    /* PREAD: the file whose bytes [file_off, file_off + len) to upload */
+    uint64_t file_off;
 } rt_upload_opts;
 
 typedef struct rt_upload_stats {

@@ -119,6 +119,10 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
         else
             rt_upload_opts_init(&uo);
         uo.stream = st;
+        if (uo.method == RT_UP_PREAD) { /* the mapping's file: the arena is the whole file */
+            uo.path = st_path(f);
+            uo.file_off = 0;
+        }
         rt_upload_stats us;
         rc = rt_upload(m->arena, m->base, m->arena_bytes, &uo, &us, err);
         m->upload_s = us.seconds;
