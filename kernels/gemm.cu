@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
             xrow[threadIdx.x] = a.x + (size_t)(threadIdx.x < (unsigned)a.M ? threadIdx.x : 0) * a.ldx;
         tile_gemv_staged<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xrow, a.M, sm);
     } else
-        tile_gemv<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
+        tile_gemv<WT, MT, RB, NW, DEC, true>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
     for (int t = threadIdx.x; t < (8 / a.ks) * RB * MT; t += blockDim.x) {
         int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
         size_t n = row0 + (size_t)g * RB + r;

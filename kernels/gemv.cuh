@@ -141,8 +141,9 @@ struct tg_smem {
 /* W[j]: weight j's data (row 0); S[j], sld[j]: its block scales (FP8). xr[m]: the
  * activation rows (16-byte aligned, K a multiple of V). On return (after a barrier)
  * sm.res[(rg * RT + j * RB + r) * MT + m] holds row row0 + rg * RB + r of weight j
- * for token m, for every row group rg < 8 / ks; rows >= N hold garbage. */
-template <int WT, int MT, int RB, int NW, int DEC>
+ * for token m, for every row group rg < 8 / ks; rows >= N hold garbage. PRE: load the
+ * first weights, then kc_pdl_wait() (for kernels that have not waited yet). */
+template <int WT, int MT, int RB, int NW, int DEC, bool PRE>
 __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *const *S,
                                           const size_t *sld, size_t row0, size_t N, size_t K,
                                           const float *const *xr, int nm, int ks,
@@ -178,31 +179,40 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
         for (int j = 0; j < NW; j++)
             sc[j] = WT == 2 ? __ldg(sp[j] + (kk >> 7)) : 1.0f;
     };
-    /* PDL: the first chunk's weights are in flight before the wait (every thread waits,
-     * converged); the activations load after it */
-    bool pre = act && k < K;
-    if (pre)
-        load(k);
-    kc_pdl_wait();
-    for (; act && k < K; k += step) {
-        if (!pre)
-            load(k);
-        pre = false;
-        { /* activations stay in registers, each row decoded once */
-            float xv[MT][V];
+    auto chunk = [&](size_t kk) { /* activations in registers, each row decoded once */
+        float xv[MT][V];
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            if (m < nm)
+                tg_load_x<WT, DEC>(xr[m] + kk, xv[m]);
+#pragma unroll
+        for (int i = 0; i < RT; i++) {
+            float wf[V];
+            tg_decode<WT, DEC>(raw[i], wf);
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 if (m < nm)
-                    tg_load_x<WT, DEC>(xr[m] + k, xv[m]);
-#pragma unroll
-            for (int i = 0; i < RT; i++) {
-                float wf[V];
-                tg_decode<WT, DEC>(raw[i], wf);
-#pragma unroll
-                for (int m = 0; m < MT; m++)
-                    if (m < nm)
-                        acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[i / RB], acc[i][m]);
+                    acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[i / RB], acc[i][m]);
+        }
+    };
+    if constexpr (PRE) {
+        /* PDL: the first chunk's weights are in flight before the wait (every thread
+         * waits, converged); the activations load after it */
+        const bool any = act && k < K;
+        if (any)
+            load(k);
+        kc_pdl_wait();
+        if (any) {
+            chunk(k);
+            for (k += step; k < K; k += step) {
+                load(k);
+                chunk(k);
             }
+        }
+    } else { /* the caller has waited (PDL) */
+        for (; act && k < K; k += step) {
+            load(k);
+            chunk(k);
         }
     }
 #pragma unroll

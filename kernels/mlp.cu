@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 xr[m] = x + moe_tok(a, moe_slot(a, order, st + c0 + (m < nm ? m : 0))) * ldx;
-            tile_gemv<WT, MT, RB, 2, 0>(W, S, sl, row0, I, a.D, xr, nm, ks, sm);
+            tile_gemv<WT, MT, RB, 2, 0, false>(W, S, sl, row0, I, a.D, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * a.ldh;
-            tile_gemv<WT, MT, RB, 1, 0>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+            tile_gemv<WT, MT, RB, 1, 0, false>(W, S, sl, row0, D, I, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;

@@ -70,16 +70,18 @@ static int par_read(void *dst, int fd, uint64_t off, size_t n, int threads)
     return bad;
 }
 
-/* Staged upload: chunk i+1 is filled (copy from host, or pread of fd when fd >= 0)
- * while chunk i is in flight. */
+/* Staged upload through UP_NBUF pinned chunks: the host fills chunk i (copy from the
+ * mapping, or pread of fd when fd >= 0) while up to UP_NBUF - 1 earlier chunks are in
+ * flight; more than two buffers absorb the jitter of the host side (shared machines). */
+#define UP_NBUF 4
 static int up_pinned(char *dev, const char *host, int fd, uint64_t foff, uint64_t len,
                      size_t chunk, int threads, cudaStream_t st, dsr1_err *err)
 {
-    void *buf[2] = {NULL, NULL};
-    cudaEvent_t ev[2] = {NULL, NULL};
+    void *buf[UP_NBUF] = {NULL};
+    cudaEvent_t ev[UP_NBUF] = {NULL};
     cudaError_t e;
     int rc = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < UP_NBUF; i++) {
         if ((e = cudaMallocHost(&buf[i], chunk)) != cudaSuccess ||
             (e = cudaEventCreateWithFlags(&ev[i], cudaEventDisableTiming)) != cudaSuccess) {
             rc = cuda_fail(err, e, "pinned staging buffer");
@@ -88,7 +90,7 @@ static int up_pinned(char *dev, const char *host, int fd, uint64_t foff, uint64_
     }
     for (uint64_t off = 0, i = 0; off < len; off += chunk, i++) {
         size_t n = len - off < chunk ? (size_t)(len - off) : chunk;
-        int b = (int)(i & 1);
+        int b = (int)(i % UP_NBUF);
         /* the DMA that last read this buffer must be done before we overwrite it */
         if ((e = cudaEventSynchronize(ev[b])) != cudaSuccess) {
             rc = cuda_fail(err, e, "staging copy");
@@ -114,7 +116,7 @@ static int up_pinned(char *dev, const char *host, int fd, uint64_t foff, uint64_
     if ((e = cudaStreamSynchronize(st)) != cudaSuccess)
         rc = cuda_fail(err, e, "host-to-device copy");
 out:
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < UP_NBUF; i++) {
         if (ev[i])
             cudaEventDestroy(ev[i]);
         if (buf[i])

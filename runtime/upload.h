@@ -2,16 +2,16 @@
  * device memory at near host-to-device bandwidth without pinning the whole shard.
  *
  * Methods:
- *  - RT_UP_PINNED: two pinned staging buffers of `chunk` bytes, double-buffered: the
- *    host threads copy chunk i+1 from the mapping (page cache) into one buffer while
- *    the DMA engine moves chunk i from the other;
+ *  - RT_UP_PINNED: four pinned staging buffers of `chunk` bytes in a ring: the host
+ *    threads copy chunk i from the mapping (page cache) into one buffer while the DMA
+ *    engine moves the earlier chunks from the others;
  *  - RT_UP_PREAD: the same staging, filled by parallel pread() of `path` at
  *    `file_off` (the bytes the mapping shows): the kernel copies from the page cache
  *    (or reads the disk) without populating the mapping's page tables. Measured faster
  *    than copying from a fresh mapping (bench-load up_pread against up_pinned);
  *  - RT_UP_REGISTER: page-lock a window of the mapping itself (cudaHostRegister,
  *    read-only) chunk by chunk, at most two chunks at a time, and DMA straight from it.
- * Either way at most 2 x chunk bytes are pinned at once.
+ * At most 4 x chunk bytes are pinned at once (256 MiB by default).
  *
  * Lifetimes: nothing is kept after the call; dev must hold len bytes.
  */
