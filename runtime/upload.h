@@ -7,8 +7,8 @@
  *    engine moves the earlier chunks from the others;
  *  - RT_UP_PREAD: the same staging, filled by parallel pread() of `path` at
  *    `file_off` (the bytes the mapping shows): the kernel copies from the page cache
- *    (or reads the disk) without populating the mapping's page tables. Measured faster
- *    than copying from a fresh mapping (bench-load up_pread against up_pinned);
+ *    (or reads the disk) without populating the mapping's page tables. Not faster
+ *    than RT_UP_PINNED on the GPU machines measured (bench-load up_pread);
  *  - RT_UP_REGISTER: page-lock a window of the mapping itself (cudaHostRegister,
  *    read-only) chunk by chunk, at most two chunks at a time, and DMA straight from it.
  * At most 4 x chunk bytes are pinned at once (256 MiB by default).

@@ -240,13 +240,12 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
             goto out;
         rt_upload_opts uo;
         rt_upload_opts_init(&uo);
-        /* DSR1_UPLOAD: pread (default), copy (from the mapping) or register */
+        /* DSR1_UPLOAD: copy (from the mapping; default), pread or register */
         const char *meth = getenv("DSR1_UPLOAD");
-        uo.method = RT_UP_PREAD;
         if (meth && strcmp(meth, "register") == 0)
             uo.method = RT_UP_REGISTER;
-        else if (meth && strcmp(meth, "copy") == 0)
-            uo.method = RT_UP_PINNED;
+        else if (meth && strcmp(meth, "pread") == 0)
+            uo.method = RT_UP_PREAD;
         rc = cm_load(&cm, m, dir, id.rank, a->n_prompt + (size_t)a->max_new_tokens, &uo,
                      a->verify_full, st, err);
         dsr1_err ferr;

@@ -6,12 +6,13 @@
  * key=value lines (GB/s = 1e9 bytes/s, medians):
  *   pinned_h2d    cudaMemcpyAsync from one pinned buffer (the DMA ceiling)
  *   pageable_h2d  cudaMemcpy straight from the mapping
- *   up_pread      rt_upload, pinned double-buffered chunks filled by parallel pread
- *                 of the file (dsr1-serve's default)
+ *   up_pread      rt_upload, a ring of pinned chunks filled by parallel pread of the
+ *                 file (DSR1_UPLOAD=pread)
  *   up_pinned     rt_upload, the same chunks filled by memcpy from a fresh mapping
- *                 of the file (page cache warm, page tables empty, as in a new rank)
+ *                 of the file (page cache warm, page tables empty, as in a new rank;
+ *                 dsr1-serve's default)
  *   up_register   rt_upload, cudaHostRegister windows of a fresh mapping
- *   up_verify     rt_upload (pread) with the full per-tensor hash check in parallel
+ *   up_verify     rt_upload (pinned) with the full per-tensor hash check in parallel
  * and checks that the device copy equals the file. Exit 0, or 1 on a content or hash
  * mismatch, 3 on errors. */
 #include <algorithm>
@@ -226,8 +227,7 @@ int main(int argc, char **argv)
         printf("hash_only_GBps=%.2f\n", n / (fu_now_s() - t0) / 1e9);
         rt_upload_opts o;
         rt_upload_opts_init(&o);
-        o.method = RT_UP_PREAD; /* as dsr1-serve does */
-        o.path = ld_path(s);
+        o.method = RT_UP_PINNED; /* as dsr1-serve does by default */
         o.chunk = chunk;
         o.stream = st;
         pthread_t th;
