@@ -780,43 +780,11 @@ __global__ void __launch_bounds__(NT, 1)
     }
 }
 
-/* Merging the key splits of one (t, h): o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M)
- * l_s; splits that saw no key (m = -inf) weigh 0. mla_split_weights (one warp, two
- * splits a lane, warp reductions) writes the weights e^(m_s - M) to w and returns the
- * denominator L on every lane; mla_merge_at sums one element over the splits with 8
- * loads in flight (po: the element in split 0; splits Rp apart). */
-__device__ __forceinline__ float mla_split_weights(const float *ml, int nsplit, float *w)
-{
-    const int s0 = threadIdx.x & 31, s1 = s0 + 32;
-    float m0 = s0 < nsplit ? ml[2 * s0] : -INFINITY, m1 = s1 < nsplit ? ml[2 * s1] : -INFINITY;
-    float l0 = s0 < nsplit ? ml[2 * s0 + 1] : 0.0f, l1 = s1 < nsplit ? ml[2 * s1 + 1] : 0.0f;
-    float M = kc_warp_max(fmaxf(m0, m1));
-    float w0 = m0 == -INFINITY ? 0.0f : expf(m0 - M), w1 = m1 == -INFINITY ? 0.0f : expf(m1 - M);
-    if (s0 < nsplit)
-        w[s0] = w0;
-    if (s1 < nsplit)
-        w[s1] = w1;
-    return kc_warp_sum(w0 * l0 + w1 * l1);
-}
-
-__device__ __forceinline__ float mla_merge_at(const float *po, const float *w, int nsplit,
-                                              int Rp, float L)
-{
-    float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    int s = 0;
-    for (; s + 8 <= nsplit; s += 8)
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            a[j] += w[s + j] * po[(size_t)(s + j) * Rp];
-    for (; s < nsplit; s++)
-        a[0] += w[s] * po[(size_t)s * Rp];
-    float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    return L > 0.0f ? sum / L : 0.0f;
-}
-
-/* Block (t*H + h, r-chunk of 128): the merged o_lat of (t, h). Latency-bound (at TP8
- * only 16 (t, h) pairs a token), hence the 8 loads in flight per element. Where the
- * weight absorption follows (kc_mla_attn_v), absorb_v_fast merges instead. */
+/* Block (t*H + h, r-chunk of 128): o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+ * Warp 0 computes the split weights (two splits a lane, warp reductions) into shared
+ * memory; then each thread sums one element over the splits with 8 loads in flight
+ * (the combine is latency-bound: at TP8 there are only 16 (t, h) pairs per token).
+ * Splits that saw no key (m = -inf) weigh 0. */
 __global__ void __launch_bounds__(128) mla_combine_kernel(const float *part_o,
                                                           const float *part_ml, int nsplit,
                                                           int R, float *o_lat)
@@ -825,16 +793,38 @@ __global__ void __launch_bounds__(128) mla_combine_kernel(const float *part_o,
     __shared__ float lsh;
     size_t th = blockIdx.x;
     int Rp = (R + 3) & ~3;
+    const float *ml = part_ml + th * nsplit * 2;
     kc_pdl_wait();
     if (threadIdx.x < 32) {
-        float L = mla_split_weights(part_ml + th * nsplit * 2, nsplit, wsh);
+        int s0 = threadIdx.x, s1 = threadIdx.x + 32;
+        float m0 = s0 < nsplit ? ml[2 * s0] : -INFINITY, m1 = s1 < nsplit ? ml[2 * s1] : -INFINITY;
+        float l0 = s0 < nsplit ? ml[2 * s0 + 1] : 0.0f, l1 = s1 < nsplit ? ml[2 * s1 + 1] : 0.0f;
+        float M = kc_warp_max(fmaxf(m0, m1));
+        float w0 = m0 == -INFINITY ? 0.0f : expf(m0 - M), w1 = m1 == -INFINITY ? 0.0f : expf(m1 - M);
+        if (s0 < nsplit)
+            wsh[s0] = w0;
+        if (s1 < nsplit)
+            wsh[s1] = w1;
+        float L = kc_warp_sum(w0 * l0 + w1 * l1);
         if (threadIdx.x == 0)
             lsh = L;
     }
     __syncthreads();
     int r = blockIdx.y * blockDim.x + threadIdx.x;
-    if (r < R)
-        o_lat[th * R + r] = mla_merge_at(part_o + th * nsplit * Rp + r, wsh, nsplit, Rp, lsh);
+    if (r >= R)
+        return;
+    float L = lsh;
+    const float *po = part_o + th * nsplit * Rp + r;
+    float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int s = 0;
+    for (; s + 8 <= nsplit; s += 8)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            a[j] += wsh[s + j] * po[(size_t)(s + j) * Rp];
+    for (; s < nsplit; s++)
+        a[0] += wsh[s] * po[(size_t)s * Rp];
+    float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    o_lat[th * R + r] = L > 0.0f ? sum / L : 0.0f;
 }
 
 static float *g_mla_part;
@@ -948,17 +938,10 @@ static int mla_attn_fallback(const float *q_lat, const float *q_pe, size_t ldqp,
     return 0;
 }
 
-/* kc_mla_attn; with defer, key splits are left unmerged when there are several: their
- * partials come back in *po / *pml / *pns (NULL when o_lat was written) for
- * absorb_v_fast to merge. */
-static int mla_attn_run(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
-                        const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
-                        size_t T, size_t S, size_t H, size_t R, size_t P, size_t pos0,
-                        float scale, bool defer, const float **po, const float **pml, int *pns,
-                        cudaStream_t st)
+int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
+                size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
+                size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st)
 {
-    *po = *pml = NULL;
-    *pns = 0;
     if (R > ATT_MAXD || P > 256)
         return -1;
     if (T * H == 0)
@@ -1028,23 +1011,9 @@ static int mla_attn_run(const float *q_lat, const float *q_pe, size_t ldqp, size
                        nbuf, CS, part_o, part_ml, qvec);
     if (rc || ns == 1)
         return rc;
-    if (defer && Rp == (int)R) {
-        *po = part_o, *pml = part_ml, *pns = (int)ns;
-        return 0;
-    }
     dim3 cg((unsigned)(T * H), kc_blocks(R, 128));
     return kc_launch(mla_combine_kernel, cg, dim3(128), 0, st, (const float *)part_o,
                      (const float *)part_ml, (int)ns, (int)R, o_lat);
-}
-
-int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
-                size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
-                size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st)
-{
-    const float *po, *pml;
-    int ns;
-    return mla_attn_run(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P, pos0,
-                        scale, false, &po, &pml, &ns, st);
 }
 
 /* ---- weight absorption ----------------------------------------------------------- */
@@ -1253,8 +1222,7 @@ __global__ void __launch_bounds__(ABS_THREADS)
 template <int TYPE, int TT>
 __global__ void __launch_bounds__(ABS_THREADS)
     absorb_v_fast(const float *o_lat, size_t T, size_t H, int dn, int dv, const void *wd,
-                  const float *ws, int R, size_t sld, float *o, size_t ldo,
-                  const float *part_o, const float *part_ml, int nsplit)
+                  const float *ws, int R, size_t sld, float *o, size_t ldo)
 {
     constexpr int NV = TYPE == 2 ? 1 : TYPE == 1 ? 2 : 4;
     constexpr int NB = 8 / NV;
@@ -1284,27 +1252,9 @@ __global__ void __launch_bounds__(ABS_THREADS)
     };
     load(sg); /* before the PDL wait: the weights do not depend on earlier kernels */
     kc_pdl_wait();
-    if (part_o) { /* o_lat is still split over keys: merge it here (mla_combine_kernel) */
-        __shared__ float wsh[TT][MLA_MAXSPLIT], lsh[TT];
-        const int w = tid >> 5;
-        if (w < TT && t0 + w < T) {
-            float L = mla_split_weights(part_ml + ((t0 + w) * H + h) * nsplit * 2, nsplit, wsh[w]);
-            if ((tid & 31) == 0)
-                lsh[w] = L;
-        }
-        __syncthreads();
-        for (int i = tid; i < TT * R; i += ABS_THREADS) {
-            int tt = i / R, r = i - tt * R;
-            Os[tt * RSP + r + (r >> 5) * 4] =
-                t0 + tt < T ? mla_merge_at(part_o + ((t0 + tt) * H + h) * nsplit * R + r, wsh[tt],
-                                           nsplit, R, lsh[tt])
-                            : 0.0f;
-        }
-    } else {
-        for (int i = tid; i < TT * R; i += ABS_THREADS) {
-            int tt = i / R, r = i - tt * R;
-            Os[tt * RSP + r + (r >> 5) * 4] = t0 + tt < T ? o_lat[((t0 + tt) * H + h) * R + r] : 0.0f;
-        }
+    for (int i = tid; i < TT * R; i += ABS_THREADS) {
+        int tt = i / R, r = i - tt * R;
+        Os[tt * RSP + r + (r >> 5) * 4] = t0 + tt < T ? o_lat[((t0 + tt) * H + h) * R + r] : 0.0f;
     }
     __syncthreads();
 
@@ -1416,56 +1366,31 @@ int kc_mla_absorb_q(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, 
     return 0;
 }
 
-/* part_o / part_ml / nsplit: o_lat still split over keys (kc_mla_attn_v), else NULL */
 template <int TYPE, int TT>
 static int absorb_v_launch(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
-                           const k_weight *w, float *o, size_t ldo, const float *part_o,
-                           const float *part_ml, int nsplit, cudaStream_t st)
+                           const k_weight *w, float *o, size_t ldo, cudaStream_t st)
 {
     int R = (int)w->cols;
     size_t smem = (size_t)TT * (R + (R + 31) / 32 * 4) * sizeof(float);
     dim3 grid(kc_blocks(dv, 64), (unsigned)H, (unsigned)((T + TT - 1) / TT));
     return kc_launch(absorb_v_fast<TYPE, TT>, grid, dim3(ABS_THREADS), smem, st, o_lat, T, H,
-                     (int)dn, (int)dv, w->data, w->scale, R, w->scale_ld, o, ldo, part_o, part_ml,
-                     nsplit);
+                     (int)dn, (int)dv, w->data, w->scale, R, w->scale_ld, o, ldo);
 }
 
 template <int TYPE>
 static int absorb_v_type(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
-                         const k_weight *w, float *o, size_t ldo, const float *part_o,
-                         const float *part_ml, int nsplit, cudaStream_t st)
+                         const k_weight *w, float *o, size_t ldo, cudaStream_t st)
 {
     switch (abs_tt(T)) {
     case 1:
-        return absorb_v_launch<TYPE, 1>(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, nsplit, st);
+        return absorb_v_launch<TYPE, 1>(o_lat, T, H, dn, dv, w, o, ldo, st);
     case 2:
-        return absorb_v_launch<TYPE, 2>(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, nsplit, st);
+        return absorb_v_launch<TYPE, 2>(o_lat, T, H, dn, dv, w, o, ldo, st);
     case 4:
-        return absorb_v_launch<TYPE, 4>(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, nsplit, st);
+        return absorb_v_launch<TYPE, 4>(o_lat, T, H, dn, dv, w, o, ldo, st);
     default:
-        return absorb_v_launch<TYPE, 8>(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, nsplit, st);
+        return absorb_v_launch<TYPE, 8>(o_lat, T, H, dn, dv, w, o, ldo, st);
     }
-}
-
-/* The fast absorb_v path applies (and can merge key splits itself). */
-static bool absorb_v_fast_ok(size_t T, size_t H, const k_weight *w)
-{
-    size_t R = w->cols;
-    /* Os for 8 tokens plus the static split weights, within the default 48 KB */
-    return abs_fast_ok(w) &&
-           (8 * (R + (R + 31) / 32 * 4) + 8 * (MLA_MAXSPLIT + 1)) * sizeof(float) <= 48 * 1024 &&
-           T <= 65535ull * 8 && H <= 65535;
-}
-
-static int absorb_v_run(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
-                        const k_weight *w, float *o, size_t ldo, const float *part_o,
-                        const float *part_ml, int nsplit, cudaStream_t st)
-{
-    if (w->type == K_W_FP8)
-        return absorb_v_type<2>(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, nsplit, st);
-    if (w->type == K_W_BF16)
-        return absorb_v_type<1>(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, nsplit, st);
-    return absorb_v_type<0>(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, nsplit, st);
 }
 
 int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
@@ -1473,30 +1398,18 @@ int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv
 {
     if (T * H == 0 || dv == 0)
         return 0;
-    if (absorb_v_fast_ok(T, H, w))
-        return absorb_v_run(o_lat, T, H, dn, dv, w, o, ldo, NULL, NULL, 0, st);
+    size_t R = w->cols;
+    if (abs_fast_ok(w) && 8 * (R + (R + 31) / 32 * 4) * sizeof(float) <= 48 * 1024 &&
+        T <= 65535ull * 8 && H <= 65535) {
+        if (w->type == K_W_FP8)
+            return absorb_v_type<2>(o_lat, T, H, dn, dv, w, o, ldo, st);
+        if (w->type == K_W_BF16)
+            return absorb_v_type<1>(o_lat, T, H, dn, dv, w, o, ldo, st);
+        return absorb_v_type<0>(o_lat, T, H, dn, dv, w, o, ldo, st);
+    }
     dim3 grid(kc_blocks(H * dv, 8), kc_blocks(T, ABS_TOK));
     absorb_v_kernel<<<grid, 256, 0, st>>>(o_lat, T, H, dn, dv, (int)w->type, w->data, w->scale,
                                           w->cols, w->scale_ld, o, ldo);
     KC_LAUNCH_CHECK();
     return 0;
-}
-
-int kc_mla_attn_v(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
-                  size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
-                  size_t H, size_t R, size_t P, size_t pos0, float scale, size_t dn, size_t dv,
-                  const k_weight *w, float *o, size_t ldo, cudaStream_t st)
-{
-    if (T * H == 0)
-        return 0;
-    bool fuse = dv > 0 && w->cols == R && absorb_v_fast_ok(T, H, w);
-    const float *part_o = NULL, *part_ml = NULL;
-    int ns = 0;
-    int rc = mla_attn_run(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P, pos0,
-                          scale, fuse, &part_o, &part_ml, &ns, st);
-    if (rc)
-        return rc;
-    if (part_o) /* splits left unmerged: the absorption merges them */
-        return absorb_v_run(o_lat, T, H, dn, dv, w, o, ldo, part_o, part_ml, ns, st);
-    return kc_mla_absorb_v(o_lat, T, H, dn, dv, w, o, ldo, st);
 }

@@ -130,13 +130,6 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                 size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st);
 int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
                     const k_weight *wkv_b, float *o, size_t ldo, cudaStream_t st);
-/* kc_mla_attn followed by kc_mla_absorb_v (o_lat: scratch of T*H*R floats). When the
- * keys are split, the absorption merges the splits itself (one kernel fewer); results
- * equal the two calls' bit for bit. */
-int kc_mla_attn_v(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
-                  size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
-                  size_t H, size_t R, size_t P, size_t pos0, float scale, size_t dn, size_t dv,
-                  const k_weight *w, float *o, size_t ldo, cudaStream_t st);
 /* kc_mla_attn's score and value products run on tensor cores (3xTF32, ~fp32 accuracy)
  * at R = 512 with P a multiple of 8 (R1's MLA); 0 forces the fp32 FMA kernel
  * (comparison in tests and bench-decode). Process-wide, not thread-safe. */

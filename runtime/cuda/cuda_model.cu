@@ -370,9 +370,10 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
                     Hl * dq, dq, dn, Hl, &h->rope, pos, T, st),
         "kv_a_layernorm and rope");
     CUK(kc_mla_absorb_q(q, Hl * dq, dq, T, Hl, dn, dv, &L->kv_b, qlat, st), "absorb q");
-    CUK(kc_mla_attn_v(qlat, q + dn, Hl * dq, dq, cc, R, kp, P, olat, T, S, Hl, R, P, pos0,
-                      h->softmax_scale, dn, dv, &L->kv_b, o, Hl * dv, st),
-        "mla attention and absorb v");
+    CUK(kc_mla_attn(qlat, q + dn, Hl * dq, dq, cc, R, kp, P, olat, T, S, Hl, R, P, pos0,
+                    h->softmax_scale, st),
+        "mla attention");
+    CUK(kc_mla_absorb_v(olat, T, Hl, dn, dv, &L->kv_b, o, Hl * dv, st), "absorb v");
     CUK(kc_gemm(m->kc, o, Hl * dv, T, &L->o, out, H, accumulate, 0), "o_proj");
     return 0;
 }
