@@ -4,6 +4,7 @@
  * decode can be captured in a graph); up to 2 tokens the shared expert rides in the
  * same two launches as one more expert that every token uses (its own launches cost
  * ~3 us more per MoE layer at TP8 on H100: small GEMVs do not fill the GPU). */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "cuda_kernels.h"
@@ -289,6 +290,22 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
     }
 }
 
+/* DSR1_MOE_KS=UP,DOWN (each 1, 2, 4 or 8): warps splitting K in the gate/up and down
+ * expert GEMVs instead of tg_ks's choice, for measuring; 0 or unset: tg_ks. */
+static void moe_ks_env(int *up, int *down)
+{
+    static int u = -1, d = -1;
+    if (u < 0) {
+        const char *e = getenv("DSR1_MOE_KS");
+        int a = 0, b = 0;
+        if (e && sscanf(e, "%d,%d", &a, &b) != 2)
+            a = b = 0;
+        u = a == 1 || a == 2 || a == 4 || a == 8 ? a : 0;
+        d = b == 1 || b == 2 || b == 4 || b == 8 ? b : 0;
+    }
+    *up = u, *down = d;
+}
+
 /* Launch both expert passes with tiles of MT slots (an expert with more loops). */
 template <int WT, int MT>
 static int moe_passes(const float *x, size_t ldx, const int *order, const int *meta,
@@ -296,7 +313,9 @@ static int moe_passes(const float *x, size_t ldx, const int *order, const int *m
 {
     constexpr int V = wvec<WT>::V;
     size_t Imax = a.I > a.Is ? a.I : a.Is;
-    int ksu = MT > 2 ? 1 : tg_ks(a.D, V), ksd = MT > 2 ? 1 : tg_ks(a.I, V);
+    int eu, ed;
+    moe_ks_env(&eu, &ed);
+    int ksu = MT > 2 ? 1 : eu ? eu : tg_ks(a.D, V), ksd = MT > 2 ? 1 : ed ? ed : tg_ks(a.I, V);
     /* x: row tiles (consecutive blocks read consecutive rows of one expert), y: experts.
      * Measured on H100 against experts along x: no clear change. Blocks looping over
      * several row tiles (to pay the plan and table lookups once) were slower. */
