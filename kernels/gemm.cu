@@ -263,12 +263,17 @@ void kc_set_pdl(int on)
     kc_pdl_mode = on ? 1 : 0;
 }
 
-static int g_ks = 0; /* warps splitting K: 0 = by K (tg_ks), else 1, 2, 4 or 8 */
+static int g_ks = -1; /* warps splitting K: 0 = by K (tg_ks), else 1, 2, 4 or 8; -1: not
+                       * read yet from DSR1_GEMV_KS (for measuring) */
 
 /* Token tiles of up to 16 rows, each launched at the smallest MT that holds it. */
 template <int WT, int NW, int DEC>
 static int gv_run(gv_args a, cudaStream_t st)
 {
+    if (g_ks < 0) {
+        const char *e = getenv("DSR1_GEMV_KS");
+        kc_set_gemv_ks(e ? atoi(e) : 0);
+    }
     a.ks = g_ks ? g_ks : tg_ks(a.K, wvec<WT>::V);
     const int M = a.M;
     const float *x0 = a.x;
