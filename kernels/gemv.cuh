@@ -277,6 +277,8 @@ __device__ __forceinline__ void tile_gemv_staged(const uint8_t *const *W, const 
 #pragma unroll
     for (int j = 0; j < NW; j++)
         sp[j] = WT == 2 ? S[j] + ((active ? n0 : 0) >> 7) * sld[j] : NULL;
+    if (K == 0)
+        kc_pdl_wait(); /* no chunk below waits: keep the PDL contract before the writes */
     for (size_t k0 = 0; k0 < K; k0 += CH) {
         const size_t k = k0 + (size_t)lane * V;
         const bool kin = active && k < K;
