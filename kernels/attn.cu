@@ -280,6 +280,40 @@ struct mla_tile {
     int R, P, Rq, D4, CS;
 };
 
+/* A block's shared memory (the layout above) and its work: token t, heads h0.., key
+ * split `split` of ntiles tiles (the same for the whole block). */
+struct mla_block {
+    float *sQ, *sC, *red, *pT, *sCorr, *sL, *sM;
+    size_t t, h0;
+    int split, ntiles;
+    mla_tile mt;
+};
+
+__device__ __forceinline__ mla_block mla_block_of(float *smem, int nbuf, int RS, int PS,
+                                                  const float *c, size_t ldc, const float *kpe,
+                                                  size_t ldk, size_t S, size_t pos0, int R,
+                                                  int P, int CS, int ngroups, int tps)
+{
+    const int G = MLA_G, BK = MLA_BK, Rp = (R + 3) & ~3, Pp = (P + 3) & ~3;
+    mla_block b;
+    b.sQ = smem;
+    b.sC = b.sQ + G * CS;
+    b.red = b.sC + (size_t)nbuf * BK * CS;
+    b.pT = b.red + 8 * G * RS;
+    b.sCorr = b.pT + BK * PS;
+    b.sL = b.sCorr + G;
+    b.sM = b.sL + G;
+    b.t = blockIdx.x / (unsigned)ngroups;
+    b.h0 = (size_t)(blockIdx.x % (unsigned)ngroups) * G;
+    b.split = blockIdx.y;
+    b.mt = {c, kpe, ldc, ldk, att_visible(b.t, S, pos0), (size_t)b.split * tps, R, P, Rp / 4,
+            (Rp + Pp) / 4, CS};
+    const size_t ntile_t = (b.mt.n + BK - 1) / BK;
+    const size_t te = b.mt.tb + tps < ntile_t ? b.mt.tb + tps : ntile_t;
+    b.ntiles = te > b.mt.tb ? (int)(te - b.mt.tb) : 0;
+    return b;
+}
+
 /* queries of heads h0..h0+15 of token t. With qvec (16-byte aligned rows, R and P
  * multiples of 4: no pad columns) by cp.async (the caller commits the group), so they
  * stream instead of a chain of dependent loads before the first tile. */
@@ -351,6 +385,29 @@ __device__ __forceinline__ void mla_issue_tile(float *dst, const mla_tile &m, in
         }
     }
     mla_commit();
+}
+
+/* Top of tile it's iteration: issue tile it + 1 into the other buffer (double
+ * buffering), wait for tile it, barrier; returns tile it's buffer. */
+template <int NT, bool VEC>
+__device__ __forceinline__ const float *mla_tile_ready(const mla_block &b, int nbuf, int it)
+{
+    const size_t tile = (size_t)MLA_BK * b.mt.CS;
+    if (nbuf == 2 && it + 1 < b.ntiles) {
+        mla_issue_tile<NT, VEC>(b.sC + (size_t)((it + 1) % 2) * tile, b.mt, it + 1);
+        mla_wait<1>();
+    } else {
+        mla_wait<0>();
+    }
+    __syncthreads();
+    return b.sC + (size_t)(it % nbuf) * tile;
+}
+
+/* Keys of tile it that are visible (the rest are scored -inf). */
+__device__ __forceinline__ int mla_tile_keys(const mla_tile &m, int it)
+{
+    size_t ks = (m.tb + it) * MLA_BK;
+    return m.n - ks < (size_t)MLA_BK ? (int)(m.n - ks) : MLA_BK;
 }
 
 /* Block prologue: queries into sQ and tile 0 into sC. Tile 0 is issued before the PDL
@@ -440,24 +497,13 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
 {
     extern __shared__ float4 mla_smem4[];
     const int G = MLA_G, BK = MLA_BK, NT = MLA_THREADS;
-    const int Rp = (R + 3) & ~3, Pp = (P + 3) & ~3, Rq = Rp / 4, D4 = (Rp + Pp) / 4;
-    float *sQ = (float *)mla_smem4;
-    float *sC = sQ + G * CS;
-    float *red = sC + (size_t)nbuf * BK * CS;
-    float *pT = red + 8 * G * BK;
-    float *sCorr = pT + BK * G;
-    float *sL = sCorr + G;
-    float *sM = sL + G;
-
+    const mla_block b = mla_block_of((float *)mla_smem4, nbuf, BK, G, c, ldc, kpe, ldk, S, pos0, R,
+                                     P, CS, ngroups, tps);
+    float *sQ = b.sQ, *sC = b.sC, *red = b.red, *pT = b.pT, *sCorr = b.sCorr, *sL = b.sL, *sM = b.sM;
+    const mla_tile &mt = b.mt;
+    const size_t t = b.t, h0 = b.h0;
+    const int split = b.split, ntiles = b.ntiles, Rp = 4 * mt.Rq, Rq = mt.Rq, D4 = mt.D4;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const size_t t = blockIdx.x / (unsigned)ngroups;
-    const size_t h0 = (size_t)(blockIdx.x % (unsigned)ngroups) * G;
-    const int split = blockIdx.y;
-    mla_tile mt = {c, kpe, ldc, ldk, att_visible(t, S, pos0), (size_t)split * tps, R, P, Rq, D4,
-                   CS};
-    const size_t ntile_t = (mt.n + BK - 1) / BK;
-    const size_t te = mt.tb + tps < ntile_t ? mt.tb + tps : ntile_t;
-    const int ntiles = te > mt.tb ? (int)(te - mt.tb) : 0; /* same for the whole block */
 
     mla_prologue<NT, VEC>(sQ, sC, mt, ntiles, pos0, q_lat, q_pe, ldqp, ldhp, t, h0, H, qvec);
     /* scalar path: pad columns of the tiles are never written by the copies; zero them */
@@ -479,14 +525,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             acc[j][g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 
     for (int it = 0; it < ntiles; it++) {
-        if (nbuf == 2 && it + 1 < ntiles) {
-            mla_issue_tile<NT, VEC>(sC + (size_t)((it + 1) % 2) * BK * CS, mt, it + 1);
-            mla_wait<1>();
-        } else {
-            mla_wait<0>();
-        }
-        __syncthreads();
-        const float *C = sC + (size_t)(it % nbuf) * BK * CS;
+        const float *C = mla_tile_ready<NT, VEC>(b, nbuf, it);
 
         /* 1. partial scores */
         {
@@ -521,12 +560,8 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         __syncthreads();
 
         /* 2. online softmax: warp owns heads 2*warp, 2*warp+1; lane = key */
-        {
-            size_t ks = (mt.tb + it) * BK;
-            int cn = mt.n - ks < (size_t)BK ? (int)(mt.n - ks) : BK;
-            mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp, cn, scale, m0, l0);
-            mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp + 1, cn, scale, m1, l1);
-        }
+        mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp, mla_tile_keys(mt, it), scale, m0, l0);
+        mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp + 1, mla_tile_keys(mt, it), scale, m1, l1);
         __syncthreads();
 
         /* 3. o = o * corr + sum_k p_k c_k: heads 8hh.., quads rq + 128j */
@@ -638,27 +673,16 @@ __global__ void __launch_bounds__(NT, 1)
 {
     static_assert(NT == 512, "the work split below assumes 16 warps");
     extern __shared__ float4 mla_smem4[];
-    const int G = MLA_G, BK = MLA_BK, RS = MLA_RS, PS = MLA_PS, OJ = 4;
-    const int Rq = R / 4, D4 = (R + P) / 4, F = R + P;
-    float *sQ = (float *)mla_smem4;
-    float *sC = sQ + G * CS;
-    float *red = sC + (size_t)nbuf * BK * CS;
-    float *pT = red + 8 * G * RS;
-    float *sCorr = pT + BK * PS;
-    float *sL = sCorr + G;
-    float *sM = sL + G;
-
+    const int G = MLA_G, BK = MLA_BK, RS = MLA_RS, PS = MLA_PS, OJ = 4, F = R + P;
+    const mla_block b = mla_block_of((float *)mla_smem4, nbuf, RS, PS, c, ldc, kpe, ldk, S, pos0, R,
+                                     P, CS, ngroups, tps);
+    float *sQ = b.sQ, *sC = b.sC, *red = b.red, *pT = b.pT, *sCorr = b.sCorr, *sL = b.sL, *sM = b.sM;
+    const mla_tile &mt = b.mt;
+    const size_t t = b.t, h0 = b.h0;
+    const int split = b.split, ntiles = b.ntiles;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3; /* MMA fragment coordinates */
     const int kh = warp >> 3, fs = warp & 7;
-    const size_t t = blockIdx.x / (unsigned)ngroups;
-    const size_t h0 = (size_t)(blockIdx.x % (unsigned)ngroups) * G;
-    const int split = blockIdx.y;
-    mla_tile mt = {c, kpe, ldc, ldk, att_visible(t, S, pos0), (size_t)split * tps, R, P, Rq, D4,
-                   CS};
-    const size_t ntile_t = (mt.n + BK - 1) / BK;
-    const size_t te = mt.tb + tps < ntile_t ? mt.tb + tps : ntile_t;
-    const int ntiles = te > mt.tb ? (int)(te - mt.tb) : 0;
 
     mla_prologue<NT, true>(sQ, sC, mt, ntiles, pos0, q_lat, q_pe, ldqp, ldhp, t, h0, H, qvec);
     float m = -INFINITY, l = 0.0f;
@@ -670,14 +694,7 @@ __global__ void __launch_bounds__(NT, 1)
             acc[j][i] = 0.0f;
 
     for (int it = 0; it < ntiles; it++) {
-        if (nbuf == 2 && it + 1 < ntiles) {
-            mla_issue_tile<NT, true>(sC + (size_t)((it + 1) % 2) * BK * CS, mt, it + 1);
-            mla_wait<1>();
-        } else {
-            mla_wait<0>();
-        }
-        __syncthreads();
-        const float *C = sC + (size_t)(it % nbuf) * BK * CS;
+        const float *C = mla_tile_ready<NT, true>(b, nbuf, it);
 
         /* 1. partial scores over this warp's feature slice, key octets 2kh, 2kh + 1 */
         {
@@ -716,11 +733,7 @@ __global__ void __launch_bounds__(NT, 1)
         __syncthreads();
 
         /* 2. online softmax of head `warp` */
-        {
-            size_t ks = (mt.tb + it) * BK;
-            int cn = mt.n - ks < (size_t)BK ? (int)(mt.n - ks) : BK;
-            mla_softmax_head(red, RS, pT, PS, sCorr, warp, cn, scale, m, l);
-        }
+        mla_softmax_head(red, RS, pT, PS, sCorr, warp, mla_tile_keys(mt, it), scale, m, l);
         __syncthreads();
 
         /* 3. rescale, then O += P C for column octets warp + 16j */

@@ -4,6 +4,7 @@
  * decode can be captured in a graph); up to 2 tokens the shared expert rides in the
  * same two launches as one more expert that every token uses (its own launches cost
  * ~3 us more per MoE layer at TP8 on H100: small GEMVs do not fill the GPU). */
+#include <algorithm>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -318,11 +319,8 @@ static int moe_passes(const float *x, size_t ldx, const int *order, const int *m
     /* at most 2 warps split K: each block then covers 4x (up) or 2x (down) the rows of
      * tg_ks's choice, so the per-block expert lookup and ramp are paid over more bytes
      * (H100, TP1 MoE layer at batch 1: 284.5 -> 274.6 us; a TP8/EP8 rank 121.9 -> 112.7) */
-    int ksu = MT > 2 ? 1 : eu ? eu : tg_ks(a.D, V), ksd = MT > 2 ? 1 : ed ? ed : tg_ks(a.I, V);
-    if (MT <= 2 && !eu && ksu > 2)
-        ksu = 2;
-    if (MT <= 2 && !ed && ksd > 2)
-        ksd = 2;
+    int ksu = MT > 2 ? 1 : eu ? eu : std::min(tg_ks(a.D, V), 2);
+    int ksd = MT > 2 ? 1 : ed ? ed : std::min(tg_ks(a.I, V), 2);
     /* x: row tiles (consecutive blocks read consecutive rows of one expert), y: experts.
      * Measured on H100 against experts along x: no clear change. Blocks looping over
      * several row tiles (to pay the plan and table lookups once) were slower. */
