@@ -2,16 +2,19 @@
  * device memory at near host-to-device bandwidth without pinning the whole shard.
  *
  * Methods:
- *  - RT_UP_PINNED: four pinned staging buffers of `chunk` bytes in a ring: the host
- *    threads copy chunk i from the mapping (page cache) into one buffer while the DMA
- *    engine moves the earlier chunks from the others;
- *  - RT_UP_PREAD: the same staging, filled by parallel pread() of `path` at
- *    `file_off` (the bytes the mapping shows): the kernel copies from the page cache
- *    (or reads the disk) without populating the mapping's page tables. Not faster
- *    than RT_UP_PINNED on the GPU machines measured (bench-load up_pread);
+ *  - RT_UP_PINNED: staged through pinned memory, one pipeline per host thread: each
+ *    of `threads` threads owns two pinned pieces of `chunk` bytes and a stream, takes
+ *    the next piece of the mapping, copies it (page cache -> pinned; the piece's pages
+ *    are mapped first with one MADV_POPULATE_READ unless no_populate) and queues its
+ *    DMA, with no barrier between threads;
+ *  - RT_UP_PREAD: the same pipelines, filled by pread() of `path` at `file_off` (the
+ *    bytes the mapping shows): no page-table population at all;
  *  - RT_UP_REGISTER: page-lock a window of the mapping itself (cudaHostRegister,
  *    read-only) chunk by chunk, at most two chunks at a time, and DMA straight from it.
- * At most 4 x chunk bytes are pinned at once (256 MiB by default).
+ * At most 256 MiB is pinned at once with the default chunk (2 x threads x chunk; the
+ * default chunk is 256 MiB / (2 x threads), at least 4 MiB; REGISTER: 2 x 64 MiB).
+ * The staged methods order after the work already queued on `stream` (NULL: the
+ * legacy default stream) and use their own streams.
  *
  * Lifetimes: nothing is kept after the call; dev must hold len bytes.
  */
@@ -27,9 +30,10 @@ typedef enum { RT_UP_PINNED = 0, RT_UP_REGISTER = 1, RT_UP_PREAD = 2 } rt_up_met
 
 typedef struct rt_upload_opts {
     rt_up_method method;
-    size_t chunk;        /* bytes per chunk; 0: 64 MiB */
-    int threads;         /* host copy threads (PINNED); 0: up to 16 */
-    void *stream;        /* cudaStream_t; NULL: a private stream */
+    size_t chunk;        /* bytes per piece; 0: see above */
+    int threads;         /* host threads (PINNED, PREAD); 0: the cores, at most 16 */
+    int no_populate;     /* PINNED: let the copy fault the pages in one by one */
+    void *stream;        /* cudaStream_t: start after its queued work; NULL: legacy stream */
     const char *path;    /* PREAD: the file whose bytes [file_off, file_off + len) to upload */
     uint64_t file_off;
 } rt_upload_opts;

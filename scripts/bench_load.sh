@@ -3,7 +3,8 @@
 # same run's pinned host-to-device ceiling and Python safetensors.torch.load_file(...,
 # device="cuda") on the same file (make bench-load). Makes a real-dimension synthetic
 # checkpoint (dsr1-synth --preset r1 --layers ${LAYERS:-4}: 3 dense + 1 MoE layer) and
-# its one-rank shard in WORKDIR unless they exist. Env: BIN (default build/bin), PY.
+# its one-rank shard in WORKDIR unless they exist. Env: BIN (default build/bin), PY,
+# LOAD_ARGS (extra bench-load-gpu flags: --threads N, --chunk MiB).
 set -eu
 cd "$(dirname "$0")/.."
 W=${1:-/dev/shm/dsr1-bench}
@@ -21,7 +22,7 @@ if [ ! -f "$W/shard/manifest.json" ]; then
   echo "prepared: synth $(awk "BEGIN{print $t1 - $t0}") s, shard $(awk "BEGIN{print $t2 - $t1}") s"
 fi
 f=$(ls "$W"/shard/*.safetensors | head -1)
-"$BIN/bench-load-gpu" --manifest "$W/shard/manifest.json" | tee "$W/load.txt"
+"$BIN/bench-load-gpu" --manifest "$W/shard/manifest.json" ${LOAD_ARGS:-} | tee "$W/load.txt"
 "$PY" - "$f" <<'PYEOF' | tee -a "$W/load.txt"
 import os, sys, time, torch
 from safetensors.torch import load_file
@@ -43,7 +44,7 @@ for line in open(sys.argv[1]):
 dev = next((l.split("=", 1)[1].strip() for l in open(sys.argv[1]) if l.startswith("device=")), "?")
 pin, st = v.get("pinned_h2d", 0), v.get("safetensors_cuda", 0)
 print(f"\nupload of one shard ({dev}), GB/s and ratios (goals: >= 80% of pinned, >= 5x safetensors)")
-for k in ("pinned_h2d", "pageable_h2d", "up_pread", "up_pinned", "up_register", "up_verify", "safetensors_cuda"):
+for k in ("pinned_h2d", "pageable_h2d", "up_pread", "up_pinned", "up_pinned_nopop", "up_register", "up_verify", "safetensors_cuda"):
     if k in v:
         print(f"  {k:18s} {v[k]:7.2f}  {100*v[k]/pin:5.0f}% of pinned  {v[k]/st if st else 0:5.1f}x safetensors")
 PYEOF

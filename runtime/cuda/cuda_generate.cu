@@ -246,6 +246,10 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
             uo.method = RT_UP_REGISTER;
         else if (meth && strcmp(meth, "pread") == 0)
             uo.method = RT_UP_PREAD;
+        /* DSR1_UPLOAD_THREADS: host threads of the upload (default: the cores, at most 16) */
+        const char *ut = getenv("DSR1_UPLOAD_THREADS");
+        if (ut && atoi(ut) > 0)
+            uo.threads = atoi(ut);
         rc = cm_load(&cm, m, dir, id.rank, a->n_prompt + (size_t)a->max_new_tokens, &uo,
                      a->verify_full, st, err);
         dsr1_err ferr;

@@ -1,16 +1,18 @@
 /* bench-load-gpu: shard upload bandwidth against the same run's ceilings.
  *
  *   bench-load-gpu --manifest DIR/manifest.json [--rank R] [--reps N] [--chunk MiB]
+ *                  [--threads N]
  *
  * The shard is read once first so every method starts from the page cache. Prints
  * key=value lines (GB/s = 1e9 bytes/s, medians):
  *   pinned_h2d    cudaMemcpyAsync from one pinned buffer (the DMA ceiling)
  *   pageable_h2d  cudaMemcpy straight from the mapping
- *   up_pread      rt_upload, a ring of pinned chunks filled by parallel pread of the
- *                 file (DSR1_UPLOAD=pread)
- *   up_pinned     rt_upload, the same chunks filled by memcpy from a fresh mapping
- *                 of the file (page cache warm, page tables empty, as in a new rank;
- *                 dsr1-serve's default)
+ *   up_pread      rt_upload, per-thread pipelines of pinned pieces filled by pread of
+ *                 the file (DSR1_UPLOAD=pread)
+ *   up_pinned     rt_upload, the same pipelines filled by memcpy from a fresh
+ *                 mapping of the file (page cache warm, page tables empty, as in a new
+ *                 rank; dsr1-serve's default), pages mapped by MADV_POPULATE_READ
+ *   up_pinned_nopop  the same, the copy faulting the pages in
  *   up_register   rt_upload, cudaHostRegister windows of a fresh mapping
  *   up_verify     rt_upload (pinned) with the full per-tensor hash check in parallel
  * and checks that the device copy equals the file. Exit 0, or 1 on a content or hash
@@ -81,8 +83,8 @@ static void *hash_main(void *p)
 int main(int argc, char **argv)
 {
     const char *manifest = NULL;
-    int rank = 0, reps = 3;
-    size_t chunk = 64u << 20;
+    int rank = 0, reps = 3, threads = 0;
+    size_t chunk = 0; /* rt_upload's default */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--manifest") && i + 1 < argc)
             manifest = argv[++i];
@@ -92,9 +94,11 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--chunk") && i + 1 < argc)
             chunk = (size_t)atoi(argv[++i]) << 20;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench-load-gpu --manifest DIR/manifest.json [--rank R] "
-                            "[--reps N] [--chunk MiB]\n");
+                            "[--reps N] [--chunk MiB] [--threads N]\n");
             return 2;
         }
     }
@@ -163,19 +167,22 @@ int main(int argc, char **argv)
         CK(cudaMemcpy(dev, base, n, cudaMemcpyHostToDevice));
         printf("pageable_h2d_GBps=%.2f\n", n / (fu_now_s() - t0) / 1e9);
     }
-    const char *names[3] = {"up_pread", "up_pinned", "up_register"};
-    const rt_up_method meths[3] = {RT_UP_PREAD, RT_UP_PINNED, RT_UP_REGISTER};
-    for (int meth = 0; meth < 3; meth++) {
+    const char *names[4] = {"up_pread", "up_pinned", "up_pinned_nopop", "up_register"};
+    const rt_up_method meths[4] = {RT_UP_PREAD, RT_UP_PINNED, RT_UP_PINNED, RT_UP_REGISTER};
+    for (int meth = 0; meth < 4; meth++) {
         rt_upload_opts o;
         rt_upload_opts_init(&o);
         o.method = meths[meth];
+        o.no_populate = meth == 2;
         o.path = ld_path(s);
         o.chunk = chunk;
+        o.threads = threads;
         o.stream = st;
         std::vector<double> v;
         int ok = 1;
         for (int k = 0; k < reps; k++) {
             CK(cudaMemset(dev, 0, n));
+            CK(cudaDeviceSynchronize());
             /* the mapping methods read a fresh mapping each time, as a starting rank does
              * (page cache warm, page tables empty); its setup is not timed */
             const char *src = base;
@@ -229,6 +236,7 @@ int main(int argc, char **argv)
         rt_upload_opts_init(&o);
         o.method = RT_UP_PINNED; /* as dsr1-serve does by default */
         o.chunk = chunk;
+        o.threads = threads;
         o.stream = st;
         pthread_t th;
         /* as cm_load does: the upload keeps its 16 copy threads */
