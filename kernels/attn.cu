@@ -995,11 +995,16 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     size_t slots = (size_t)mla_dev_attr(cudaDevAttrMultiProcessorCount, 132) * bps;
     size_t tps = ntile ? ntile : 1, ns = 1;
     double best = -1;
+    static int forced = -1; /* DSR1_MLA_SPLITS: a fixed split count, for measuring */
+    if (forced < 0) {
+        const char *e = getenv("DSR1_MLA_SPLITS");
+        forced = e && atoi(e) > 0 ? atoi(e) : 0;
+    }
     for (size_t cand = 1; cand <= MLA_MAXSPLIT && cand <= (ntile ? ntile : 1); cand++) {
         size_t tp = ntile ? (ntile + cand - 1) / cand : 1;
         size_t nsp = ntile ? (ntile + tp - 1) / tp : 1;
         size_t waves = (T * groups * nsp + slots - 1) / slots;
-        double cost = (double)waves * (double)(tp + 1);
+        double cost = forced ? (cand == (size_t)forced ? 0.0 : 1.0) : (double)waves * (double)(tp + 1);
         if (best < 0 || cost < best) {
             best = cost;
             tps = tp;

@@ -9,10 +9,11 @@
  *    DMA, with no barrier between threads;
  *  - RT_UP_PREAD: the same pipelines, filled by pread() of `path` at `file_off` (the
  *    bytes the mapping shows): no page-table population at all;
- *  - RT_UP_REGISTER: page-lock a window of the mapping itself (cudaHostRegister,
- *    read-only) chunk by chunk, at most two chunks at a time, and DMA straight from it.
+ *  - RT_UP_REGISTER: the same pipelines, but a slot is a page-locked window of the
+ *    mapping itself (cudaHostRegister, read-only) that the DMA reads directly: no host
+ *    copy; the registrations run in parallel on the threads.
  * At most 256 MiB is pinned at once with the default chunk (2 x threads x chunk; the
- * default chunk is 256 MiB / (2 x threads), at least 4 MiB; REGISTER: 2 x 64 MiB).
+ * default chunk is 256 MiB / (2 x threads) rounded down to 2 MiB, at least 4 MiB).
  * The staged methods order after the work already queued on `stream` (NULL: the
  * legacy default stream) and use their own streams.
  *
@@ -31,7 +32,7 @@ typedef enum { RT_UP_PINNED = 0, RT_UP_REGISTER = 1, RT_UP_PREAD = 2 } rt_up_met
 typedef struct rt_upload_opts {
     rt_up_method method;
     size_t chunk;        /* bytes per piece; 0: see above */
-    int threads;         /* host threads (PINNED, PREAD); 0: the cores, at most 16 */
+    int threads;         /* host threads; 0: the cores, at most 16 */
     int no_populate;     /* PINNED: let the copy fault the pages in one by one */
     void *stream;        /* cudaStream_t: start after its queued work; NULL: legacy stream */
     const char *path;    /* PREAD: the file whose bytes [file_off, file_off + len) to upload */
