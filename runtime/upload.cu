@@ -1,21 +1,15 @@
 /* rt_upload: chunked, double-buffered host-to-device copies (see upload.h). */
-#include <algorithm>
 #include <cuda_runtime.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <omp.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 extern "C" {
 #include "upload.h"
 }
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22 /* Linux 5.14 */
-#endif
 
 static double now_s(void)
 {
@@ -63,7 +57,7 @@ enum up_fill { UP_COPY, UP_READ, UP_REG };
 struct up_job {
     char *dev;
     const char *host;
-    int fd, device, populate;
+    int fd, device;
     up_fill fill;
     uint64_t foff, len, lead;    /* lead: REG pieces start on page boundaries of host */
     size_t piece;
@@ -139,12 +133,6 @@ static void up_worker(up_job *j)
             }
             src = (const char *)buf[b];
         } else if (j->fill == UP_COPY) {
-            if (j->populate) {
-                /* map the piece's pages in one call instead of a fault per page (Linux
-                 * >= 5.14; older kernels say EINVAL and the copy faults them in) */
-                uintptr_t a = (uintptr_t)src & ~(uintptr_t)(page - 1);
-                madvise((void *)a, (size_t)((uintptr_t)src + n - a), MADV_POPULATE_READ);
-            }
             memcpy(buf[b], src, n);
             src = (const char *)buf[b];
         } else {
@@ -221,12 +209,12 @@ int rt_upload(void *dev, const void *host, uint64_t len, const rt_upload_opts *o
     j.len = len;
     j.err = err;
     j.fill = o->method == RT_UP_PREAD ? UP_READ : o->method == RT_UP_REGISTER ? UP_REG : UP_COPY;
-    j.populate = !o->no_populate;
-    /* 256 MiB pinned in all: UP_SLOTS pieces a thread, 2 MiB multiples, at least 4 MiB */
-    j.piece = o->chunk ? o->chunk
-                       : std::max((size_t)(256u << 20) / ((size_t)UP_SLOTS * threads) &
-                                      ~(size_t)((2u << 20) - 1),
-                                  (size_t)(4u << 20));
+    /* Staged: 2 MiB pieces (64 MiB pinned with 16 threads). Small slots are likely
+     * still in the CPU's last-level cache when their DMA reads them, so the DMA does not
+     * compete with the copy for host memory bandwidth. H200 host (16 cores, 300 MiB
+     * L3), 16 threads: 8 MiB pieces 32 GB/s, 4 MiB 40, 2 MiB 44-45, 1 MiB 41-42, pinned
+     * DMA alone 55, the copy alone 55-58. Register: 16 MiB windows (fewer driver calls). */
+    j.piece = o->chunk ? o->chunk : j.fill == UP_REG ? (size_t)(16u << 20) : (size_t)(2u << 20);
     if (j.fill == UP_REG) {
         j.piece = (j.piece + page - 1) & ~(page - 1);
         j.lead = (uintptr_t)host & (page - 1);

@@ -4,16 +4,16 @@
  * Methods:
  *  - RT_UP_PINNED: staged through pinned memory, one pipeline per host thread: each
  *    of `threads` threads owns two pinned pieces of `chunk` bytes and a stream, takes
- *    the next piece of the mapping, copies it (page cache -> pinned; the piece's pages
- *    are mapped first with one MADV_POPULATE_READ unless no_populate) and queues its
+ *    the next piece of the mapping, copies it (page cache -> pinned) and queues its
  *    DMA, with no barrier between threads;
  *  - RT_UP_PREAD: the same pipelines, filled by pread() of `path` at `file_off` (the
  *    bytes the mapping shows): no page-table population at all;
  *  - RT_UP_REGISTER: the same pipelines, but a slot is a page-locked window of the
  *    mapping itself (cudaHostRegister, read-only) that the DMA reads directly: no host
- *    copy; the registrations run in parallel on the threads.
- * At most 256 MiB is pinned at once with the default chunk (2 x threads x chunk; the
- * default chunk is 256 MiB / (2 x threads) rounded down to 2 MiB, at least 4 MiB).
+ *    copy. Measured 10 GB/s whatever the thread count: the driver serializes
+ *    the registrations.
+ * 2 x threads x chunk bytes are pinned at once: the default chunk is 2 MiB (64 MiB
+ * with 16 threads; small pieces measured fastest, see upload.cu), REGISTER 16 MiB.
  * The staged methods order after the work already queued on `stream` (NULL: the
  * legacy default stream) and use their own streams.
  *
@@ -33,7 +33,6 @@ typedef struct rt_upload_opts {
     rt_up_method method;
     size_t chunk;        /* bytes per piece; 0: see above */
     int threads;         /* host threads; 0: the cores, at most 16 */
-    int no_populate;     /* PINNED: let the copy fault the pages in one by one */
     void *stream;        /* cudaStream_t: start after its queued work; NULL: legacy stream */
     const char *path;    /* PREAD: the file whose bytes [file_off, file_off + len) to upload */
     uint64_t file_off;

@@ -47,7 +47,7 @@ pin, st = v.get("pinned_h2d", 0), v.get("safetensors_cuda", 0)
 ceil = min(pin, v.get("host_copy", pin))
 print(f"\nupload of one shard ({dev}), GB/s and ratios (goals: >= 80% of pinned, >= 5x safetensors;")
 print(f"  ceiling = min(pinned DMA, host copy) = {ceil:.2f} GB/s)")
-for k in ("pinned_h2d", "host_copy", "pageable_h2d", "up_pread", "up_pinned", "up_pinned_nopop", "up_register", "up_verify", "safetensors_cuda"):
+for k in ("pinned_h2d", "host_copy", "pageable_h2d", "up_pread", "up_pinned", "up_register", "up_verify", "safetensors_cuda"):
     if k in v:
         print(f"  {k:18s} {v[k]:7.2f}  {100*v[k]/pin:5.0f}% of pinned  {100*v[k]/ceil:5.0f}% of ceiling  {v[k]/st if st else 0:5.1f}x safetensors")
 PYEOF

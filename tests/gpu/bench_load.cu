@@ -13,8 +13,7 @@
  *                 the file (DSR1_UPLOAD=pread)
  *   up_pinned     rt_upload, the same pipelines filled by memcpy from a fresh
  *                 mapping of the file (page cache warm, page tables empty, as in a new
- *                 rank; dsr1-serve's default), pages mapped by MADV_POPULATE_READ
- *   up_pinned_nopop  the same, the copy faulting the pages in
+ *                 rank; dsr1-serve's default)
  *   up_register   rt_upload, cudaHostRegister windows of a fresh mapping
  *   up_verify     rt_upload (pinned) with the full per-tensor hash check in parallel
  * and checks that the device copy equals the file. Exit 0, or 1 on a content or hash
@@ -95,7 +94,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--chunk") && i + 1 < argc)
-            chunk = (size_t)atoi(argv[++i]) << 20;
+            chunk = (size_t)(atof(argv[++i]) * 1048576.0); /* MiB, fractions allowed */
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
         else {
@@ -200,13 +199,12 @@ int main(int argc, char **argv)
         CK(cudaMemcpy(dev, base, n, cudaMemcpyHostToDevice));
         printf("pageable_h2d_GBps=%.2f\n", n / (fu_now_s() - t0) / 1e9);
     }
-    const char *names[4] = {"up_pread", "up_pinned", "up_pinned_nopop", "up_register"};
-    const rt_up_method meths[4] = {RT_UP_PREAD, RT_UP_PINNED, RT_UP_PINNED, RT_UP_REGISTER};
-    for (int meth = 0; meth < 4; meth++) {
+    const char *names[3] = {"up_pread", "up_pinned", "up_register"};
+    const rt_up_method meths[3] = {RT_UP_PREAD, RT_UP_PINNED, RT_UP_REGISTER};
+    for (int meth = 0; meth < 3; meth++) {
         rt_upload_opts o;
         rt_upload_opts_init(&o);
         o.method = meths[meth];
-        o.no_populate = meth == 2;
         o.path = ld_path(s);
         o.chunk = chunk;
         o.threads = threads;

@@ -28,7 +28,7 @@ for s in "$@"; do
       summary "test-nccl NGPU=1 (no activation quantization): $(tail -1 "$O/test-nccl-1-exact.txt")" ;;
     load)
       timeout "${LOAD_STAGE_S:-240}" scripts/bench_load.sh /dev/shm/dsr1-bench 2>&1 | tee "$O/bench-load.txt"
-      summary "$(tail -11 "$O/bench-load.txt")" ;;
+      summary "$(tail -10 "$O/bench-load.txt")" ;;
     decode)
       timeout "${DECODE_STAGE_S:-180}" scripts/bench_decode.sh /dev/shm/dsr1-bench 2>&1 | tee "$O/bench-decode.txt"
       summary "$(grep -A14 '^layer' "$O/bench-decode.txt" | head -15)"
