@@ -29,7 +29,8 @@ $(KCU_OBJ) $(RCU_OBJ): $(CUDA_HDRS)
 GPU_LINK = $(CXX) -fopenmp -pthread -Wl,--as-needed -o $@ $^ $(LIBRT) $(LIBFMT) $(CUDA_LIBS) \
            -ljansson -lxxhash -lcrypto -lm
 
-$(BUILD)/bin/test-kernels-gpu: $(BUILD)/obj/tests/gpu/test_kernels.cu.o $(KCU_OBJ) $(LIBRT) $(LIBFMT)
+$(BUILD)/bin/test-kernels-gpu: $(BUILD)/obj/tests/gpu/test_kernels.cu.o $(KCU_OBJ) \
+                               $(BUILD)/obj/runtime/upload.cu.o $(LIBRT) $(LIBFMT)
 	@mkdir -p $(dir $@)
 	$(CXX) -fopenmp -pthread -Wl,--as-needed -o $@ $(filter %.o,$^) $(LIBRT) $(LIBFMT) \
 	  $(CUDA_LIBS) -ljansson -lxxhash -lcrypto -lm

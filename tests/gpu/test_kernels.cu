@@ -17,7 +17,12 @@ extern "C" {
 #include "gemm_fp8.h"
 #include "mlp.h"
 #include "rmsnorm.h"
+#include "upload.h"
 }
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static int g_pass, g_fail;
 static uint64_t g_rng = 0x1234567887654321ull;
@@ -669,6 +674,100 @@ static void test_attn(void)
     }
 }
 
+static void check(const char *name, bool ok, const char *detail)
+{
+    printf("%s %s%s%s\n", ok ? "PASS" : "FAIL", name, detail && *detail ? ": " : "",
+           detail ? detail : "");
+    ok ? g_pass++ : g_fail++;
+}
+
+/* rt_upload (runtime/upload.cu): every method moves the exact bytes, from an unaligned
+ * start too (pieces of the register method must start on page boundaries), over
+ * several threads and a last short piece; a missing file and a file shorter than the
+ * asked range are errors that name the file or the offset. */
+static void test_upload(void)
+{
+    char path[] = "/tmp/dsr1-test-upload-XXXXXX";
+    int fd = mkstemp(path);
+    const size_t n = (7u << 20) + 12345;
+    std::vector<unsigned char> h(n);
+    for (size_t i = 0; i < n; i++)
+        h[i] = (unsigned char)(rnd() >> 24);
+    if (fd < 0 || write(fd, h.data(), n) != (ssize_t)n) {
+        check("upload: temp file", false, path);
+        if (fd >= 0)
+            close(fd), unlink(path);
+        return;
+    }
+    void *mp = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+    unsigned char *dev = NULL;
+    if (mp == MAP_FAILED || cudaMalloc(&dev, n) != cudaSuccess) {
+        check("upload: map and device buffer", false, strerror(errno));
+        close(fd), unlink(path);
+        return;
+    }
+    const char *names[3] = {"pinned", "pread", "register"};
+    const rt_up_method meths[3] = {RT_UP_PINNED, RT_UP_PREAD, RT_UP_REGISTER};
+    std::vector<unsigned char> back(n);
+    for (int m = 0; m < 3; m++)
+        for (size_t lead : {(size_t)0, (size_t)3}) {
+            rt_upload_opts o;
+            rt_upload_opts_init(&o);
+            o.method = meths[m];
+            o.chunk = (1u << 20) + 4096; /* 7 pieces and a short one */
+            o.threads = 3;
+            o.path = path;
+            o.file_off = lead;
+            size_t len = n - lead;
+            cudaMemset(dev, 0, n);
+            cudaDeviceSynchronize();
+            dsr1_err err;
+            dsr1_err_clear(&err);
+            rt_upload_stats us;
+            int rc = rt_upload(dev, (const char *)mp + lead, len, &o, &us, &err);
+            char name[96], msg[320];
+            snprintf(name, sizeof name, "upload %s, start offset %zu", names[m], lead);
+            if (rc) {
+                check(name, false, err.msg);
+                continue;
+            }
+            cudaMemcpy(back.data(), dev, len, cudaMemcpyDeviceToHost);
+            size_t bad = 0;
+            while (bad < len && back[bad] == h[lead + bad])
+                bad++;
+            msg[0] = 0;
+            if (bad < len)
+                snprintf(msg, sizeof msg, "first differing byte at %zu", bad);
+            check(name, bad == len && us.bytes == len, msg);
+        }
+    {
+        rt_upload_opts o;
+        rt_upload_opts_init(&o);
+        dsr1_err err;
+        dsr1_err_clear(&err);
+        int rc = rt_upload(dev, mp, 0, &o, NULL, &err);
+        check("upload of 0 bytes is a no-op", rc == 0, err.msg);
+        o.method = RT_UP_PREAD;
+        o.path = "/nonexistent/shard.safetensors";
+        rc = rt_upload(dev, mp, 4096, &o, NULL, &err);
+        check("upload pread of a missing file names it",
+              rc != 0 && strstr(err.msg, "cannot open /nonexistent/shard.safetensors"), err.msg);
+        dsr1_err_clear(&err);
+        o.path = path;
+        o.file_off = n - 4096; /* asks 1 MiB where 4 KiB remain */
+        o.chunk = 1u << 20;
+        rc = rt_upload(dev, mp, 1u << 20, &o, NULL, &err);
+        char want[96];
+        snprintf(want, sizeof want, "read at offset %zu: the file is shorter", (size_t)(n - 4096));
+        check("upload pread past the end of the file names the offset",
+              rc != 0 && strstr(err.msg, want), err.msg);
+    }
+    cudaFree(dev);
+    munmap(mp, n);
+    close(fd);
+    unlink(path);
+}
+
 int main(void)
 {
     int dev = 0;
@@ -695,6 +794,7 @@ int main(void)
     test_moe(ctx);
     test_router();
     test_attn();
+    test_upload();
     kc_ctx_free(ctx);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
