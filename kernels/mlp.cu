@@ -206,7 +206,7 @@ __device__ __forceinline__ int moe_slot(const moe_k &a, const int *order, int p)
 /* h[p, i] = silu(gate_e[i] . x[tok(p)]) * (up_e[i] . x[tok(p)]) for the sorted slots p of
  * active expert blockIdx.y, rows i of blockIdx.x's tile (gemv.cuh's tile_gemv with the
  * fused GLU): each weight byte is read once per MT slots of its expert. */
-template <int WT, int MT>
+template <int WT, int MT, int PF>
 __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx, const int *order,
                                                      const int *meta, moe_k a, int ks, float *h)
 {
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 xr[m] = x + moe_tok(a, moe_slot(a, order, st + c0 + (m < nm ? m : 0))) * ldx;
-            tile_gemv<WT, MT, RB, 2, 0, false>(W, S, sl, row0, I, a.D, xr, nm, ks, sm);
+            tile_gemv<WT, MT, RB, 2, 0, false, PF>(W, S, sl, row0, I, a.D, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
 }
 
 /* out[slot(p), d] = down_e[d] . h[p] */
-template <int WT, int MT>
+template <int WT, int MT, int PF>
 __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int *order,
                                                        const int *meta, moe_k a, int ks,
                                                        float *out)
@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * a.ldh;
-            tile_gemv<WT, MT, RB, 1, 0, false>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+            tile_gemv<WT, MT, RB, 1, 0, false, PF>(W, S, sl, row0, D, I, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
@@ -307,6 +307,18 @@ static void moe_ks_env(int *up, int *down)
     *up = u, *down = d;
 }
 
+template <int WT, int MT, int PF>
+static int moe_launch(dim3 gu, dim3 gd, const float *x, size_t ldx, const int *order,
+                      const int *meta, const moe_k &a, int ksu, int ksd, float *h, float *out,
+                      cudaStream_t st)
+{
+    int rc = kc_launch(moe_up_kernel<WT, MT, PF>, gu, dim3(256), 0, st, x, ldx, order, meta, a,
+                       ksu, h);
+    return rc ? rc
+              : kc_launch(moe_down_kernel<WT, MT, PF>, gd, dim3(256), 0, st, h, order, meta, a,
+                          ksd, out);
+}
+
 /* Launch both expert passes with tiles of MT slots (an expert with more loops). */
 template <int WT, int MT>
 static int moe_passes(const float *x, size_t ldx, const int *order, const int *meta,
@@ -326,8 +338,11 @@ static int moe_passes(const float *x, size_t ldx, const int *order, const int *m
      * several row tiles (to pay the plan and table lookups once) were slower. */
     dim3 gu(kc_blocks(Imax, (unsigned)((8 / ksu) * tg_rb(2))), (unsigned)A);
     dim3 gd(kc_blocks(a.D, (unsigned)((8 / ksd) * tg_rb(1))), (unsigned)A);
-    int rc = kc_launch(moe_up_kernel<WT, MT>, gu, dim3(256), 0, st, x, ldx, order, meta, a, ksu, h);
-    return rc ? rc : kc_launch(moe_down_kernel<WT, MT>, gd, dim3(256), 0, st, h, order, meta, a, ksd, out);
+    const int pf = MT > 2 ? 1 : kc_gemv_pf(); /* the staged kernel has no prefetch ring */
+    int rc = pf == 1   ? moe_launch<WT, MT, 1>(gu, gd, x, ldx, order, meta, a, ksu, ksd, h, out, st)
+             : pf == 4 ? moe_launch<WT, MT, 4>(gu, gd, x, ldx, order, meta, a, ksu, ksd, h, out, st)
+                       : moe_launch<WT, MT, 2>(gu, gd, x, ldx, order, meta, a, ksu, ksd, h, out, st);
+    return rc;
 }
 
 template <int WT>

@@ -1,6 +1,7 @@
 /* rt_backend: argument defaults and result release shared by the backends. */
 #include "backend.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,4 +24,11 @@ void rt_generate_result_free(rt_generate_result *r)
     free(r->logits);
     free(r->mtp_logits);
     memset(r, 0, sizeof *r);
+}
+
+int rt_test_fault(int rank, const char *what)
+{
+    const char *e = getenv("DSR1_TEST_FAULT");
+    int r, n = 0;
+    return e && sscanf(e, "%d:%n", &r, &n) == 1 && n > 0 && r == rank && strcmp(e + n, what) == 0;
 }

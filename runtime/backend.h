@@ -78,6 +78,13 @@ typedef struct rt_generate_result {
 void rt_generate_args_init(rt_generate_args *a);
 void rt_generate_result_free(rt_generate_result *r); /* frees members; NULL is a no-op */
 
+/* Fault injection for the multi-GPU failure tests (tests/gpu/test_nccl.sh): 1 when
+ * DSR1_TEST_FAULT is "RANK:WHAT" for this rank and this fault, else 0. Faults:
+ * "stall-setup" (the rank stops before the TP/PP communicators, as if it died after the
+ * world communicator came up), "exit-decode" (the rank exits at the first decode step,
+ * leaving its peers inside a collective). */
+int rt_test_fault(int rank, const char *what);
+
 int rt_cpu_generate(const rt_generate_args *a, rt_generate_result *res, dsr1_err *err);
 int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *res, dsr1_err *err);
 

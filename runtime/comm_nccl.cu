@@ -6,9 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 extern "C" {
+#include "backend.h"
 #include "comm_nccl.h"
+#include "watchdog.h"
 }
 
 typedef struct nccl_impl {
@@ -292,6 +295,18 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
         if (!rc && cudaMemcpy(all, dall, (size_t)c->size * 256, cudaMemcpyDeviceToHost) != cudaSuccess)
             rc = dsr1_err_set(err, DSR1_E_IO, RT_COMM_ERR_BACKEND, 0, "cuda: group id copy");
         cudaFree(dall);
+        /* Every rank was alive at the all-gather, but a blocking communicator's setup
+         * cannot be polled or aborted: if a peer dies now, only the watchdog ends the
+         * wait, with the same timeout and one line naming the phase. */
+        rt_watchdog *wd = rc ? NULL
+                             : rt_watchdog_arm(x->timeout, 3,
+                                               "rank %d: NCCL TP/PP communicator setup did not "
+                                               "finish within %.0f s (a peer rank died or stalled "
+                                               "after joining); exiting",
+                                               rank, x->timeout);
+        if (!rc && rt_test_fault(rank, "stall-setup"))
+            for (;;)
+                sleep(1);
         static const rt_group gs[2] = {RT_GROUP_TP, RT_GROUP_PP};
         for (int i = 0; i < 2 && !rc; i++) {
             rt_group g = gs[i];
@@ -312,6 +327,7 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
         free(all);
         if (!rc) /* the TP connections, made now while every rank is known alive */
             rc = op_barrier(c, RT_GROUP_TP, err);
+        rt_watchdog_disarm(wd);
         if (rc) {
             op_free(c);
             return rc;

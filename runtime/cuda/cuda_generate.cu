@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cuda_model.h"
 
@@ -23,6 +24,7 @@ extern "C" {
 #include "ident.h"
 #include "mf.h"
 #include "sampler.h"
+#include "watchdog.h"
 }
 
 static int cuda_fail(dsr1_err *err, cudaError_t e, const char *what)
@@ -78,6 +80,8 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             if (step == 0 || a->no_cache)
                 T = len, pos0 = 0;
             size_t row0 = (a->keep_logits && step == 0) ? 0 : T - 1;
+            if (step == 1 && g->comm && rt_test_fault(g->comm->rank, "exit-decode"))
+                _exit(9); /* a peer dying mid-generation (tests/gpu/test_nccl.sh) */
             if ((rc = cm_forward(g->cm, g->comm, seq + pos0, T, pos0, row0, logits, err)))
                 goto out;
             int32_t tok = 0;
@@ -288,6 +292,10 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
 out:
     if (rc)
         rt_generate_result_free(res);
+    /* After an abort, a collective stuck on a dead peer can keep the GPU teardown
+     * below from returning: bound it, ending with this rank's own error. */
+    rt_watchdog *wd = rc && comm ? rt_watchdog_arm(30, dsr1_err_exit_code(err), "%s", err->msg)
+                                 : NULL;
     rt_comm_free(comm);
     cm_free(cm);
     rt_boot_close(boot);
@@ -301,5 +309,6 @@ out:
         cudaStreamDestroy(st);
     free(dir);
     mf_free(m);
+    rt_watchdog_disarm(wd);
     return rc;
 }

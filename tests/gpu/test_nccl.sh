@@ -11,7 +11,9 @@
 # pass, every failure on prompt 2), which is quantization noise, not a wrong result.
 # Plus, for NGPU >= 2: the same on two "nodes" (two process groups, NCCL over its
 # network transport), and a rank whose shard is corrupted stopping every rank with
-# one message naming it. GPU machine only. Env: BIN (default build/bin), PY (python3
+# one message naming it, and peers that die after joining (DSR1_TEST_FAULT: stalled
+# before the TP setup, exited mid-decode) stopping every rank within bounded time.
+# GPU machine only. Env: BIN (default build/bin), PY (python3
 # with numpy).
 set -u
 cd "$(dirname "$0")/../.."
@@ -103,6 +105,27 @@ print(s if isinstance(s, str) else m['shards'][s]['file'])")
   done
   [ $allok = 1 ] && ok "corrupted shard on rank 1: all $N ranks stop naming rank 1" \
     || bad "corrupted shard on rank 1 not reported by every rank"
+  # peers that die after joining: every rank ends within a bounded time, non-zero, and
+  # the survivors say why (timeout 15 s; `timeout 240` turns a hang into a failure)
+  set -- ${PROMPTS[0]}
+  for fault in stall-setup exit-decode; do
+    L=$T/fault-$fault
+    mkdir -p "$L"
+    t0=$(date +%s)
+    DSR1_TEST_FAULT=1:$fault timeout 240 scripts/launch_local.sh "$N" --logdir "$L" -- \
+      "$BIN/dsr1-serve" generate --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" \
+      --max-new-tokens 4 --timeout 15 >/dev/null 2>&1
+    rc=$? secs=$(( $(date +%s) - t0 ))
+    case $fault in
+      stall-setup) want="communicator setup did not finish within 15 s" ;;
+      exit-decode) want="within 15 s|NCCL error|aborted|failed 'done'|closed|died" ;;
+    esac
+    if [ $rc -ne 124 ] && [ $rc -ne 0 ] && grep -Eq "$want" "$L/rank0.err"; then
+      ok "rank 1 $fault: every rank stopped (exit $rc) after ${secs} s; rank 0: $(grep -Eo "$want" "$L/rank0.err" | head -1)"
+    else
+      bad "rank 1 $fault: exit $rc after ${secs} s; rank 0: $(tail -c 300 "$L/rank0.err" | tr '\n' ' ')"
+    fi
+  done
 fi
 # programmatic dependent launch moves only when kernels start, never a result: the first
 # plan's prompt 0 again with DSR1_PDL=0 must give bit-identical logits

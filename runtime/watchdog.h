@@ -1,0 +1,25 @@
+/* watchdog: a deadline for a call that cannot be bounded or interrupted any other way
+ * (a blocking NCCL communicator setup, a CUDA teardown behind a stuck collective).
+ *
+ *   rt_watchdog *w = rt_watchdog_arm(60.0, 3, "rank 2: TP setup did not finish in 60 s");
+ *   blocking_call();
+ *   rt_watchdog_disarm(w);
+ *
+ * If the deadline passes before rt_watchdog_disarm, a helper thread writes the message
+ * (one line, prefixed by the program name as the tools print errors) to stderr and ends
+ * the process with _exit(code): no destructors or atexit handlers run, since the
+ * blocked thread may hold any lock. Files the process was writing stay as they were
+ * (the tools write outputs through hidden temp files renamed at the end, so nothing
+ * half-written takes a final name). Arming never blocks; a failure to start the thread
+ * returns NULL and the call simply runs unguarded. */
+#ifndef DSR1_WATCHDOG_H
+#define DSR1_WATCHDOG_H
+
+typedef struct rt_watchdog rt_watchdog;
+
+rt_watchdog *rt_watchdog_arm(double seconds, int exit_code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Cancel (if not fired) and free; NULL is a no-op. */
+void rt_watchdog_disarm(rt_watchdog *w);
+
+#endif
