@@ -73,12 +73,6 @@ void kc_ctx_set_gemv_max_m(kc_ctx *c, int m);
  * 8). */
 void kc_set_gemv_variant(int v);
 void kc_set_gemv_ks(int ks);
-/* Weight chunks each warp of the 1-2 token GEMVs (dense and expert) keeps in flight: 1,
- * 2 or 4; anything else restores the default (DSR1_GEMV_PF when valid, else
- * KC_GEMV_PF_DEFAULT), which kc_gemv_pf() reads on first use. */
-#define KC_GEMV_PF_DEFAULT 2
-void kc_set_gemv_pf(int pf);
-int kc_gemv_pf(void);
 /* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
             size_t ldy, int accumulate, int force);

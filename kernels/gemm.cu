@@ -202,7 +202,7 @@ struct gv_args {
     gv_job j[2];
 };
 
-template <int WT, int MT, int NW, int DEC, int PF>
+template <int WT, int MT, int NW, int DEC>
 __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
 {
     constexpr int RB = tg_rb(NW), RT = RB * NW;
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(256) gemv_tile_kernel(gv_args a)
             xrow[threadIdx.x] = a.x + (size_t)(threadIdx.x < (unsigned)a.M ? threadIdx.x : 0) * a.ldx;
         tile_gemv_staged<WT, MT, RB, NW, DEC>(W, S, sld, row0, J.N, a.K, xrow, a.M, sm);
     } else
-        tile_gemv<WT, MT, RB, NW, DEC, true, PF>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
+        tile_gemv<WT, MT, RB, NW, DEC, true>(W, S, sld, row0, J.N, a.K, xr, a.M, a.ks, sm);
     for (int t = threadIdx.x; t < (8 / a.ks) * RB * MT; t += blockDim.x) {
         int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
         size_t n = row0 + (size_t)g * RB + r;
@@ -255,16 +255,7 @@ static int gv_launch(gv_args a, cudaStream_t st)
     size_t rpb = (size_t)(8 / a.ks) * tg_rb(NW);
     a.nb0 = kc_blocks(a.j[0].N, (unsigned)rpb);
     unsigned nb = a.nb0 + (NW == 1 && a.j[1].w ? kc_blocks(a.j[1].N, (unsigned)rpb) : 0);
-    if (MT > 2) /* the staged kernel has no prefetch ring */
-        return kc_launch(gemv_tile_kernel<WT, MT, NW, DEC, 1>, dim3(nb), dim3(256), 0, st, a);
-    switch (kc_gemv_pf()) {
-    case 1:
-        return kc_launch(gemv_tile_kernel<WT, MT, NW, DEC, 1>, dim3(nb), dim3(256), 0, st, a);
-    case 4:
-        return kc_launch(gemv_tile_kernel<WT, MT, NW, DEC, 4>, dim3(nb), dim3(256), 0, st, a);
-    default:
-        return kc_launch(gemv_tile_kernel<WT, MT, NW, DEC, 2>, dim3(nb), dim3(256), 0, st, a);
-    }
+    return kc_launch(gemv_tile_kernel<WT, MT, NW, DEC>, dim3(nb), dim3(256), 0, st, a);
 }
 
 void kc_set_pdl(int on)
@@ -315,24 +306,6 @@ static int gv_run(gv_args a, cudaStream_t st)
 static int g_variant = -1;
 
 void kc_set_gemv_ks(int ks) { g_ks = ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; }
-
-/* Weight chunks each warp of the 1-2 token GEMVs keeps in flight (gemv.cuh's PF). H200,
- * batch 1: see docs/cuda.md. DSR1_GEMV_PF (1, 2 or 4) overrides, for measuring. */
-static int g_pf = -1;
-
-static int pf_ok(int pf) { return pf == 1 || pf == 2 || pf == 4; }
-
-void kc_set_gemv_pf(int pf) { g_pf = pf_ok(pf) ? pf : -1; }
-
-int kc_gemv_pf(void)
-{
-    if (g_pf < 0) {
-        const char *e = getenv("DSR1_GEMV_PF");
-        int v = e ? atoi(e) : 0;
-        g_pf = pf_ok(v) ? v : KC_GEMV_PF_DEFAULT;
-    }
-    return g_pf;
-}
 
 static int gemv_variant(void)
 {

@@ -142,11 +142,8 @@ struct tg_smem {
  * activation rows (16-byte aligned, K a multiple of V). On return (after a barrier)
  * sm.res[(rg * RT + j * RB + r) * MT + m] holds row row0 + rg * RB + r of weight j
  * for token m, for every row group rg < 8 / ks; rows >= N hold garbage. PRE: load the
- * first weights, then kc_pdl_wait() (for kernels that have not waited yet). PF: chunks
- * whose weight loads a warp keeps in flight (a register ring; 1 = load, then use). A
- * warp otherwise waits one memory latency per chunk, and at H200 bandwidth the bytes in
- * flight per SM, not the instruction count, bound the stream. */
-template <int WT, int MT, int RB, int NW, int DEC, bool PRE, int PF = 1>
+ * first weights, then kc_pdl_wait() (for kernels that have not waited yet). */
+template <int WT, int MT, int RB, int NW, int DEC, bool PRE>
 __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *const *S,
                                           const size_t *sld, size_t row0, size_t N, size_t K,
                                           const float *const *xr, int nm, int ks,
@@ -154,7 +151,6 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
 {
     constexpr int V = wvec<WT>::V, B = wvec<WT>::B, RT = RB * NW;
     static_assert(MT <= 2, "more tokens take tile_gemv_staged");
-    static_assert(PF >= 1 && PF <= 4, "prefetch depth 1..4");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int rg = warp / ks, kw = warp % ks;
     const size_t n0 = row0 + (size_t)rg * RB;
@@ -173,17 +169,17 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
         sp[j] = WT == 2 ? S[j] + ((act ? n0 : 0) >> 7) * sld[j] : NULL;
     const size_t step = (size_t)ks * 32 * V;
     size_t k = ((size_t)kw * 32 + lane) * V;
-    uint4 raw[PF][RT];
-    float sc[PF][NW];
-    auto load = [&](int p, size_t kk) {
+    uint4 raw[RT];
+    float sc[NW];
+    auto load = [&](size_t kk) {
 #pragma unroll
         for (int i = 0; i < RT; i++)
-            raw[p][i] = kc_ld_stream(wp[i] + kk * B);
+            raw[i] = kc_ld_stream(wp[i] + kk * B);
 #pragma unroll
         for (int j = 0; j < NW; j++)
-            sc[p][j] = WT == 2 ? __ldg(sp[j] + (kk >> 7)) : 1.0f;
+            sc[j] = WT == 2 ? __ldg(sp[j] + (kk >> 7)) : 1.0f;
     };
-    auto chunk = [&](int p, size_t kk) { /* activations in registers, each row decoded once */
+    auto chunk = [&](size_t kk) { /* activations in registers, each row decoded once */
         float xv[MT][V];
 #pragma unroll
         for (int m = 0; m < MT; m++)
@@ -192,31 +188,33 @@ __device__ __forceinline__ void tile_gemv(const uint8_t *const *W, const float *
 #pragma unroll
         for (int i = 0; i < RT; i++) {
             float wf[V];
-            tg_decode<WT, DEC>(raw[p][i], wf);
+            tg_decode<WT, DEC>(raw[i], wf);
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 if (m < nm)
-                    acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[p][i / RB], acc[i][m]);
+                    acc[i][m] = fmaf(tg_dot<V>(wf, xv[m]), sc[i / RB], acc[i][m]);
         }
     };
-    /* ring slot p holds chunk k + p * step; after using it, refill it PF chunks ahead */
-#pragma unroll
-    for (int p = 0; p < PF; p++)
-        if (act && k + p * step < K)
-            load(p, k + p * step);
-    if constexpr (PRE) /* PDL: the first chunks' weights are in flight before the wait
-                        * (every thread waits, converged); the activations load after it */
+    if constexpr (PRE) {
+        /* PDL: the first chunk's weights are in flight before the wait (every thread
+         * waits, converged); the activations load after it */
+        const bool any = act && k < K;
+        if (any)
+            load(k);
         kc_pdl_wait();
-    for (; act && k < K; k += PF * step)
-#pragma unroll
-        for (int p = 0; p < PF; p++) {
-            const size_t kc = k + p * step;
-            if (kc < K) {
-                chunk(p, kc);
-                if (kc + PF * step < K)
-                    load(p, kc + PF * step);
+        if (any) {
+            chunk(k);
+            for (k += step; k < K; k += step) {
+                load(k);
+                chunk(k);
             }
         }
+    } else { /* the caller has waited (PDL) */
+        for (; act && k < K; k += step) {
+            load(k);
+            chunk(k);
+        }
+    }
 #pragma unroll
     for (int i = 0; i < RT; i++)
 #pragma unroll

@@ -206,7 +206,7 @@ __device__ __forceinline__ int moe_slot(const moe_k &a, const int *order, int p)
 /* h[p, i] = silu(gate_e[i] . x[tok(p)]) * (up_e[i] . x[tok(p)]) for the sorted slots p of
  * active expert blockIdx.y, rows i of blockIdx.x's tile (gemv.cuh's tile_gemv with the
  * fused GLU): each weight byte is read once per MT slots of its expert. */
-template <int WT, int MT, int PF>
+template <int WT, int MT>
 __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx, const int *order,
                                                      const int *meta, moe_k a, int ks, float *h)
 {
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 xr[m] = x + moe_tok(a, moe_slot(a, order, st + c0 + (m < nm ? m : 0))) * ldx;
-            tile_gemv<WT, MT, RB, 2, 0, false, PF>(W, S, sl, row0, I, a.D, xr, nm, ks, sm);
+            tile_gemv<WT, MT, RB, 2, 0, false>(W, S, sl, row0, I, a.D, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
 }
 
 /* out[slot(p), d] = down_e[d] . h[p] */
-template <int WT, int MT, int PF>
+template <int WT, int MT>
 __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int *order,
                                                        const int *meta, moe_k a, int ks,
                                                        float *out)
@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * a.ldh;
-            tile_gemv<WT, MT, RB, 1, 0, false, PF>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+            tile_gemv<WT, MT, RB, 1, 0, false>(W, S, sl, row0, D, I, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;
@@ -307,18 +307,6 @@ static void moe_ks_env(int *up, int *down)
     *up = u, *down = d;
 }
 
-template <int WT, int MT, int PF>
-static int moe_launch(dim3 gu, dim3 gd, const float *x, size_t ldx, const int *order,
-                      const int *meta, const moe_k &a, int ksu, int ksd, float *h, float *out,
-                      cudaStream_t st)
-{
-    int rc = kc_launch(moe_up_kernel<WT, MT, PF>, gu, dim3(256), 0, st, x, ldx, order, meta, a,
-                       ksu, h);
-    return rc ? rc
-              : kc_launch(moe_down_kernel<WT, MT, PF>, gd, dim3(256), 0, st, h, order, meta, a,
-                          ksd, out);
-}
-
 /* Launch both expert passes with tiles of MT slots (an expert with more loops). */
 template <int WT, int MT>
 static int moe_passes(const float *x, size_t ldx, const int *order, const int *meta,
@@ -328,21 +316,20 @@ static int moe_passes(const float *x, size_t ldx, const int *order, const int *m
     size_t Imax = a.I > a.Is ? a.I : a.Is;
     int eu, ed;
     moe_ks_env(&eu, &ed);
-    /* at most 2 warps split K: each block then covers 4x (up) or 2x (down) the rows of
-     * tg_ks's choice, so the per-block expert lookup and ramp are paid over more bytes
-     * (H100, TP1 MoE layer at batch 1: 284.5 -> 274.6 us; a TP8/EP8 rank 121.9 -> 112.7) */
+    /* gate/up: at most 2 warps split K, so each block covers 4x the rows of tg_ks's
+     * choice and the per-block expert lookup and ramp are paid over more bytes (H100,
+     * TP1 MoE layer at batch 1: 284.5 -> 274.6 us; a TP8/EP8 rank 121.9 -> 112.7). down
+     * (K = the expert's 2048-wide intermediate): no K split, every warp its own rows
+     * (H200, TP1 MoE layer: 2 warps 237 us, 1 warp 228; see docs/cuda.md) */
     int ksu = MT > 2 ? 1 : eu ? eu : std::min(tg_ks(a.D, V), 2);
-    int ksd = MT > 2 ? 1 : ed ? ed : std::min(tg_ks(a.I, V), 2);
+    int ksd = MT > 2 ? 1 : ed ? ed : 1;
     /* x: row tiles (consecutive blocks read consecutive rows of one expert), y: experts.
      * Measured on H100 against experts along x: no clear change. Blocks looping over
      * several row tiles (to pay the plan and table lookups once) were slower. */
     dim3 gu(kc_blocks(Imax, (unsigned)((8 / ksu) * tg_rb(2))), (unsigned)A);
     dim3 gd(kc_blocks(a.D, (unsigned)((8 / ksd) * tg_rb(1))), (unsigned)A);
-    const int pf = MT > 2 ? 1 : kc_gemv_pf(); /* the staged kernel has no prefetch ring */
-    int rc = pf == 1   ? moe_launch<WT, MT, 1>(gu, gd, x, ldx, order, meta, a, ksu, ksd, h, out, st)
-             : pf == 4 ? moe_launch<WT, MT, 4>(gu, gd, x, ldx, order, meta, a, ksu, ksd, h, out, st)
-                       : moe_launch<WT, MT, 2>(gu, gd, x, ldx, order, meta, a, ksu, ksd, h, out, st);
-    return rc;
+    int rc = kc_launch(moe_up_kernel<WT, MT>, gu, dim3(256), 0, st, x, ldx, order, meta, a, ksu, h);
+    return rc ? rc : kc_launch(moe_down_kernel<WT, MT>, gd, dim3(256), 0, st, h, order, meta, a, ksd, out);
 }
 
 template <int WT>

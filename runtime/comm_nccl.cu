@@ -217,6 +217,9 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
 {
     *out = NULL;
     setenv("NCCL_NVLS_ENABLE", "0", 0);
+    /* connect every algorithm's channels at setup, inside the bounded window, instead
+     * of lazily inside a blocking collective later (a dead peer would hang it there) */
+    setenv("NCCL_RUNTIME_CONNECT", "0", 0);
     rt_comm *c = (rt_comm *)calloc(1, sizeof *c);
     nccl_impl *x = (nccl_impl *)calloc(1, sizeof *x);
     if (!c || !x) {

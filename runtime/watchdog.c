@@ -2,7 +2,7 @@
  * monotonic clock so wall-clock jumps neither fire it early nor hold it back. */
 #include "watchdog.h"
 
-#include <errno.h> /* ETIMEDOUT; program_invocation_short_name (_GNU_SOURCE) */
+#include <errno.h> /* program_invocation_short_name (_GNU_SOURCE) */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,24 +21,46 @@ struct rt_watchdog {
     char msg[512];
 };
 
+static int past(const struct timespec *d)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
+}
+
 static void *wd_main(void *p)
 {
     rt_watchdog *w = p;
     pthread_mutex_lock(&w->mu);
-    int rc = 0;
-    while (!w->done && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&w->cv, &w->mu, &w->deadline);
+    /* a re-arm moves the deadline and signals: wait again for the new one */
+    while (!w->done && !past(&w->deadline))
+        pthread_cond_timedwait(&w->cv, &w->mu, &w->deadline);
     if (!w->done) {
         char line[640];
         int n = snprintf(line, sizeof line, "%s: %s\n", program_invocation_short_name, w->msg);
         if (n > (int)sizeof line - 1)
             n = (int)sizeof line - 1;
-        ssize_t wr = write(2, line, (size_t)n); /* async-signal-safe path; no stdio lock */
+        ssize_t wr = write(2, line, (size_t)n); /* no stdio: the blocked thread may hold its lock */
         (void)wr;
         _exit(w->code);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
+}
+
+static void set_deadline(rt_watchdog *w, double seconds, const char *fmt, va_list ap)
+{
+    vsnprintf(w->msg, sizeof w->msg, fmt, ap);
+    if (seconds < 0)
+        seconds = 0;
+    clock_gettime(CLOCK_MONOTONIC, &w->deadline);
+    time_t whole = (time_t)seconds;
+    w->deadline.tv_sec += whole;
+    w->deadline.tv_nsec += (long)((seconds - (double)whole) * 1e9);
+    if (w->deadline.tv_nsec >= 1000000000L) {
+        w->deadline.tv_sec++;
+        w->deadline.tv_nsec -= 1000000000L;
+    }
 }
 
 rt_watchdog *rt_watchdog_arm(double seconds, int exit_code, const char *fmt, ...)
@@ -48,20 +70,9 @@ rt_watchdog *rt_watchdog_arm(double seconds, int exit_code, const char *fmt, ...
         return NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(w->msg, sizeof w->msg, fmt, ap);
+    set_deadline(w, seconds, fmt, ap);
     va_end(ap);
     w->code = exit_code;
-    if (seconds < 0)
-        seconds = 0;
-    clock_gettime(CLOCK_MONOTONIC, &w->deadline);
-    time_t whole = (time_t)seconds;
-    long ns = (long)((seconds - (double)whole) * 1e9);
-    w->deadline.tv_sec += whole;
-    w->deadline.tv_nsec += ns;
-    if (w->deadline.tv_nsec >= 1000000000L) {
-        w->deadline.tv_sec++;
-        w->deadline.tv_nsec -= 1000000000L;
-    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -75,6 +86,19 @@ rt_watchdog *rt_watchdog_arm(double seconds, int exit_code, const char *fmt, ...
         return NULL;
     }
     return w;
+}
+
+void rt_watchdog_rearm(rt_watchdog *w, double seconds, const char *fmt, ...)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->mu);
+    va_list ap;
+    va_start(ap, fmt);
+    set_deadline(w, seconds, fmt, ap);
+    va_end(ap);
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
 }
 
 void rt_watchdog_disarm(rt_watchdog *w)

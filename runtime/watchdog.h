@@ -8,7 +8,8 @@
  * If the deadline passes before rt_watchdog_disarm, a helper thread writes the message
  * (one line, prefixed by the program name as the tools print errors) to stderr and ends
  * the process with _exit(code): no destructors or atexit handlers run, since the
- * blocked thread may hold any lock. Files the process was writing stay as they were
+ * blocked thread may hold any lock. rt_watchdog_rearm moves the deadline of a running
+ * watchdog (a progress deadline over a loop). Files the process was writing stay as they were
  * (the tools write outputs through hidden temp files renamed at the end, so nothing
  * half-written takes a final name). Arming never blocks; a failure to start the thread
  * returns NULL and the call simply runs unguarded. */
@@ -18,6 +19,10 @@
 typedef struct rt_watchdog rt_watchdog;
 
 rt_watchdog *rt_watchdog_arm(double seconds, int exit_code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* A new deadline (now + seconds) and message for an armed watchdog, e.g. once per
+ * decode step; a mutex and a signal, no thread start. NULL is a no-op. */
+void rt_watchdog_rearm(rt_watchdog *w, double seconds, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Cancel (if not fired) and free; NULL is a no-op. */
 void rt_watchdog_disarm(rt_watchdog *w);

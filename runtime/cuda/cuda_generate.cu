@@ -49,6 +49,8 @@ typedef struct gen_state {
     rt_comm *comm;
     cudaStream_t st;
     int32_t *dtok;
+    rt_watchdog *wd; /* progress deadline per step (multi-rank runs) */
+    double wd_s;
 } gen_state;
 
 static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *err)
@@ -82,6 +84,11 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             size_t row0 = (a->keep_logits && step == 0) ? 0 : T - 1;
             if (step == 1 && g->comm && rt_test_fault(g->comm->rank, "exit-decode"))
                 _exit(9); /* a peer dying mid-generation (tests/gpu/test_nccl.sh) */
+            if (step > 0)
+                rt_watchdog_rearm(g->wd, g->wd_s,
+                                  "rank %d: decode step %zu made no progress within %.0f s "
+                                  "(blocked in NCCL or CUDA: a peer rank died or stalled); exiting",
+                                  g->comm->rank, step, g->wd_s);
             if ((rc = cm_forward(g->cm, g->comm, seq + pos0, T, pos0, row0, logits, err)))
                 goto out;
             int32_t tok = 0;
@@ -273,11 +280,22 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
             goto out;
     }
     {
-        gen_state g = {a, cm, comm, st, dtok};
+        /* Waits on the GPU and NCCL poll with the timeout, but a blocking NCCL call
+         * (a connection NCCL makes lazily, a full queue) cannot be polled: a progress
+         * deadline per step, a little past the timeout so the polled waits, with their
+         * more precise messages, report first. */
+        double wd_s = timeout + 10;
+        gen_state g = {a, cm, comm, st, dtok, NULL, wd_s};
+        if (comm)
+            g.wd = rt_watchdog_arm(wd_s, 3,
+                                   "rank %d: prefill made no progress within %.0f s (blocked in "
+                                   "NCCL or CUDA: a peer rank died or stalled); exiting",
+                                   comm->rank, wd_s);
         rt_model *mdl = cm->h;
         int out_rank = mdl->has_head && mdl->tp_rank == 0 &&
                        (comm ? comm->dp_rank == 0 : 1);
         rc = run(&g, res, out_rank, err);
+        rt_watchdog_disarm(g.wd);
         if (rc && comm)
             rt_comm_abort(comm, err->msg);
         dsr1_err ferr;
@@ -294,7 +312,7 @@ out:
         rt_generate_result_free(res);
     /* After an abort, a collective stuck on a dead peer can keep the GPU teardown
      * below from returning: bound it, ending with this rank's own error. */
-    rt_watchdog *wd = rc && comm ? rt_watchdog_arm(30, dsr1_err_exit_code(err), "%s", err->msg)
+    rt_watchdog *wd = rc && comm ? rt_watchdog_arm(10, dsr1_err_exit_code(err), "%s", err->msg)
                                  : NULL;
     rt_comm_free(comm);
     cm_free(cm);

@@ -259,22 +259,6 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
             g(nm, &L->gate);
         }
         kc_set_gemv_ks(0);
-        for (int pf : {1, 2, 4}) { /* weight chunks in flight per warp (gemv.cuh) */
-            char nm[64];
-            kc_set_gemv_pf(pf);
-            snprintf(nm, sizeof nm, "o_proj (pf=%d)", pf);
-            g(nm, &L->o);
-            snprintf(nm, sizeof nm, "q_b_proj (pf=%d)", pf);
-            g(nm, &L->q_b);
-            snprintf(nm, sizeof nm, "down_proj (pf=%d)", pf);
-            g(nm, &L->down);
-            double ms = time_ms([&] { kc_gemm_glu(m->kc, x, H, B, &L->gate, &L->up, y, L->gate.rows); },
-                                reps);
-            double b = wbytes(&L->gate) + wbytes(&L->up);
-            snprintf(nm, sizeof nm, "gate+up GLU (pf=%d)", pf);
-            printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s\n", nm, ms * 1e3, b / 1e6, b / ms / 1e6);
-        }
-        kc_set_gemv_pf(0);
         {
             double ms = time_ms([&] { kc_gemm_glu(m->kc, x, H, B, &L->gate, &L->up, y, L->gate.rows); },
                                 reps);
@@ -319,6 +303,7 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
         kc_router(&h->rcfg, z, L->bias, B, idx, w, st);
         t = time_ms([&] { kc_router(&h->rcfg, z, L->bias, B, idx, w, st); }, reps);
         printf("  %-22s %8.1f us\n", "router top-k", t * 1e3);
+        t = time_ms([&] { kc_moe(m->kc, L->moe, x, H, B, idx, w, K, L->e0, y, H); }, reps);
         std::vector<int32_t> hi(B * K);
         CK(cudaMemcpy(hi.data(), idx, hi.size() * 4, cudaMemcpyDeviceToHost));
         std::set<int32_t> d; /* experts this rank holds (and reads) */
@@ -329,15 +314,8 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
         int sh = kc_moe_has_shared(L->moe, B);
         if (sh)
             b += wbytes(&L->sh_gate) + wbytes(&L->sh_up) + wbytes(&L->sh_down);
-        for (int pf : {0, 1, 2, 4}) { /* the default, then each prefetch depth */
-            kc_set_gemv_pf(pf);
-            t = time_ms([&] { kc_moe(m->kc, L->moe, x, H, B, idx, w, K, L->e0, y, H); }, reps);
-            char nm[64];
-            snprintf(nm, sizeof nm, pf ? "routed experts (pf=%d)" : "routed experts", pf);
-            printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s (%zu experts%s)\n", nm, t * 1e3,
-                   b / 1e6, b / t / 1e6, d.size(), sh ? " + shared" : "");
-        }
-        kc_set_gemv_pf(0);
+        printf("  %-22s %8.1f us  %7.1f MB  %7.0f GB/s (%zu experts%s)\n", "routed experts", t * 1e3,
+               b / 1e6, b / t / 1e6, d.size(), sh ? " + shared" : "");
         cudaFree(idx), cudaFree(w);
     }
     cudaFree(x), cudaFree(y), cudaFree(z);

@@ -387,40 +387,6 @@ static void test_gemv_fused(kc_ctx *ctx)
             cudaFree(dx), cudaFree(dy);
         }
     kc_set_gemv_variant(0);
-    /* prefetch depths: same chunk order, so bit-identical to PF = 1, and each against the
-     * CPU reference; K = 16384 gives every warp 4 chunks (a full PF = 4 ring), K = 1552
-     * a partial last chunk, 14 chunks over 8 warps an uneven split */
-    {
-        struct {
-            size_t N, K;
-        } sh[] = {{260, 16384}, {100, 1552}, {576, 7168}};
-        for (auto &q : sh)
-            for (size_t M : {(size_t)1, (size_t)2}) {
-                W w = make_w(K_W_FP8, q.N, q.K);
-                auto x = randv(M * q.K);
-                std::vector<float> ref(M * q.N), first;
-                k_gemm(x.data(), q.K, M, &w.h, ref.data(), q.N, 0);
-                float *dx = up(x);
-                for (int pf : {1, 2, 4}) {
-                    kc_set_gemv_pf(pf);
-                    float *dy = poisoned<float>(M * q.N);
-                    CK(kc_gemm(ctx, dx, q.K, M, &w.d, dy, q.N, 0, 1));
-                    auto got = down(dy, M * q.N);
-                    char name[96];
-                    snprintf(name, sizeof name, "gemm GEMV pf=%d fp8 %zux%zu M=%zu", pf, q.N, q.K, M);
-                    if (pf == 1)
-                        first = got;
-                    else if (memcmp(got.data(), first.data(), got.size() * 4)) {
-                        printf("FAIL %s: differs from pf=1\n", name);
-                        g_fail++;
-                    }
-                    report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
-                    cudaFree(dy);
-                }
-                cudaFree(dx);
-            }
-        kc_set_gemv_pf(0);
-    }
     struct {
         k_wtype t;
         size_t N1, N2, K;
@@ -524,32 +490,21 @@ static void test_moe(kc_ctx *ctx)
                           Is ? sw[2].d : k_weight{}};
         kc_moe_w *mw;
         CK(kc_moe_prepare(&mw, n, gd.data(), ud.data(), dd.data(), Is ? sd : NULL));
-        float *dx = up(x), *dw = up(w);
+        float *dx = up(x), *dy = up(y0), *dw = up(w);
         int32_t *di = up(idx);
-        /* up to 2 tokens: each prefetch depth of the expert GEMVs (0: the default) */
-        const int pfs[] = {0, 1, 2, 4};
-        for (int pi = 0; pi < (T <= 2 ? 4 : 1); pi++) {
-            kc_set_gemv_pf(pfs[pi]);
-            float *dy = up(y0);
-            CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D));
-            auto got = down(dy, T * D);
-            char name[160];
-            snprintf(name, sizeof name, "moe grouped experts T=%zu D=%zu I=%zu (8 of 16 local)", T,
-                     D, I);
-            if (Is)
-                snprintf(name + strlen(name), sizeof name - strlen(name), " + shared I=%zu%s", Is,
-                         take ? "" : " (left to the caller)");
-            if (pfs[pi])
-                snprintf(name + strlen(name), sizeof name - strlen(name), " pf=%d", pfs[pi]);
-            if (Is && take != (kc_moe_has_shared(mw, T) != 0)) {
-                printf("FAIL %s: shared expert %s\n", name, take ? "not taken" : "taken at T > 2");
-                g_fail++;
-            }
-            report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
-            cudaFree(dy);
+        CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D));
+        auto got = down(dy, T * D);
+        char name[128];
+        snprintf(name, sizeof name, "moe grouped experts T=%zu D=%zu I=%zu (8 of 16 local)", T,
+                 D, I);
+        if (Is)
+            snprintf(name + strlen(name), sizeof name - strlen(name), " + shared I=%zu%s", Is,
+                     take ? "" : " (left to the caller)");
+        if (Is && take != (kc_moe_has_shared(mw, T) != 0)) {
+            printf("FAIL %s: shared expert %s\n", name, take ? "not taken" : "taken at T > 2");
+            g_fail++;
         }
-        kc_set_gemv_pf(0);
-        cudaFree(dx), cudaFree(dw), cudaFree(di);
+        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
         kc_moe_free(mw);
     }
 }

@@ -118,7 +118,7 @@ print(s if isinstance(s, str) else m['shards'][s]['file'])")
     rc=$? secs=$(( $(date +%s) - t0 ))
     case $fault in
       stall-setup) want="communicator setup did not finish within 15 s" ;;
-      exit-decode) want="within 15 s|NCCL error|aborted|failed 'done'|closed|died" ;;
+      exit-decode) want="within 15 s|made no progress|NCCL error|aborted|failed .done.|closed|died" ;;
     esac
     if [ $rc -ne 124 ] && [ $rc -ne 0 ] && grep -Eq "$want" "$L/rank0.err"; then
       ok "rank 1 $fault: every rank stopped (exit $rc) after ${secs} s; rank 0: $(grep -Eo "$want" "$L/rank0.err" | head -1)"

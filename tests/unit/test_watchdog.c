@@ -1,5 +1,6 @@
 /* rt_watchdog: a disarmed deadline never fires; an expired one ends the process with
- * its exit code and one line on stderr (checked in a forked child). */
+ * its exit code and one line on stderr; a re-arm moves the deadline and message
+ * (checked in forked children). */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -46,6 +47,27 @@ static void disarmed(void)
     for (int i = 0; i < 20; i++)
         rt_watchdog_disarm(rt_watchdog_arm(0.05, 7, "must not fire"));
     usleep(300000); /* past every deadline above */
+}
+
+static void kept_alive_then_stalled(void)
+{
+    rt_watchdog *w = rt_watchdog_arm(0.3, 5, "armed");
+    for (int i = 0; i < 10; i++) { /* 1 s of steps, each well inside its 0.3 s deadline */
+        usleep(100000);
+        rt_watchdog_rearm(w, 0.3, "rank 0: decode step %d made no progress", i);
+    }
+    for (int i = 0; i < 100; i++) /* step 9 stalls */
+        usleep(100000);
+}
+
+TEST(watchdog_rearm_moves_the_deadline_and_message)
+{
+    char buf[1024];
+    int st = in_child(kept_alive_then_stalled, buf, sizeof buf);
+    CHECK(WIFEXITED(st));
+    CHECK_EQ_INT(WEXITSTATUS(st), 5);
+    CHECK_MSG(strstr(buf, "rank 0: decode step 9 made no progress\n") != NULL, "stderr: '%s'", buf);
+    rt_watchdog_rearm(NULL, 1, "no-op");
 }
 
 TEST(watchdog_fires_with_code_and_message)
