@@ -217,9 +217,6 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
 {
     *out = NULL;
     setenv("NCCL_NVLS_ENABLE", "0", 0);
-    /* connect every algorithm's channels at setup, inside the bounded window, instead
-     * of lazily inside a blocking collective later (a dead peer would hang it there) */
-    setenv("NCCL_RUNTIME_CONNECT", "0", 0);
     rt_comm *c = (rt_comm *)calloc(1, sizeof *c);
     nccl_impl *x = (nccl_impl *)calloc(1, sizeof *x);
     if (!c || !x) {
@@ -245,10 +242,11 @@ int rt_comm_nccl_create(rt_comm **out, int rank, int tp, int pp, int dp, const u
      * communicator carries the per-layer all-reduces and is blocking: non-blocking
      * collectives return "in progress" and cost ~60 us of host polling each (H100,
      * 28 KB all-reduce: 64-71 us against 11-13 us blocking), more than the collective.
-     * Its setup runs right after a bounded all-gather over WORLD (every rank alive)
-     * and ends with a bounded warm-up all-reduce (connections NCCL sets up lazily for
-     * other sizes or algorithms are made inside later blocking calls, unbounded by our
-     * timeout); later waits poll the stream with the timeout and abort on expiry.
+     * Its setup runs right after a bounded all-gather over WORLD (every rank alive),
+     * under a watchdog, and ends with a warm-up all-reduce; later waits poll the
+     * stream with the timeout and abort on expiry. A blocking call that never returns
+     * (measured: rank 0 stuck in decode step 1 after rank 1 exited, 2 x H200) is ended
+     * by the caller's per-step progress watchdog (runtime/cuda/cuda_generate.cu).
      * DSR1_NCCL_BLOCKING=0: TP non-blocking too; =1: WORLD blocking too. */
     const char *be = getenv("DSR1_NCCL_BLOCKING");
     int world_blocking = be && strcmp(be, "1") == 0, tp_blocking = !(be && strcmp(be, "0") == 0);
