@@ -84,7 +84,7 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             size_t row0 = (a->keep_logits && step == 0) ? 0 : T - 1;
             if (step == 1 && g->comm && rt_test_fault(g->comm->rank, "exit-decode"))
                 _exit(9); /* a peer dying mid-generation (tests/gpu/test_nccl.sh) */
-            if (step > 0)
+            if (step > 0 && g->wd) /* multi-rank runs only (g->comm set) */
                 rt_watchdog_rearm(g->wd, g->wd_s,
                                   "rank %d: decode step %zu made no progress within %.0f s "
                                   "(blocked in NCCL or CUDA: a peer rank died or stalled); exiting",
