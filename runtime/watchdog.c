@@ -7,10 +7,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 #include <unistd.h>
-
 
 struct rt_watchdog {
     pthread_mutex_t mu;

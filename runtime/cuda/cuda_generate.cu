@@ -53,6 +53,20 @@ typedef struct gen_state {
     double wd_s;
 } gen_state;
 
+/* Move the progress deadline to now + wd_s, naming the step that must finish by then. */
+static void progress_deadline(gen_state *g, size_t step)
+{
+    if (!g->wd) /* multi-rank runs only (g->comm set) */
+        return;
+    char what[48] = "prefill";
+    if (step > 0)
+        snprintf(what, sizeof what, "decode step %zu", step);
+    rt_watchdog_rearm(g->wd, g->wd_s,
+                      "rank %d: %s made no progress within %.0f s (blocked in NCCL or CUDA: a "
+                      "peer rank died or stalled); exiting",
+                      g->comm->rank, what, g->wd_s);
+}
+
 static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *err)
 {
     const rt_generate_args *a = g->a;
@@ -84,11 +98,7 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             size_t row0 = (a->keep_logits && step == 0) ? 0 : T - 1;
             if (step == 1 && g->comm && rt_test_fault(g->comm->rank, "exit-decode"))
                 _exit(9); /* a peer dying mid-generation (tests/gpu/test_nccl.sh) */
-            if (step > 0 && g->wd) /* multi-rank runs only (g->comm set) */
-                rt_watchdog_rearm(g->wd, g->wd_s,
-                                  "rank %d: decode step %zu made no progress within %.0f s "
-                                  "(blocked in NCCL or CUDA: a peer rank died or stalled); exiting",
-                                  g->comm->rank, step, g->wd_s);
+            progress_deadline(g, step);
             if ((rc = cm_forward(g->cm, g->comm, seq + pos0, T, pos0, row0, logits, err)))
                 goto out;
             int32_t tok = 0;
@@ -286,11 +296,9 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
          * more precise messages, report first. */
         double wd_s = timeout + 10;
         gen_state g = {a, cm, comm, st, dtok, NULL, wd_s};
-        if (comm)
-            g.wd = rt_watchdog_arm(wd_s, 3,
-                                   "rank %d: prefill made no progress within %.0f s (blocked in "
-                                   "NCCL or CUDA: a peer rank died or stalled); exiting",
-                                   comm->rank, wd_s);
+        if (comm) /* exit 3: DSR1_E_IO, as the polled timeouts; run() names each step */
+            g.wd = rt_watchdog_arm(wd_s, 3, "rank %d: generation made no progress within "
+                                   "%.0f s; exiting", comm->rank, wd_s);
         rt_model *mdl = cm->h;
         int out_rank = mdl->has_head && mdl->tp_rank == 0 &&
                        (comm ? comm->dp_rank == 0 : 1);
