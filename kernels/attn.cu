@@ -236,16 +236,19 @@ __device__ __forceinline__ void mla_wait(void)
 }
 
 /* Tensor-core products for the attention kernel: m16n8k8 TF32 MMAs with fp32
- * accumulation, each operand split into a TF32 high part and a TF32 remainder, and
- * hi*lo + lo*hi + hi*hi summed (3xTF32): about fp32 accuracy (the low*low term, ~2^-22
- * relative, is dropped) at a fraction of the FMA-pipe instructions. Fragments (lane =
+ * accumulation, each operand rounded to TF32 (10-bit mantissa, round to nearest) once.
+ * That is finer than the BF16 (7-bit mantissa) attention DeepSeek's reference runs
+ * and about 1e-3 off fp32 (measured against the CPU reference in test-gpu). The 3xTF32
+ * split (hi*hi + hi*lo + lo*hi, about fp32) it replaced made the kernel issue-bound:
+ * 3 MMAs and 4 conversions per product (H200, TP1 ctx 1024: 26.3 us). Fragments (lane =
  * 4 * gid + tig): A[16x8] a0 (gid, tig), a1 (gid + 8, tig), a2 (gid, tig + 4), a3 (gid +
  * 8, tig + 4); B[8x8] b0 (k = tig, n = gid), b1 (k = tig + 4, n = gid); D[16x8] d0 (gid,
  * 2 tig), d1 (gid, 2 tig + 1), d2 (gid + 8, 2 tig), d3 (gid + 8, 2 tig + 1). */
-__device__ __forceinline__ void mla_split(float x, uint32_t &hi, uint32_t &lo)
+__device__ __forceinline__ uint32_t mla_tf32(float x)
 {
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
 }
 
 __device__ __forceinline__ void mla_mma(float *d, const uint32_t *a, const uint32_t *b)
@@ -254,15 +257,6 @@ __device__ __forceinline__ void mla_mma(float *d, const uint32_t *a, const uint3
                  "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-/* d += A B with A, B given as split fragments */
-__device__ __forceinline__ void mla_mma3(float *d, const uint32_t *ah, const uint32_t *al,
-                                         const uint32_t *bh, const uint32_t *bl)
-{
-    mla_mma(d, al, bh);
-    mla_mma(d, ah, bl);
-    mla_mma(d, ah, bh);
 }
 
 /* Pieces shared by the two absorbed-attention kernels below (NT threads a block).
@@ -435,7 +429,9 @@ __device__ __forceinline__ void mla_prologue(float *sQ, float *sC, const mla_til
 
 /* Online softmax of head g over the tile: x = the sum of the 8 feature-slice partials of
  * key `lane` (fixed order), scaled; updates the warp's running max m and sum l, writes p
- * = e^(x - m) to pT and the rescale factor to sCorr[g]. */
+ * = e^(x - m) to pT and the rescale factor to sCorr[g]. TF32: p is rounded to TF32
+ * before both uses, so the tensor-core kernel's weights and their sum l agree. */
+template <bool TF32>
 __device__ __forceinline__ void mla_softmax_head(const float *red, int RS, float *pT, int PS,
                                                  float *sCorr, int g, int cn, float scale,
                                                  float &m, float &l)
@@ -449,6 +445,8 @@ __device__ __forceinline__ void mla_softmax_head(const float *red, int RS, float
     float mn = fmaxf(m, kc_warp_max(x));
     float corr = m == -INFINITY ? 0.0f : expf(m - mn);
     float p = x == -INFINITY ? 0.0f : expf(x - mn);
+    if (TF32)
+        p = __uint_as_float(mla_tf32(p));
     l = l * corr + kc_warp_sum(p);
     m = mn;
     pT[lane * PS + g] = p;
@@ -560,8 +558,8 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
         __syncthreads();
 
         /* 2. online softmax: warp owns heads 2*warp, 2*warp+1; lane = key */
-        mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp, mla_tile_keys(mt, it), scale, m0, l0);
-        mla_softmax_head(red, BK, pT, G, sCorr, 2 * warp + 1, mla_tile_keys(mt, it), scale, m1, l1);
+        mla_softmax_head<false>(red, BK, pT, G, sCorr, 2 * warp, mla_tile_keys(mt, it), scale, m0, l0);
+        mla_softmax_head<false>(red, BK, pT, G, sCorr, 2 * warp + 1, mla_tile_keys(mt, it), scale, m1, l1);
         __syncthreads();
 
         /* 3. o = o * corr + sum_k p_k c_k: heads 8hh.., quads rq + 128j */
@@ -652,17 +650,18 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     }
 }
 
-/* The same attention on tensor cores, for R = 512 and P a multiple of 8 (R1's shapes),
- * with 16 warps (MLA_MMA_THREADS): m16n8k8 3xTF32 MMAs (mla_mma3), heads as the M = 16
- * rows. Shared memory as above with RS = MLA_RS, PS = MLA_PS (padded so the fragment
- * stores and loads do not collide in banks). Per tile:
+/* The same attention on tensor cores, for R = 512 and P a multiple of 8 up to
+ * 64 * MLA_QSTEPS - 512 (R1: P = 64), with 16 warps (MLA_MMA_THREADS): m16n8k8 TF32 MMAs
+ * (mla_mma), heads as the M = 16 rows. Shared memory as above with RS = MLA_RS, PS =
+ * MLA_PS (padded so the fragment stores and loads do not collide in banks). Per tile:
  *  1. scores: warp w takes key octets 2kh, 2kh+1 (kh = w >> 3) and the 8-feature steps
- *     fs, fs + 8, ... (fs = w & 7): S[16 heads x 8 keys] per octet, the Q fragment split
- *     once per step and shared by both octets; hi*hi and the cross terms accumulate
- *     apart so the MMA chains interleave. Partials per feature slice go to red.
- *  2. online softmax: warp w owns head w (lane = key).
+ *     fs, fs + 8, ... (fs = w & 7): S[16 heads x 8 keys] per octet. The warp's query
+ *     fragments are the same for every tile: rounded to TF32 once, kept in registers.
+ *     Partials per feature slice go to red.
+ *  2. online softmax: warp w owns head w (lane = key); weights rounded to TF32 there.
  *  3. output: warp w owns the latent column octets w + 16j (j < 4): O[16 x 8] +=
  *     P[16 x 32 keys] C[32 keys x 8], after rescaling by corr. */
+#define MLA_QSTEPS 12 /* 8-feature steps of a warp: F = R + P <= 768 */
 template <int NT>
 __global__ void __launch_bounds__(NT, 1)
     mla_attn_mma_kernel(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
@@ -692,48 +691,56 @@ __global__ void __launch_bounds__(NT, 1)
 #pragma unroll
         for (int i = 0; i < 4; i++)
             acc[j][i] = 0.0f;
+    uint32_t qf[MLA_QSTEPS][4]; /* A fragments of steps k0 = 8 fs + 64 i, loaded at tile 0 */
 
     for (int it = 0; it < ntiles; it++) {
         const float *C = mla_tile_ready<NT, true>(b, nbuf, it);
+        if (it == 0) { /* the queries landed with tile 0 */
+            const float *qa = sQ + gid * CS, *qb = sQ + (gid + 8) * CS;
+#pragma unroll
+            for (int i = 0; i < MLA_QSTEPS; i++) {
+                const int k0 = 8 * fs + 64 * i;
+                if (k0 < F) {
+                    qf[i][0] = mla_tf32(qa[k0 + tig]);
+                    qf[i][1] = mla_tf32(qb[k0 + tig]);
+                    qf[i][2] = mla_tf32(qa[k0 + tig + 4]);
+                    qf[i][3] = mla_tf32(qb[k0 + tig + 4]);
+                }
+            }
+        }
 
         /* 1. partial scores over this warp's feature slice, key octets 2kh, 2kh + 1 */
         {
-            float d[2][4], x[2][4];
+            float d[2][4];
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                 for (int i = 0; i < 4; i++)
-                    d[nt][i] = x[nt][i] = 0.0f;
-            const float *qa = sQ + gid * CS, *qb = sQ + (gid + 8) * CS;
+                    d[nt][i] = 0.0f;
             const float *cb = C + (16 * kh + gid) * CS;
-#pragma unroll 3
-            for (int k0 = 8 * fs; k0 < F; k0 += 64) {
-                uint32_t ah[4], al[4];
-                mla_split(qa[k0 + tig], ah[0], al[0]);
-                mla_split(qb[k0 + tig], ah[1], al[1]);
-                mla_split(qa[k0 + tig + 4], ah[2], al[2]);
-                mla_split(qb[k0 + tig + 4], ah[3], al[3]);
 #pragma unroll
-                for (int nt = 0; nt < 2; nt++) {
-                    uint32_t bh[2], bl[2];
-                    mla_split(cb[8 * nt * CS + k0 + tig], bh[0], bl[0]);
-                    mla_split(cb[8 * nt * CS + k0 + tig + 4], bh[1], bl[1]);
-                    mla_mma(x[nt], al, bh);
-                    mla_mma(x[nt], ah, bl);
-                    mla_mma(d[nt], ah, bh);
+            for (int i = 0; i < MLA_QSTEPS; i++) {
+                const int k0 = 8 * fs + 64 * i;
+                if (k0 < F) {
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++) {
+                        uint32_t bf[2] = {mla_tf32(cb[8 * nt * CS + k0 + tig]),
+                                          mla_tf32(cb[8 * nt * CS + k0 + tig + 4])};
+                        mla_mma(d[nt], qf[i], bf);
+                    }
                 }
             }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
                 float *rp = red + (fs * G + gid) * RS + 16 * kh + 8 * nt + 2 * tig;
-                *(float2 *)rp = make_float2(x[nt][0] + d[nt][0], x[nt][1] + d[nt][1]);
-                *(float2 *)(rp + 8 * RS) = make_float2(x[nt][2] + d[nt][2], x[nt][3] + d[nt][3]);
+                *(float2 *)rp = make_float2(d[nt][0], d[nt][1]);
+                *(float2 *)(rp + 8 * RS) = make_float2(d[nt][2], d[nt][3]);
             }
         }
         __syncthreads();
 
         /* 2. online softmax of head `warp` */
-        mla_softmax_head(red, RS, pT, PS, sCorr, warp, mla_tile_keys(mt, it), scale, m, l);
+        mla_softmax_head<true>(red, RS, pT, PS, sCorr, warp, mla_tile_keys(mt, it), scale, m, l);
         __syncthreads();
 
         /* 3. rescale, then O += P C for column octets warp + 16j */
@@ -744,19 +751,15 @@ __global__ void __launch_bounds__(NT, 1)
                 acc[j][0] *= c0, acc[j][1] *= c0, acc[j][2] *= c1, acc[j][3] *= c1;
 #pragma unroll
             for (int ks = 0; ks < BK / 8; ks++) {
-                uint32_t ph[4], pl[4];
-                const float *pk = pT + (8 * ks + tig) * PS;
-                mla_split(pk[gid], ph[0], pl[0]);
-                mla_split(pk[gid + 8], ph[1], pl[1]);
-                mla_split(pk[4 * PS + gid], ph[2], pl[2]);
-                mla_split(pk[4 * PS + gid + 8], ph[3], pl[3]);
+                const float *pk = pT + (8 * ks + tig) * PS; /* already TF32 */
+                const uint32_t pf[4] = {__float_as_uint(pk[gid]), __float_as_uint(pk[gid + 8]),
+                                        __float_as_uint(pk[4 * PS + gid]),
+                                        __float_as_uint(pk[4 * PS + gid + 8])};
                 const float *c0p = C + (8 * ks + tig) * CS + 8 * warp + gid;
 #pragma unroll
                 for (int j = 0; j < OJ; j++) {
-                    uint32_t bh[2], bl[2];
-                    mla_split(c0p[128 * j], bh[0], bl[0]);
-                    mla_split(c0p[4 * CS + 128 * j], bh[1], bl[1]);
-                    mla_mma3(acc[j], ph, pl, bh, bl);
+                    uint32_t bf[2] = {mla_tf32(c0p[128 * j]), mla_tf32(c0p[4 * CS + 128 * j])};
+                    mla_mma(acc[j], pf, bf);
                 }
             }
         }
@@ -967,7 +970,7 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     int qvec = R % 4 == 0 && P % 4 == 0 && ldqp % 4 == 0 && ldhp % 4 == 0 &&
                ((uintptr_t)q_lat & 15) == 0 && ((uintptr_t)q_pe & 15) == 0;
     /* tensor cores at R1's latent width (R = 512; P a multiple of 8) */
-    bool mma = vec && R == 512 && P % 8 == 0 && mla_use_mma;
+    bool mma = vec && R == 512 && P % 8 == 0 && R + P <= 64 * MLA_QSTEPS && mla_use_mma;
     int RS = mma ? MLA_RS : BK, PS = mma ? MLA_PS : G, nt = mma ? MLA_MMA_THREADS : MLA_THREADS;
     size_t base = (size_t)(G * CS + 8 * G * RS + BK * PS + 3 * G) * sizeof(float);
     size_t tile = (size_t)BK * CS * sizeof(float);

@@ -657,8 +657,11 @@ static void test_attn(void)
             CK(kc_mla_attn(dql_ref, dq + dn, ldq, ldh, dc, cs.ldc, dk, cs.ldk, dol, T, S, H, R, P,
                            pos0, scale, 0));
             auto gol = down(dol, ol.size());
-            snprintf(name, sizeof name, "mla absorbed attention %s%s", tag, mma ? "" : " (fp32 FMA)");
-            report(name, rel_err(gol.data(), ol.data(), ol.size()), 2e-5);
+            /* the tensor-core kernel (R1's shapes) rounds its operands to TF32 */
+            bool tf32 = mma && R == 512 && P % 8 == 0 && cs.ldc % 4 == 0 && cs.ldk % 4 == 0;
+            snprintf(name, sizeof name, "mla absorbed attention %s%s", tag,
+                     tf32 ? " (TF32 tensor cores)" : " (fp32 FMA)");
+            report(name, rel_err(gol.data(), ol.data(), ol.size()), tf32 ? 2e-3 : 2e-5);
         }
         kc_mla_set_mma(1);
         CK(kc_mla_absorb_v(dol_ref, T, H, dn, dv, &wkv.d, dout, H * dv, 0));
