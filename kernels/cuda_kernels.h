@@ -72,6 +72,10 @@ void kc_ctx_set_gemv_max_m(kc_ctx *c, int m);
  * decode; and the warps that split K in the tile kernel (0 = chosen by K, else 1, 2, 4,
  * 8). */
 void kc_set_gemv_variant(int v);
+/* GEMMs of 3..16 tokens on FP8 weights (K a multiple of 128): 1 (default; env
+ * DSR1_GEMV_A8) quantizes the activations 1x128 to FP8 as DeepSeek's reference does and
+ * runs FP8 tensor cores (gemv_a8.cu); 0 keeps them W8A32 on the tile GEMV. */
+void kc_set_gemv_a8(int on);
 void kc_set_gemv_ks(int ks);
 /* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,

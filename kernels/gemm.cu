@@ -334,11 +334,71 @@ static gv_job gv_job_of(const k_weight *w, float *y, size_t ldy)
     return j;
 }
 
-/* The tile kernel for up to two jobs on x (w2 NULL: one); glu: w1 gate, w2 up. */
-static int gv_dispatch(const float *x, size_t ldx, size_t M, const k_weight *w1, float *y1,
-                       size_t ldy1, const k_weight *w2, float *y2, size_t ldy2, int glu,
-                       int accumulate, cudaStream_t st)
+/* FP8 tensor cores for 3..16 tokens (gemv_a8.cu): 1 on (default), 0 W8A32 GEMV for
+ * every token count up to gemv_max_m; -1: not read yet from DSR1_GEMV_A8. */
+static int g_a8 = -1;
+
+void kc_set_gemv_a8(int on) { g_a8 = on ? 1 : 0; }
+
+static int gv_a8_on(void)
 {
+    if (g_a8 < 0) {
+        const char *e = getenv("DSR1_GEMV_A8");
+        g_a8 = e && *e == '0' ? 0 : 1;
+    }
+    return g_a8;
+}
+
+static int gv_dispatch(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w1,
+                       float *y1, size_t ldy1, const k_weight *w2, float *y2, size_t ldy2,
+                       int glu, int accumulate);
+
+/* Tiles of 16 tokens: those of 3 or more on FP8 tensor cores after DeepSeek's 1x128
+ * activation quantization (the codes in the context's scratch), the rest (1 or 2
+ * tokens) by the W8A32 tile GEMV. */
+static int gv_a8(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w1, float *y1,
+                 size_t ldy1, const k_weight *w2, float *y2, size_t ldy2, int glu, int accumulate)
+{
+    const size_t K = w1->cols, nb = K / 128;
+    for (size_t m0 = 0; m0 < M; m0 += 16) {
+        size_t nm = M - m0 < 16 ? M - m0 : 16;
+        const float *xm = x + m0 * ldx;
+        float *z1 = y1 + m0 * ldy1, *z2 = y2 ? y2 + m0 * ldy2 : NULL;
+        if (nm < 3) {
+            int rc = gv_dispatch(c, xm, ldx, nm, w1, z1, ldy1, w2, z2, ldy2, glu, accumulate);
+            if (rc)
+                return rc;
+            continue;
+        }
+        uint8_t *codes = (uint8_t *)kc_ctx_scratch(c, SCR_A8, 16 * K);
+        float *sc = (float *)kc_ctx_scratch(c, SCR_AS, 16 * nb * sizeof(float));
+        if (!codes || !sc)
+            return (int)cudaErrorMemoryAllocation;
+        int rc = kc_act_quant_strided(xm, ldx, nm, K, codes, K, sc, nb, 1, c->st);
+        if (rc)
+            return rc;
+        a8_args a;
+        memset(&a, 0, sizeof a);
+        a.a = codes, a.as = sc, a.K = K, a.M = (int)nm, a.accumulate = accumulate;
+        a.j[0] = {(const uint8_t *)w1->data, w1->scale, w1->scale_ld, w1->rows, z1, ldy1};
+        if (w2)
+            a.j[1] = {(const uint8_t *)w2->data, w2->scale, w2->scale_ld, w2->rows, glu ? NULL : z2,
+                      ldy2};
+        if ((rc = kc_gemv_a8_launch(a, glu, c->st)))
+            return rc;
+    }
+    return 0;
+}
+
+/* The tile kernel for up to two jobs on x (w2 NULL: one); glu: w1 gate, w2 up. FP8
+ * weights at 3+ tokens (K a multiple of 128) go to gv_a8 unless DSR1_GEMV_A8=0. */
+static int gv_dispatch(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w1,
+                       float *y1, size_t ldy1, const k_weight *w2, float *y2, size_t ldy2,
+                       int glu, int accumulate)
+{
+    cudaStream_t st = c->st;
+    if (M >= 3 && w1->type == K_W_FP8 && w1->cols % 128 == 0 && w1->scale && gv_a8_on())
+        return gv_a8(c, x, ldx, M, w1, y1, ldy1, w2, y2, ldy2, glu, accumulate);
     gv_args a;
     memset(&a, 0, sizeof a);
     a.x = x, a.ldx = ldx, a.K = w1->cols, a.M = (int)M, a.accumulate = accumulate;
@@ -358,13 +418,14 @@ static int gv_dispatch(const float *x, size_t ldx, size_t M, const k_weight *w1,
     }
 }
 
-static int gemv(const float *x, size_t ldx, size_t M, const k_weight *w, float *y, size_t ldy,
-                int accumulate, cudaStream_t st)
+static int gemv(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,
+                size_t ldy, int accumulate)
 {
+    cudaStream_t st = c->st;
     if (M == 0 || w->rows == 0)
         return 0;
     if (gemv_vector_ok(x, ldx, w))
-        return gv_dispatch(x, ldx, M, w, y, ldy, NULL, NULL, 0, 0, accumulate, st);
+        return gv_dispatch(c, x, ldx, M, w, y, ldy, NULL, NULL, 0, 0, accumulate);
     dim3 grid(kc_blocks(w->rows, 8), (unsigned)(M < 64 ? M : 64));
     gemv_scalar_kernel<<<grid, 256, 0, st>>>(x, ldx, M, (int)w->type, w->data, w->scale,
                                              w->scale_ld, w->rows, w->cols, y, ldy, accumulate);
@@ -861,11 +922,11 @@ int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, 
             if (rc)
                 return rc;
         }
-        return gemv(x + Ml * ldx, ldx, M - Ml, w, y + Ml * ldy, ldy, accumulate, c->st);
+        return gemv(c, x + Ml * ldx, ldx, M - Ml, w, y + Ml * ldy, ldy, accumulate);
     }
     if (want_lt && w->type == K_W_BF16 && w->cols % 8 == 0 && ldy % 4 == 0)
         return lt_bf16_from_f32(c, x, ldx, M, w, y, ldy, accumulate);
-    return gemv(x, ldx, M, w, y, ldy, accumulate, c->st);
+    return gemv(c, x, ldx, M, w, y, ldy, accumulate);
 }
 
 /* Both weights take the GEMV path in one launch, or neither (then kc_gemm each). */
@@ -883,7 +944,7 @@ int kc_gemm_pair(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight
     if (M == 0)
         return 0;
     if (pair_fusable(c, x, ldx, M, w1, w2))
-        return gv_dispatch(x, ldx, M, w1, y1, ldy1, w2, y2, ldy2, 0, 0, c->st);
+        return gv_dispatch(c, x, ldx, M, w1, y1, ldy1, w2, y2, ldy2, 0, 0);
     size_t Ml = M & ~(size_t)15;
     if ((int)M > c->gemv_max_m && Ml && w1->cols == w2->cols && lt_fp8_ok(c, w1, ldy1) &&
         lt_fp8_ok(c, w2, ldy2)) {
@@ -920,7 +981,7 @@ int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight 
     if (g->rows != u->rows || g->cols != u->cols || ldh < g->rows)
         return -1;
     if (pair_fusable(c, x, ldx, M, g, u))
-        return gv_dispatch(x, ldx, M, g, h, ldh, u, NULL, 0, 1, 0, c->st);
+        return gv_dispatch(c, x, ldx, M, g, h, ldh, u, NULL, 0, 1, 0);
     float *ub = (float *)kc_ctx_scratch(c, KC_SCRATCH_GLU, M * u->rows * sizeof(float));
     if (!ub)
         return (int)cudaErrorMemoryAllocation;

@@ -305,6 +305,7 @@ static void test_act_quant_and_fp8(kc_ctx *ctx)
 
 static void test_gemm(kc_ctx *ctx)
 {
+    kc_set_gemv_a8(0); /* the GEMV checks here are W8A32; test_gemv_a8 has the FP8 path */
     const char *why;
     int mode = kc_ctx_fp8_lt_mode(ctx, &why);
     printf("INFO cuBLASLt FP8 block scaling: %s\n", why);
@@ -365,12 +366,100 @@ static void test_gemm(kc_ctx *ctx)
         cudaFree(dx);
         cudaFree(dy);
     }
+    kc_set_gemv_a8(1);
+}
+
+/* y (=, or += when acc) the W8A8 reference of kc_gemm at 3..16 tokens: 16-token tiles of
+ * 3+ tokens quantized 1x128 (k_act_quant) and multiplied block-scaled (k_gemm_fp8);
+ * tiles of 1 or 2 tokens (and K not a multiple of 128) in fp32 activations (k_gemm). */
+static void ref_gemm_a8(const float *x, size_t M, const W &w, float *y, int acc)
+{
+    size_t N = w.h.rows, K = w.h.cols, nb = K / 128;
+    for (size_t m0 = 0; m0 < M; m0 += 16) {
+        size_t nm = M - m0 < 16 ? M - m0 : 16;
+        std::vector<float> r(nm * N);
+        if (nm >= 3 && K % 128 == 0) {
+            std::vector<uint8_t> a(nm * K);
+            std::vector<float> as(nm * nb);
+            k_act_quant(x + m0 * K, K, nm, K, a.data(), as.data());
+            k_gemm_fp8(a.data(), as.data(), nm, w.q.data(), w.s.data(), N, K, r.data(), N);
+        } else {
+            k_gemm(x + m0 * K, K, nm, &w.h, r.data(), N, 0);
+        }
+        for (size_t i = 0; i < nm * N; i++)
+            y[m0 * N + i] = acc ? y[m0 * N + i] + r[i] : r[i];
+    }
+}
+
+/* The FP8 tensor-core GEMV (3..16 tokens, gemv_a8.cu) against ref_gemm_a8: one weight
+ * (accumulating), partial row tiles, K not a multiple of 128 (W8A32 fallback), token
+ * counts across the 8-token MMA groups and past one 16-token tile; the q_a/kv_a pair
+ * and the fused SiLU-GLU. The MMA sums 32 products per instruction in the tensor core;
+ * the rest is fp32 as the reference, in another order. */
+static void test_gemv_a8(kc_ctx *ctx)
+{
+    kc_set_gemv_a8(1);
+    struct {
+        size_t N, K;
+    } shapes[] = {{2048, 7168}, {1536, 1536}, {260, 2048}, {100, 1552}, {7168, 18432}};
+    for (auto &s : shapes) {
+        W w = make_w(K_W_FP8, s.N, s.K);
+        for (size_t M : {(size_t)3, (size_t)5, (size_t)8, (size_t)9, (size_t)16, (size_t)17,
+                         (size_t)19}) {
+            if (s.K > 8192 && M != 8)
+                continue;
+            auto x = randv(M * s.K);
+            std::vector<float> y0 = randv(M * s.N), ref = y0;
+            ref_gemm_a8(x.data(), M, w, ref.data(), 1);
+            float *dx = up(x), *dy = up(y0);
+            CK(kc_gemm(ctx, dx, s.K, M, &w.d, dy, s.N, 1, 1));
+            auto got = down(dy, M * s.N);
+            char name[128];
+            snprintf(name, sizeof name, "gemm FP8 tensor-core GEMV fp8 %zux%zu M=%zu accumulate%s",
+                     s.N, s.K, M, s.K % 128 ? " (K not a multiple of 128: W8A32)" : "");
+            report(name, rel_err(got.data(), ref.data(), ref.size()), 1e-4);
+            cudaFree(dx), cudaFree(dy);
+        }
+    }
+    for (size_t M : {(size_t)4, (size_t)8, (size_t)13}) {
+        W a = make_w(K_W_FP8, 1536, 7168), b = make_w(K_W_FP8, 576, 7168);
+        auto x = randv(M * 7168);
+        std::vector<float> r1(M * 1536), r2(M * 576);
+        ref_gemm_a8(x.data(), M, a, r1.data(), 0);
+        ref_gemm_a8(x.data(), M, b, r2.data(), 0);
+        float *dx = up(x), *d1 = poisoned<float>(M * 1536), *d2 = poisoned<float>(M * 576);
+        CK(kc_gemm_pair(ctx, dx, 7168, M, &a.d, d1, 1536, &b.d, d2, 576));
+        auto g1 = down(d1, M * 1536), g2 = down(d2, M * 576);
+        char name[96];
+        snprintf(name, sizeof name, "gemm FP8 tensor-core GEMV pair 1536+576 x 7168 M=%zu", M);
+        report(name, fmax(rel_err(g1.data(), r1.data(), r1.size()), rel_err(g2.data(), r2.data(), r2.size())), 1e-4);
+        cudaFree(dx), cudaFree(d1), cudaFree(d2);
+    }
+    for (size_t M : {(size_t)3, (size_t)8, (size_t)16}) {
+        size_t I = 2048, D = 7168, ldh = I + 8;
+        W g = make_w(K_W_FP8, I, D), u = make_w(K_W_FP8, I, D);
+        auto x = randv(M * D);
+        std::vector<float> rg(M * I), ru(M * I), ref(M * ldh, 0.0f);
+        ref_gemm_a8(x.data(), M, g, rg.data(), 0);
+        ref_gemm_a8(x.data(), M, u, ru.data(), 0);
+        for (size_t m = 0; m < M; m++)
+            k_silu_mul(rg.data() + m * I, ru.data() + m * I, ref.data() + m * ldh, I);
+        float *dx = up(x), *dh = poisoned<float>(M * ldh);
+        cudaMemset(dh, 0, M * ldh * 4);
+        CK(kc_gemm_glu(ctx, dx, D, M, &g.d, &u.d, dh, ldh));
+        auto got = down(dh, M * ldh);
+        char name[96];
+        snprintf(name, sizeof name, "gemm FP8 tensor-core GEMV SiLU-GLU 2x%zux%zu M=%zu", I, D, M);
+        report(name, rel_err(got.data(), ref.data(), ref.size()), 1e-4);
+        cudaFree(dx), cudaFree(dh);
+    }
 }
 
 /* The GEMV variants (hardware / integer FP8 decode), the fused pair and
  * the fused SiLU-GLU, against the CPU reference. */
 static void test_gemv_fused(kc_ctx *ctx)
 {
+    kc_set_gemv_a8(0); /* W8A32 checks; test_gemv_a8 has the FP8 path */
     W w = make_w(K_W_FP8, 576, 7168);
     for (int v = 0; v < 2; v++)
         for (size_t M : {(size_t)1, (size_t)4}) {
@@ -428,6 +517,7 @@ static void test_gemv_fused(kc_ctx *ctx)
         report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
         cudaFree(dx), cudaFree(dh);
     }
+    kc_set_gemv_a8(1);
 }
 
 static void test_moe(kc_ctx *ctx)
@@ -794,6 +884,7 @@ int main(void)
     test_act_quant_and_fp8(ctx);
     test_gemm(ctx);
     test_gemv_fused(ctx);
+    test_gemv_a8(ctx);
     test_moe(ctx);
     test_router();
     test_attn();

@@ -3,12 +3,13 @@
 # ranks, run by dsr1-serve --backend cuda (one process per GPU through
 # scripts/launch_local.sh), against the transformers goldens:
 #   logits: max|diff| / max|ref| <= 2e-2; greedy tokens equal to the goldens'.
-# Numerics: GEMMs of at most DSR1_GEMV_MAX_M tokens run W8A32 (fp32 activations, exact
-# dequantization, as the CPU reference); larger ones quantize activations 1x128 to FP8
-# (DeepSeek's scheme, cuBLASLt). This test sets DSR1_GEMV_MAX_M=100000 unless the caller
-# sets it: with FP8 activations (default 16) prompt 2 of the goldens (24 tokens) flips
-# its third greedy token on the tiny random model (measured on H200: 23 of 31 checks
-# pass, every failure on prompt 2), which is quantization noise, not a wrong result.
+# Numerics: GEMMs of 1 or 2 tokens run W8A32 (fp32 activations, exact dequantization, as
+# the CPU reference); 3..16 tokens quantize activations 1x128 to FP8 (DeepSeek's scheme)
+# on FP8 tensor cores (DSR1_GEMV_A8=0: W8A32 up to DSR1_GEMV_MAX_M), more go to cuBLASLt
+# FP8. This test sets DSR1_GEMV_MAX_M=100000 and DSR1_GEMV_A8=0 unless the caller sets
+# them: with FP8 activations prompt 2 of the goldens (24 tokens) flips its third greedy
+# token on the tiny random model (measured on H200: 23 of 31 checks pass, every failure
+# on prompt 2), which is quantization noise, not a wrong result.
 # Plus, for NGPU >= 2: the same on two "nodes" (two process groups, NCCL over its
 # network transport), and a rank whose shard is corrupted stopping every rank with
 # one message naming it, and peers that die after joining (DSR1_TEST_FAULT: stalled
@@ -21,7 +22,7 @@ N=${1:?usage: test_nccl.sh NGPU}
 BIN=${BIN:-build/bin}
 PY=${PY:-python3}
 export NCCL_NVLS_ENABLE=0
-export DSR1_GEMV_MAX_M=${DSR1_GEMV_MAX_M:-100000}
+export DSR1_GEMV_MAX_M=${DSR1_GEMV_MAX_M:-100000} DSR1_GEMV_A8=${DSR1_GEMV_A8:-0}
 T=$(mktemp -d /tmp/dsr1-nccl-XXXXXX)
 trap 'rm -rf "$T"' EXIT
 pass=0 fail=0
