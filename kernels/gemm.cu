@@ -266,6 +266,8 @@ void kc_set_pdl(int on)
 static int g_ks = -1; /* warps splitting K: 0 = by K (tg_ks), else 1, 2, 4 or 8; -1: not
                        * read yet from DSR1_GEMV_KS (for measuring) */
 
+#define GV_MIN_STAGED_BLOCKS 128 /* about one per SM on H100 / H200 */
+
 /* Token tiles of up to 16 rows, each launched at the smallest MT that holds it. */
 template <int WT, int NW, int DEC>
 static int gv_run(gv_args a, cudaStream_t st)
@@ -278,8 +280,16 @@ static int gv_run(gv_args a, cudaStream_t st)
     const int M = a.M;
     const float *x0 = a.x;
     float *y0[2] = {a.j[0].y, a.j[1].y};
-    for (int m0 = 0; m0 < M; m0 += 16) {
-        int nm = M - m0 < 16 ? M - m0 : 16, rc;
+    /* The staged kernel (3..16 tokens) gives a block 8 * RB rows and no K split: a
+     * narrow weight (the 256-row router) gets a handful of blocks (H200, batch 8: 52 us
+     * for 3.7 MB). Those take the K-split kernel two tokens at a time instead. */
+    const size_t staged_rows = (size_t)8 * tg_rb(NW);
+    const bool narrow = kc_blocks(a.j[0].N, (unsigned)staged_rows) +
+                            (NW == 1 && a.j[1].w ? kc_blocks(a.j[1].N, (unsigned)staged_rows) : 0) <
+                        GV_MIN_STAGED_BLOCKS;
+    const int tile = narrow ? 2 : 16;
+    for (int m0 = 0; m0 < M; m0 += tile) {
+        int nm = M - m0 < tile ? M - m0 : tile, rc;
         a.M = nm;
         a.x = x0 + (size_t)m0 * a.ldx;
         for (int j = 0; j < 2; j++)
