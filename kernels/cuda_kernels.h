@@ -76,6 +76,10 @@ void kc_set_gemv_variant(int v);
  * DSR1_GEMV_A8) quantizes the activations 1x128 to FP8 as DeepSeek's reference does and
  * runs FP8 tensor cores (gemv_a8.cu); 0 keeps them W8A32 on the tile GEMV. */
 void kc_set_gemv_a8(int on);
+/* Peak HBM bandwidth of the current device from its memory clock and bus width, GB/s
+ * (0 when unknown); cached for the one device a process drives. The one/two-token
+ * GEMV picks its K split by it (gemm.cu, gv_pick_ks). */
+double kc_hbm_peak_gbs(void);
 void kc_set_gemv_ks(int ks);
 /* force: 0 auto, 1 GEMV kernel, 2 cuBLASLt (for benchmarks and tests) */
 int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, float *y,

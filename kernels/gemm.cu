@@ -267,6 +267,47 @@ static int g_ks = -1; /* warps splitting K: 0 = by K (tg_ks), else 1, 2, 4 or 8;
                        * read yet from DSR1_GEMV_KS (for measuring) */
 
 #define GV_MIN_STAGED_BLOCKS 128 /* about one per SM on H100 / H200 */
+#define GV_MIN_BLOCKS 264        /* two per SM */
+
+double kc_hbm_peak_gbs(void)
+{
+    static int dev = -1;
+    static double gbs = 0.0;
+    int d = 0, clk = 0, bus = 0;
+    if (cudaGetDevice(&d) != cudaSuccess) {
+        cudaGetLastError();
+        return 0.0;
+    }
+    if (d != dev) {
+        if (cudaDeviceGetAttribute(&clk, cudaDevAttrMemoryClockRate, d) != cudaSuccess ||
+            cudaDeviceGetAttribute(&bus, cudaDevAttrGlobalMemoryBusWidth, d) != cudaSuccess) {
+            cudaGetLastError();
+            clk = bus = 0;
+        }
+        gbs = 2.0 * clk * 1e3 * (bus / 8.0) / 1e9; /* double data rate */
+        dev = d;
+    }
+    return gbs;
+}
+
+/* Warps splitting K in the one/two-token tile GEMV. On parts with a peak HBM bandwidth
+ * of 3.7 TB/s or more (H200: 4.8): 2 (1 when K has at most 3 chunks of 32 * V), doubled while the launch would
+ * have fewer than GV_MIN_BLOCKS blocks. H200, dense layer at batch 1: 202.5 -> 192.4 us
+ * with 2 everywhere, but the MoE layer lost 5 us on the 256-row router (16 blocks);
+ * per shape (same run, ks 1/2/4/8): o_proj 37.5/32.5/33.4/34.3 us, down 41.4/36.1/36.6/
+ * 38.8, q_b 14.9/15.8/18.4/27.1, a TP8 rank's gate 14.8/11.3/9.6/10.2 (2304 rows).
+ * Slower parts (H100) keep tg_ks's "as many as there are chunks, up to 8": 2 everywhere
+ * cost 248 -> 264 us a dense layer there (session 3; not re-measured since). */
+static int gv_pick_ks(size_t K, int V, size_t rows, int rb)
+{
+    if (kc_hbm_peak_gbs() < 3700.0)
+        return tg_ks(K, V);
+    size_t chunks = (K + 32 * (size_t)V - 1) / (32 * (size_t)V);
+    int ks = chunks <= 3 ? 1 : 2;
+    while (ks < 8 && (size_t)ks < chunks && kc_blocks(rows, (unsigned)((8 / ks) * rb)) < GV_MIN_BLOCKS)
+        ks *= 2;
+    return ks;
+}
 
 /* Token tiles of up to 16 rows, each launched at the smallest MT that holds it. */
 template <int WT, int NW, int DEC>
@@ -276,7 +317,8 @@ static int gv_run(gv_args a, cudaStream_t st)
         const char *e = getenv("DSR1_GEMV_KS");
         kc_set_gemv_ks(e ? atoi(e) : 0);
     }
-    a.ks = g_ks ? g_ks : tg_ks(a.K, wvec<WT>::V);
+    const size_t rows = a.j[0].N + (NW == 1 && a.j[1].w ? a.j[1].N : 0);
+    a.ks = g_ks ? g_ks : gv_pick_ks(a.K, wvec<WT>::V, rows, tg_rb(NW));
     const int M = a.M;
     const float *x0 = a.x;
     float *y0[2] = {a.j[0].y, a.j[1].y};

@@ -257,6 +257,10 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
             g(nm, &L->q_b);
             snprintf(nm, sizeof nm, "gate_proj (ks=%d)", ks);
             g(nm, &L->gate);
+            snprintf(nm, sizeof nm, "o_proj (ks=%d)", ks);
+            g(nm, &L->o);
+            snprintf(nm, sizeof nm, "down_proj (ks=%d)", ks);
+            g(nm, &L->down);
         }
         kc_set_gemv_ks(0);
         {
@@ -401,8 +405,8 @@ int main(int argc, char **argv)
     double bw = copy_bw();
     const char *why;
     kc_ctx_fp8_lt_mode(m->kc, &why);
-    printf("device=%s\ncopy_bw_TBps=%.3f\nupload_s=%.2f (%.2f GB)\nfp8_lt=%s\n", p.name,
-           bw / 1e12, m->upload_s, m->arena_bytes / 1e9, why);
+    printf("device=%s\ncopy_bw_TBps=%.3f hbm_peak_TBps=%.2f\nupload_s=%.2f (%.2f GB)\nfp8_lt=%s\n",
+           p.name, bw / 1e12, kc_hbm_peak_gbs() / 1e3, m->upload_s, m->arena_bytes / 1e9, why);
     printf("plan=tp%d ep%d pp%d rank=%d heads_local=%zu%s\n", h->tp, (int)mf->plan.ep,
            (int)mf->plan.pp, rank, h->heads,
            mf->plan.world_size > 1 ? " (this rank alone: collectives skipped, timing only)" : "");
