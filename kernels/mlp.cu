@@ -259,9 +259,13 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
     constexpr int RB = tg_rb(1);
     __shared__ tg_smem<MT, RB, 1> sm;
     int e, st, cnt;
-    kc_pdl_wait(); /* the expert comes from the router (or the plan) */
+    /* The expert comes from the router (or the plan), launched before moe_up: complete
+     * before this kernel's blocks run (kc_pdl_wait's contract), so the lookups and the
+     * first weight loads go ahead of the wait for h (1-2 token tiles, tile_gemv PRE). */
     if (!moe_entry(a, meta, blockIdx.y, e, st, cnt))
         return; /* block-uniform */
+    if constexpr (MT > 2)
+        kc_pdl_wait();
     const size_t I = (size_t)e < a.n ? a.I : a.Is, D = a.D, N = a.ts;
     const size_t row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB;
     const uint8_t *W[1] = {(const uint8_t *)a.tab[T_DD * N + e]};
@@ -279,7 +283,10 @@ __global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int
 #pragma unroll
             for (int m = 0; m < MT; m++)
                 xr[m] = h + (size_t)(st + c0 + (m < nm ? m : 0)) * a.ldh;
-            tile_gemv<WT, MT, RB, 1, 0, false>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+            if (c0 == 0)
+                tile_gemv<WT, MT, RB, 1, 0, true>(W, S, sl, row0, D, I, xr, nm, ks, sm);
+            else
+                tile_gemv<WT, MT, RB, 1, 0, false>(W, S, sl, row0, D, I, xr, nm, ks, sm);
         }
         for (int t = threadIdx.x; t < (8 / ks) * RB * MT; t += blockDim.x) {
             int g = t / (RB * MT), r = (t / MT) % RB, m = t % MT;

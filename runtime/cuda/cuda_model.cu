@@ -404,6 +404,8 @@ static int ffn(cm_model *m, cm_layer *L, const float *x, size_t T, float *out, i
     NEED(lr && w && idx);
     CUK(kc_gemm(m->kc, x, H, T, &L->router, lr, E, 0, 0), "router gate");
     int rc = kc_router(&h->rcfg, lr, L->bias, T, idx, w, m->st);
+    if (rc > 0)
+        return cu_err(err, rc, "router");
     if (rc)
         return dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
                             "cuda router: config unsupported (%u experts, %u groups): %s",
