@@ -1,5 +1,6 @@
 /* npy: atomic float32 .npy writer (see npy.h). */
 #include "npy.h"
+#include "watchdog.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +71,7 @@ int rt_npy_out_open(rt_npy_out *o, const char *path, dsr1_err *err)
         return dsr1_err_set(err, DSR1_E_IO, 0, e, "%s: cannot create a file beside it", path);
     }
     fchmod(o->fd, 0644);
+    o->wd = rt_watchdog_remove_on_fire(o->tmp);
     return 0;
 }
 
@@ -136,6 +138,8 @@ void rt_npy_out_abort(rt_npy_out *o)
     o->fd = -1;
     if (o->tmp)
         unlink(o->tmp);
+    rt_watchdog_keep_on_fire(o->wd); /* gone or renamed into place */
+    o->wd = 0;
     free(o->tmp);
     free(o->path);
     o->tmp = o->path = NULL;

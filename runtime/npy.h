@@ -23,10 +23,12 @@ typedef struct rt_npy_out {
     char *path;   /* target */
     char *tmp;    /* temp file in the target's directory; NULL once committed/aborted */
     int fd;
+    int wd; /* rt_watchdog_remove_on_fire's handle for tmp (0: none) */
 } rt_npy_out;
 
 /* Create the temp file for `path`. A path that is a directory, or whose directory
- * is missing or unwritable, fails here (DSR1_E_IO, or DSR1_E_USAGE for a directory). */
+ * is missing or unwritable, fails here (DSR1_E_IO, or DSR1_E_USAGE for a directory).
+ * A watchdog that ends the process meanwhile removes the temp file (watchdog.h). */
 int rt_npy_out_open(rt_npy_out *o, const char *path, dsr1_err *err);
 /* Write [rows, cols] float32, fsync, rename into place, fsync the directory. The temp
  * file is removed on failure. */

@@ -19,6 +19,43 @@ struct rt_watchdog {
     char msg[512];
 };
 
+/* rt_watchdog_remove_on_fire's table: a slot's path is complete before its flag is
+ * set (release), and the firing thread reads only flagged slots (acquire). */
+#include <limits.h>
+#include <stdatomic.h>
+#include <string.h>
+static char wd_files[RT_WATCHDOG_FILES][PATH_MAX];
+static atomic_int wd_used[RT_WATCHDOG_FILES];
+
+int rt_watchdog_remove_on_fire(const char *path)
+{
+    if (!path || strlen(path) >= PATH_MAX)
+        return 0;
+    for (int i = 0; i < RT_WATCHDOG_FILES; i++) {
+        int want = 0;
+        /* claim (2: being written), copy, then publish (1) */
+        if (atomic_compare_exchange_strong(&wd_used[i], &want, 2)) {
+            strcpy(wd_files[i], path);
+            atomic_store_explicit(&wd_used[i], 1, memory_order_release);
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+void rt_watchdog_keep_on_fire(int handle)
+{
+    if (handle > 0 && handle <= RT_WATCHDOG_FILES)
+        atomic_store_explicit(&wd_used[handle - 1], 0, memory_order_release);
+}
+
+static void remove_registered(void)
+{
+    for (int i = 0; i < RT_WATCHDOG_FILES; i++)
+        if (atomic_load_explicit(&wd_used[i], memory_order_acquire) == 1)
+            unlink(wd_files[i]);
+}
+
 static int past(const struct timespec *d)
 {
     struct timespec now;
@@ -40,6 +77,7 @@ static void *wd_main(void *p)
             n = (int)sizeof line - 1;
         ssize_t wr = write(2, line, (size_t)n); /* no stdio: the blocked thread may hold its lock */
         (void)wr;
+        remove_registered();
         _exit(w->code);
     }
     pthread_mutex_unlock(&w->mu);

@@ -9,9 +9,10 @@
  * (one line, prefixed by the program name as the tools print errors) to stderr and ends
  * the process with _exit(code): no destructors or atexit handlers run, since the
  * blocked thread may hold any lock. rt_watchdog_rearm moves the deadline of a running
- * watchdog (a progress deadline over a loop). Files the process was writing stay as they were
- * (the tools write outputs through hidden temp files renamed at the end, so nothing
- * half-written takes a final name). Arming never blocks; a failure to start the thread
+ * watchdog (a progress deadline over a loop). The tools write outputs through hidden
+ * temp files renamed at the end, so nothing half-written takes a final name; temp files
+ * registered with rt_watchdog_remove_on_fire are removed before the exit. Arming never
+ * blocks; a failure to start the thread
  * returns NULL and the call simply runs unguarded. */
 #ifndef DSR1_WATCHDOG_H
 #define DSR1_WATCHDOG_H
@@ -26,5 +27,13 @@ void rt_watchdog_rearm(rt_watchdog *w, double seconds, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Cancel (if not fired) and free; NULL is a no-op. */
 void rt_watchdog_disarm(rt_watchdog *w);
+
+/* Files a firing watchdog removes before _exit: the hidden temp file of an output
+ * still being written (npy.c registers its own), which the exit would otherwise leave
+ * behind. The path is copied. Returns a handle > 0, or 0 when RT_WATCHDOG_FILES are
+ * already registered (then that file is not removed). Removing handle 0 is a no-op. */
+#define RT_WATCHDOG_FILES 8
+int rt_watchdog_remove_on_fire(const char *path);
+void rt_watchdog_keep_on_fire(int handle);
 
 #endif

@@ -1,11 +1,13 @@
 /* rt_watchdog: a disarmed deadline never fires; an expired one ends the process with
- * its exit code and one line on stderr; a re-arm moves the deadline and message
+ * its exit code and one line on stderr, removing the registered temp files (an open
+ * rt_npy_out's among them) and no other; a re-arm moves the deadline and message
  * (checked in forked children). */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "npy.h"
 #include "test.h"
 #include "watchdog.h"
 
@@ -58,6 +60,78 @@ static void kept_alive_then_stalled(void)
     }
     for (int i = 0; i < 100; i++) /* step 9 stalls */
         usleep(100000);
+}
+
+static char g_dir[64];
+
+/* an output being written (hidden temp file), another registered then released, one
+ * never registered; then stuck until the watchdog fires */
+static void stuck_while_writing(void)
+{
+    char p[128];
+    rt_npy_out o;
+    dsr1_err err;
+    snprintf(p, sizeof p, "%s/logits.npy", g_dir);
+    if (rt_npy_out_open(&o, p, &err) != 0)
+        _exit(9);
+    snprintf(p, sizeof p, "%s/released", g_dir);
+    FILE *f = fopen(p, "w");
+    if (!f)
+        _exit(9);
+    fclose(f);
+    rt_watchdog_keep_on_fire(rt_watchdog_remove_on_fire(p));
+    snprintf(p, sizeof p, "%s/other", g_dir);
+    if (!(f = fopen(p, "w")))
+        _exit(9);
+    fclose(f);
+    stuck();
+}
+
+static int count_files(const char *dir, int *hidden)
+{
+    char cmd[160], line[256];
+    int n = 0;
+    *hidden = 0;
+    snprintf(cmd, sizeof cmd, "ls -A %s", dir);
+    FILE *p = popen(cmd, "r");
+    while (p && fgets(line, sizeof line, p)) {
+        n++;
+        *hidden += line[0] == '.';
+    }
+    if (p)
+        pclose(p);
+    return n;
+}
+
+TEST(watchdog_removes_registered_temp_files_on_fire)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/dsr1-wd-XXXXXX");
+    CHECK(mkdtemp(g_dir) != NULL);
+    char buf[1024];
+    int st = in_child(stuck_while_writing, buf, sizeof buf);
+    CHECK(WIFEXITED(st));
+    CHECK_EQ_INT(WEXITSTATUS(st), 7);
+    int hidden = 0, n = count_files(g_dir, &hidden);
+    CHECK_MSG(hidden == 0, "%d hidden temp file(s) left in %s", hidden, g_dir);
+    CHECK_EQ_INT(n, 2); /* "released" and "other" stay */
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
+    CHECK(system(cmd) == 0);
+}
+
+TEST(watchdog_remove_on_fire_table_is_bounded)
+{
+    int h[RT_WATCHDOG_FILES + 1];
+    for (int i = 0; i <= RT_WATCHDOG_FILES; i++)
+        h[i] = rt_watchdog_remove_on_fire("/nonexistent/x");
+    for (int i = 0; i < RT_WATCHDOG_FILES; i++)
+        CHECK(h[i] > 0);
+    CHECK_EQ_INT(h[RT_WATCHDOG_FILES], 0);
+    for (int i = 0; i <= RT_WATCHDOG_FILES; i++)
+        rt_watchdog_keep_on_fire(h[i]);
+    int again = rt_watchdog_remove_on_fire("/nonexistent/y");
+    CHECK(again > 0);
+    rt_watchdog_keep_on_fire(again);
 }
 
 TEST(watchdog_rearm_moves_the_deadline_and_message)
