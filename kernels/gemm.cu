@@ -186,14 +186,6 @@ __global__ void gemv_scalar_kernel(const float *x, size_t ldx, size_t M, int typ
  * One job = one weight and its output; two jobs on the same input share a launch
  * (blocks [0, nb0) run job 0). NW = 2 is the fused gate/up SiLU-GLU of job 0's weight
  * (gate) and job 1's weight (up), written to job 0's output. */
-struct gv_job {
-    const uint8_t *w;
-    const float *s;
-    size_t sld, N;
-    float *y;
-    size_t ldy;
-};
-
 struct gv_args {
     const float *x;
     size_t ldx, K;
@@ -325,10 +317,7 @@ static int gv_run(gv_args a, cudaStream_t st)
     /* The staged kernel (3..16 tokens) gives a block 8 * RB rows and no K split: a
      * narrow weight (the 256-row router) gets a handful of blocks (H200, batch 8: 52 us
      * for 3.7 MB). Those take the K-split kernel two tokens at a time instead. */
-    const size_t staged_rows = (size_t)8 * tg_rb(NW);
-    const bool narrow = kc_blocks(a.j[0].N, (unsigned)staged_rows) +
-                            (NW == 1 && a.j[1].w ? kc_blocks(a.j[1].N, (unsigned)staged_rows) : 0) <
-                        GV_MIN_STAGED_BLOCKS;
+    const bool narrow = kc_blocks(rows, (unsigned)(8 * tg_rb(NW))) < GV_MIN_STAGED_BLOCKS;
     const int tile = narrow ? 2 : 16;
     for (int m0 = 0; m0 < M; m0 += tile) {
         int nm = M - m0 < tile ? M - m0 : tile, rc;
@@ -432,10 +421,9 @@ static int gv_a8(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight
         a8_args a;
         memset(&a, 0, sizeof a);
         a.a = codes, a.as = sc, a.K = K, a.M = (int)nm, a.accumulate = accumulate;
-        a.j[0] = {(const uint8_t *)w1->data, w1->scale, w1->scale_ld, w1->rows, z1, ldy1};
+        a.j[0] = gv_job_of(w1, z1, ldy1);
         if (w2)
-            a.j[1] = {(const uint8_t *)w2->data, w2->scale, w2->scale_ld, w2->rows, glu ? NULL : z2,
-                      ldy2};
+            a.j[1] = gv_job_of(w2, glu ? NULL : z2, ldy2);
         if ((rc = kc_gemv_a8_launch(a, glu, c->st)))
             return rc;
     }

@@ -19,24 +19,26 @@ int kc_act_quant_strided(const float *x, size_t ldx, size_t M, size_t K, uint8_t
 struct kc_ctx;
 void *kc_ctx_scratch(struct kc_ctx *c, int i, size_t n);
 
-/* gemv_a8.cu: the FP8 tensor-core GEMV for 3..16 tokens. Job j: weight w [N, K] FP8
- * with block scales s (row stride sld), output y [M, N] (row stride ldy). Codes a [M, K]
- * and scales as [M, K/128] from kc_act_quant (K a multiple of 128). Two jobs on the
- * same codes share a launch; glu: y0 = silu(x w0^T) * (x w1^T). */
-struct a8_job {
+/* One job of a GEMV launch (gemm.cu's tile GEMV, gemv_a8.cu): weight w [N, K] with its
+ * block scales s (row stride sld; FP8 only), output y [M, N] (row stride ldy). */
+struct gv_job {
     const uint8_t *w;
     const float *s;
     size_t sld, N;
     float *y;
     size_t ldy;
 };
+
+/* gemv_a8.cu: the FP8 tensor-core GEMV for 3..16 tokens on FP8 jobs. Codes a [M, K] and
+ * scales as [M, K/128] from kc_act_quant (K a multiple of 128). Two jobs on the same
+ * codes share a launch; glu: y0 = silu(x w0^T) * (x w1^T). */
 struct a8_args {
     const uint8_t *a;
     const float *as;
     size_t K;
     int M, accumulate;
     unsigned nb0; /* blocks of job 0 (set by the launcher) */
-    a8_job j[2];
+    gv_job j[2];
 };
 int kc_gemv_a8_launch(const a8_args &a, int glu, cudaStream_t st);
 

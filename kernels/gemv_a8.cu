@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(256) gemv_a8_kernel(a8_args a)
     int jb = 0;
     if (NW == 1 && bid >= a.nb0)
         jb = 1, bid -= a.nb0;
-    const a8_job &J = a.j[jb];
+    const gv_job &J = a.j[jb];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
     const size_t K = a.K, nb = K / 128, row0 = (size_t)bid * 16, N = J.N;
     /* rows past N re-read the last row; their results are not stored */
@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(256) gemv_a8_kernel(a8_args a)
     const float *ws[NW];
 #pragma unroll
     for (int j = 0; j < NW; j++) {
-        const a8_job &Jw = a.j[NW == 1 ? jb : j];
+        const gv_job &Jw = a.j[NW == 1 ? jb : j];
         w0[j] = Jw.w + r0 * K + tig * 16;
         w1[j] = Jw.w + r1 * K + tig * 16;
         ws[j] = Jw.s + (row0 >> 7) * Jw.sld;
@@ -67,14 +67,7 @@ __global__ void __launch_bounds__(256) gemv_a8_kernel(a8_args a)
         xin[g] = gid + 8 * g < a.M;
         xp[g] = a.a + (size_t)(xin[g] ? gid + 8 * g : 0) * K + tig * 16;
     }
-    float acc[NW][TG][4];
-#pragma unroll
-    for (int j = 0; j < NW; j++)
-#pragma unroll
-        for (int g = 0; g < TG; g++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                acc[j][g][i] = 0.0f;
+    float acc[NW][TG][4] = {};
 
     uint4 wr[NW][2][2]; /* [weight][row gid, gid + 8][step] of the scale block in flight */
     auto load_w = [&](size_t kb) {
@@ -98,18 +91,14 @@ __global__ void __launch_bounds__(256) gemv_a8_kernel(a8_args a)
             for (int s = 0; s < 2; s++)
                 xr[g][s] = xin[g] ? *reinterpret_cast<const uint4 *>(xp[g] + kb * 128 + s * 64)
                                   : make_uint4(0, 0, 0, 0);
-        float t[NW][TG][4];
+        float t[NW][TG][4] = {}; /* this scale block's sums */
 #pragma unroll
         for (int j = 0; j < NW; j++)
 #pragma unroll
-            for (int g = 0; g < TG; g++) {
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    t[j][g][i] = 0.0f;
+            for (int g = 0; g < TG; g++)
 #pragma unroll
                 for (int s = 0; s < 2; s++)
                     a8_step(t[j][g], wr[j][0][s], wr[j][1][s], xr[g][s]);
-            }
         float sw[NW];
 #pragma unroll
         for (int j = 0; j < NW; j++)

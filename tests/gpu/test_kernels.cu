@@ -369,6 +369,30 @@ static void test_gemm(kc_ctx *ctx)
     kc_set_gemv_a8(1);
 }
 
+/* kc_gemm_glu on M tokens of R1's expert shape (FP8 gate and up, 2048 x 7168, output
+ * row stride past I) against silu(ref(x, gate)) * ref(x, up), ref the CPU product the
+ * path being checked must equal. */
+template <class Ref>
+static void check_glu(kc_ctx *ctx, size_t M, const char *what, double tol, Ref ref)
+{
+    size_t I = 2048, D = 7168, ldh = I + 8;
+    W g = make_w(K_W_FP8, I, D), u = make_w(K_W_FP8, I, D);
+    auto x = randv(M * D);
+    std::vector<float> rg(M * I), ru(M * I), want(M * ldh, 0.0f);
+    ref(x.data(), M, g, rg.data());
+    ref(x.data(), M, u, ru.data());
+    for (size_t m = 0; m < M; m++)
+        k_silu_mul(rg.data() + m * I, ru.data() + m * I, want.data() + m * ldh, I);
+    float *dx = up(x), *dh = poisoned<float>(M * ldh);
+    cudaMemset(dh, 0, M * ldh * 4);
+    CK(kc_gemm_glu(ctx, dx, D, M, &g.d, &u.d, dh, ldh));
+    auto got = down(dh, M * ldh);
+    char name[128];
+    snprintf(name, sizeof name, "%s 2x%zux%zu M=%zu", what, I, D, M);
+    report(name, rel_err(got.data(), want.data(), want.size()), tol);
+    cudaFree(dx), cudaFree(dh);
+}
+
 /* y (=, or += when acc) the W8A8 reference of kc_gemm at 3..16 tokens: 16-token tiles of
  * 3+ tokens quantized 1x128 (k_act_quant) and multiplied block-scaled (k_gemm_fp8);
  * tiles of 1 or 2 tokens (and K not a multiple of 128) in fp32 activations (k_gemm). */
@@ -435,24 +459,9 @@ static void test_gemv_a8(kc_ctx *ctx)
         report(name, fmax(rel_err(g1.data(), r1.data(), r1.size()), rel_err(g2.data(), r2.data(), r2.size())), 1e-4);
         cudaFree(dx), cudaFree(d1), cudaFree(d2);
     }
-    for (size_t M : {(size_t)3, (size_t)8, (size_t)16}) {
-        size_t I = 2048, D = 7168, ldh = I + 8;
-        W g = make_w(K_W_FP8, I, D), u = make_w(K_W_FP8, I, D);
-        auto x = randv(M * D);
-        std::vector<float> rg(M * I), ru(M * I), ref(M * ldh, 0.0f);
-        ref_gemm_a8(x.data(), M, g, rg.data(), 0);
-        ref_gemm_a8(x.data(), M, u, ru.data(), 0);
-        for (size_t m = 0; m < M; m++)
-            k_silu_mul(rg.data() + m * I, ru.data() + m * I, ref.data() + m * ldh, I);
-        float *dx = up(x), *dh = poisoned<float>(M * ldh);
-        cudaMemset(dh, 0, M * ldh * 4);
-        CK(kc_gemm_glu(ctx, dx, D, M, &g.d, &u.d, dh, ldh));
-        auto got = down(dh, M * ldh);
-        char name[96];
-        snprintf(name, sizeof name, "gemm FP8 tensor-core GEMV SiLU-GLU 2x%zux%zu M=%zu", I, D, M);
-        report(name, rel_err(got.data(), ref.data(), ref.size()), 1e-4);
-        cudaFree(dx), cudaFree(dh);
-    }
+    for (size_t M : {(size_t)3, (size_t)8, (size_t)16})
+        check_glu(ctx, M, "gemm FP8 tensor-core GEMV SiLU-GLU", 1e-4,
+                  [](const float *x, size_t m, const W &w, float *y) { ref_gemm_a8(x, m, w, y, 0); });
 }
 
 /* The GEMV variants (hardware / integer FP8 decode), the fused pair and
@@ -499,24 +508,11 @@ static void test_gemv_fused(kc_ctx *ctx)
             report(name, e, M > 16 && p.t == K_W_FP8 && p.K % 128 == 0 ? 5e-2 : M > 16 ? 1e-2 : 2e-5);
             cudaFree(dx), cudaFree(d1), cudaFree(d2);
         }
-    for (size_t M : {(size_t)1, (size_t)2, (size_t)7, (size_t)16}) {
-        size_t I = 2048, D = 7168, ldh = I + 8;
-        W g = make_w(K_W_FP8, I, D), u = make_w(K_W_FP8, I, D);
-        auto x = randv(M * D);
-        std::vector<float> rg(M * I), ru(M * I), ref(M * ldh, 0.0f);
-        k_gemm(x.data(), D, M, &g.h, rg.data(), I, 0);
-        k_gemm(x.data(), D, M, &u.h, ru.data(), I, 0);
-        for (size_t m = 0; m < M; m++)
-            k_silu_mul(rg.data() + m * I, ru.data() + m * I, ref.data() + m * ldh, I);
-        float *dx = up(x), *dh = poisoned<float>(M * ldh);
-        cudaMemset(dh, 0, M * ldh * 4);
-        CK(kc_gemm_glu(ctx, dx, D, M, &g.d, &u.d, dh, ldh));
-        auto got = down(dh, M * ldh);
-        char name[96];
-        snprintf(name, sizeof name, "gemm fused SiLU-GLU fp8 2x%zux%zu M=%zu", I, D, M);
-        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
-        cudaFree(dx), cudaFree(dh);
-    }
+    for (size_t M : {(size_t)1, (size_t)2, (size_t)7, (size_t)16})
+        check_glu(ctx, M, "gemm fused SiLU-GLU fp8", 2e-5,
+                  [](const float *x, size_t m, const W &w, float *y) {
+                      k_gemm(x, w.h.cols, m, &w.h, y, w.h.rows, 0);
+                  });
     kc_set_gemv_a8(1);
 }
 
