@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_kernels.h"
 #include "cuda_util.cuh"
@@ -105,6 +106,7 @@ struct moe_k {
     size_t n, N, ts, I, Is, D, ldh, S, top_k, sld_gu, sld_d, sld_gu_s, sld_d_s;
     const int32_t *idx; /* one token: no plan, block row = slot (see moe_entry) */
     size_t e0;
+    int early; /* one token with the shared expert: moe_up runs it first (block row 0) */
 };
 
 /* One block: counting sort of the slots by local expert. meta = [n_active, act_e[N],
@@ -206,15 +208,23 @@ __device__ __forceinline__ int moe_slot(const moe_k &a, const int *order, int p)
 /* h[p, i] = silu(gate_e[i] . x[tok(p)]) * (up_e[i] . x[tok(p)]) for the sorted slots p of
  * active expert blockIdx.y, rows i of blockIdx.x's tile (gemv.cuh's tile_gemv with the
  * fused GLU): each weight byte is read once per MT slots of its expert. */
-template <int WT, int MT>
-__global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx, const int *order,
+template <int WT, int MT, int MINB>
+__global__ void __launch_bounds__(256, MINB) moe_up_kernel(const float *x, size_t ldx, const int *order,
                                                      const int *meta, moe_k a, int ks, float *h)
 {
     constexpr int RB = tg_rb(2);
     __shared__ tg_smem<MT, RB, 2> sm;
-    int e, st, cnt;
-    kc_pdl_wait(); /* the expert comes from the router (or the plan) */
-    if (!moe_entry(a, meta, blockIdx.y, e, st, cnt))
+    int e, st, cnt, ai = (int)blockIdx.y;
+    /* One token with the shared expert (a.early): its rows are block row 0, dispatched
+     * first, and they need nothing the kernel in front (the router's top-k) writes: x is
+     * two launches older, h is scratch no running kernel reads. So they stream their
+     * weights while the top-k runs, and wait (PDL) only at the end. */
+    const bool early = a.early && ai == 0;
+    if (a.early)
+        ai = early ? (int)a.S : ai - 1;
+    if (!early)
+        kc_pdl_wait(); /* the expert comes from the router (or the plan) */
+    if (!moe_entry(a, meta, ai, e, st, cnt))
         return; /* block-uniform */
     const size_t I = (size_t)e < a.n ? a.I : a.Is, N = a.ts;
     const size_t row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB;
@@ -248,11 +258,13 @@ __global__ void __launch_bounds__(256) moe_up_kernel(const float *x, size_t ldx,
         }
         __syncthreads(); /* sm.res is rewritten by the next tile */
     }
+    if (early)
+        kc_pdl_wait(); /* every thread waits once, converged */
 }
 
-/* out[slot(p), d] = down_e[d] . h[p] */
-template <int WT, int MT>
-__global__ void __launch_bounds__(256) moe_down_kernel(const float *h, const int *order,
+/* out[slot(p), d] = down_e[d] . h[p]. MINB: blocks per SM the registers must allow. */
+template <int WT, int MT, int MINB>
+__global__ void __launch_bounds__(256, MINB) moe_down_kernel(const float *h, const int *order,
                                                        const int *meta, moe_k a, int ks,
                                                        float *out)
 {
@@ -314,6 +326,43 @@ static void moe_ks_env(int *up, int *down)
     *up = u, *down = d;
 }
 
+static int moe_early_env(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("DSR1_MOE_EARLY");
+        v = !(e && !strcmp(e, "0"));
+    }
+    return v;
+}
+
+/* DSR1_MOE_OCC=0 (for measuring): no register caps on the expert kernels (below). */
+static int moe_occ_env(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("DSR1_MOE_OCC");
+        v = !(e && !strcmp(e, "0"));
+    }
+    return v;
+}
+
+/* The two expert launches, with __launch_bounds__ minimum blocks per SM UB (gate/up) and
+ * DB (down); 0: uncapped. */
+template <int WT, int MT, int UB, int DB>
+static int moe_launch2(size_t Imax, size_t A, int ksu, int ksd, const float *x, size_t ldx,
+                       const int *order, const int *meta, const moe_k &a, float *h, float *out,
+                       cudaStream_t st)
+{
+    /* x: row tiles (consecutive blocks read consecutive rows of one expert), y: experts.
+     * Measured on H100 against experts along x: no clear change. Blocks looping over
+     * several row tiles (to pay the plan and table lookups once) were slower. */
+    dim3 gu(kc_blocks(Imax, (unsigned)((8 / ksu) * tg_rb(2))), (unsigned)A);
+    dim3 gd(kc_blocks(a.D, (unsigned)((8 / ksd) * tg_rb(1))), (unsigned)A);
+    int rc = kc_launch(moe_up_kernel<WT, MT, UB>, gu, dim3(256), 0, st, x, ldx, order, meta, a, ksu, h);
+    return rc ? rc : kc_launch(moe_down_kernel<WT, MT, DB>, gd, dim3(256), 0, st, h, order, meta, a, ksd, out);
+}
+
 /* Launch both expert passes with tiles of MT slots (an expert with more loops). */
 template <int WT, int MT>
 static int moe_passes(const float *x, size_t ldx, const int *order, const int *meta,
@@ -330,13 +379,18 @@ static int moe_passes(const float *x, size_t ldx, const int *order, const int *m
      * (H200, TP1 MoE layer: 2 warps 237 us, 1 warp 228; see docs/cuda.md) */
     int ksu = MT > 2 ? 1 : eu ? eu : std::min(tg_ks(a.D, V), 2);
     int ksd = MT > 2 ? 1 : ed ? ed : 1;
-    /* x: row tiles (consecutive blocks read consecutive rows of one expert), y: experts.
-     * Measured on H100 against experts along x: no clear change. Blocks looping over
-     * several row tiles (to pay the plan and table lookups once) were slower. */
-    dim3 gu(kc_blocks(Imax, (unsigned)((8 / ksu) * tg_rb(2))), (unsigned)A);
-    dim3 gd(kc_blocks(a.D, (unsigned)((8 / ksd) * tg_rb(1))), (unsigned)A);
-    int rc = kc_launch(moe_up_kernel<WT, MT>, gu, dim3(256), 0, st, x, ldx, order, meta, a, ksu, h);
-    return rc ? rc : kc_launch(moe_down_kernel<WT, MT>, gd, dim3(256), 0, st, h, order, meta, a, ksd, out);
+    /* Register caps: one-slot down used 66 registers, so 3 blocks (24 warps, 48 KB of
+     * weight loads in flight) fit an SM against the dense GEMV's 4; capped at 64 it does
+     * not spill (H200, TP1 MoE layer at batch 1: 229 -> 214.5 us with this alone). Two-
+     * slot tiles (105-118 registers: 2 blocks) capped at 3 blocks spill 60-180 bytes and
+     * still win (batch 8: 1020 -> 974 us). */
+    if (moe_occ_env()) {
+        if constexpr (MT == 1)
+            return moe_launch2<WT, MT, 4, 4>(Imax, A, ksu, ksd, x, ldx, order, meta, a, h, out, st);
+        if constexpr (MT == 2)
+            return moe_launch2<WT, MT, 3, 3>(Imax, A, ksu, ksd, x, ldx, order, meta, a, h, out, st);
+    }
+    return moe_launch2<WT, MT, 0, 0>(Imax, A, ksu, ksd, x, ldx, order, meta, a, h, out, st);
 }
 
 template <int WT>
@@ -393,7 +447,7 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
         return -1;
     size_t n = m->n, D = m->D, N = n + (kc_moe_has_shared(m, T) ? 1 : 0);
     moe_k a = {m->tab, n, N, n + (m->Is ? 1 : 0), m->I, m->Is, D, m->I > m->Is ? m->I : m->Is, 0, top_k,
-               m->sld_gu, m->sld_d, m->sld_gu_s, m->sld_d_s, NULL, 0};
+               m->sld_gu, m->sld_d, m->sld_gu_s, m->sld_d_s, NULL, 0, 0};
     for (size_t t0 = 0; t0 < T; t0 += MOE_CHUNK) {
         size_t tn = T - t0 < MOE_CHUNK ? T - t0 : MOE_CHUNK, S = tn * top_k;
         size_t P = S + (N - n) * tn, A = (S < n ? S : n) + (N - n);
@@ -408,6 +462,7 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
         const float *cx = x + t0 * ldx;
         if (tn == 1) { /* one token: blocks per slot, no plan (moe_entry) */
             a.idx = ci, a.e0 = e0;
+            a.early = N > n && moe_early_env();
             A = S + (N - n);
         } else {
             a.idx = NULL;
