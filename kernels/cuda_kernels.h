@@ -108,7 +108,8 @@ int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, s
  * shape and type for all), and optionally the shared expert (shared = its gate, up,
  * down; same type and model dim, any intermediate size; -1 if not). kc_moe: slot s =
  * t * top_k + k of the router output (idx, w on the device); y[t] (row stride ldy) +=
- * sum over slots whose expert is local of w[s] * down(silu(gate x[t]) * up x[t]),
+ * (accumulate; else =, zero where nothing is local) sum over slots whose expert is local
+ * of w[s] * down(silu(gate x[t]) * up x[t]),
  * summed per token in k order (deterministic), then + the shared expert of x[t] when
  * prepared with one and T is small (kc_moe_has_shared(m, T); otherwise the caller runs
  * the shared expert). Weights are streamed once per tile of an
@@ -120,7 +121,11 @@ int kc_moe_prepare(kc_moe_w **out, size_t n, const k_weight *gate, const k_weigh
 int kc_moe_has_shared(const kc_moe_w *m, size_t T);
 void kc_moe_free(kc_moe_w *m);
 int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
-           const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy);
+           const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy,
+           int accumulate);
+/* One token: the down projections and the combine fused into one launch (1, default) or
+ * per-slot launches and a combine (0); -1: DSR1_MOE_FUSE decides (unset: fused). */
+void kc_moe_set_fuse(int on);
 
 /* ---- router.cu ---- logits [T, E] -> idx, w [T, top_k] (same picks as k_router; E up
  * to 1024, else -1) */

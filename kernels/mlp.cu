@@ -310,6 +310,134 @@ __global__ void __launch_bounds__(256, MINB) moe_down_kernel(const float *h, con
     }
 }
 
+/* One token (a.idx): every slot's down projection and the combine in one launch. A
+ * block owns rows [row0, row0 + (8 / ks) * RB) of y and streams those rows of each
+ * local slot's down weight, routed slots in k order, then the shared expert; its warps
+ * split K as in tile_gemv, and each (slot, warp, row) dot goes to shared memory. At the
+ * end the rows are summed as moe_combine_kernel does. Each warp streams all the slots'
+ * chunks (18 at R1's shapes, as the dense down projection), where a launch per slot tile
+ * gave 2016 blocks of 4 chunks each and a combine launch after them. */
+#define MOE_D1_MAX 17 /* slots of one token: top_k up to 16, and the shared expert */
+
+template <int WT>
+__global__ void __launch_bounds__(256, 4) moe_down1_kernel(const float *h, moe_k a,
+                                                           const float *wt, int ks, int accumulate,
+                                                           float *y)
+{
+    constexpr int V = wvec<WT>::V, B = wvec<WT>::B, RB = tg_rb(1);
+    __shared__ const uint8_t *sw[MOE_D1_MAX]; /* NULL: the slot's expert is not local */
+    __shared__ const float *ss[MOE_D1_MAX];
+    __shared__ size_t ssl[MOE_D1_MAX], sk[MOE_D1_MAX];
+    __shared__ float red[MOE_D1_MAX * 8 * RB];
+    const int A = (int)(a.S + (a.N > a.n ? 1 : 0));
+    /* The router output is two launches back (complete once this kernel runs): the
+     * lookups and the first weight loads go ahead of the PDL wait for h. */
+    if ((int)threadIdx.x < A) {
+        const int p = (int)threadIdx.x;
+        size_t e = a.n;
+        bool ok = true;
+        if (p < (int)a.S) {
+            long v = (long)a.idx[p] - (long)a.e0;
+            ok = v >= 0 && v < (long)a.n;
+            e = ok ? (size_t)v : 0;
+        }
+        sw[p] = ok ? (const uint8_t *)a.tab[T_DD * a.ts + e] : NULL;
+        ss[p] = (const float *)a.tab[T_DS * a.ts + e];
+        ssl[p] = e < a.n ? a.sld_d : a.sld_d_s;
+        sk[p] = e < a.n ? a.I : a.Is;
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, rg = warp / ks, kw = warp % ks;
+    const size_t D = a.D, row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB, n0 = row0 + (size_t)rg * RB;
+    const bool act = n0 < D;
+    const size_t step = (size_t)ks * 32 * V, kl = ((size_t)kw * 32 + lane) * V;
+    const uint8_t *wp[RB];
+    const float *sp = NULL;
+    uint4 raw[RB];
+    float sc = 1.0f;
+    auto rows = [&](int p) {
+#pragma unroll
+        for (int r = 0; r < RB; r++) {
+            size_t n = n0 + r;
+            wp[r] = sw[p] + (n < D ? n : act ? n0 : 0) * sk[p] * B; /* rows past D re-read n0 */
+        }
+        if (WT == 2)
+            sp = ss[p] + ((act ? n0 : 0) >> 7) * ssl[p];
+    };
+    auto load = [&](size_t k) {
+#pragma unroll
+        for (int r = 0; r < RB; r++)
+            raw[r] = kc_ld_stream(wp[r] + k * B);
+        if (WT == 2)
+            sc = __ldg(sp + (k >> 7));
+    };
+    int p0 = 0;
+    while (p0 < A && !sw[p0])
+        p0++;
+    if (p0 < A) {
+        rows(p0);
+        if (act && kl < sk[p0])
+            load(kl);
+    }
+    kc_pdl_wait(); /* every thread, converged: h comes from the kernel in front */
+    for (int p = p0; p < A; p++) {
+        if (!sw[p])
+            continue; /* block-uniform */
+        if (p != p0)
+            rows(p);
+        const float *xp = h + (size_t)p * a.ldh;
+        float acc[RB];
+#pragma unroll
+        for (int r = 0; r < RB; r++)
+            acc[r] = 0.0f;
+        for (size_t k = kl; act && k < sk[p]; k += step) {
+            if (p != p0 || k != kl)
+                load(k);
+            float xv[V];
+            tg_load_x<WT, 0>(xp + k, xv);
+#pragma unroll
+            for (int r = 0; r < RB; r++) {
+                float wf[V];
+                tg_decode<WT, 0>(raw[r], wf);
+                acc[r] = fmaf(tg_dot<V>(wf, xv), sc, acc[r]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RB; r++) {
+            float v = kc_warp_sum(acc[r]);
+            if (lane == 0)
+                red[(p * 8 + warp) * RB + r] = v;
+        }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < (8 / ks) * RB; t += blockDim.x) {
+        const int g = t / RB, r = t % RB;
+        const size_t d = row0 + (size_t)t;
+        if (d >= D)
+            continue;
+        float acc = 0.0f, shv = 0.0f;
+        bool any = false, sh = false;
+        for (int p = 0; p < A; p++) {
+            if (!sw[p])
+                continue;
+            float v = 0.0f;
+            for (int w = 0; w < ks; w++) /* the K split, in a fixed order */
+                v += red[(p * 8 + g * ks + w) * RB + r];
+            if (p < (int)a.S)
+                acc += wt[p] * v, any = true;
+            else
+                shv = v, sh = true;
+        }
+        float o = accumulate ? y[d] : 0.0f;
+        if (any)
+            o += acc;
+        if (sh)
+            o += shv;
+        if (any || sh || !accumulate)
+            y[d] = o;
+    }
+}
+
 /* DSR1_MOE_KS=UP,DOWN (each 1, 2, 4 or 8): warps splitting K in the gate/up and down
  * expert GEMVs instead of tg_ks's choice, for measuring; 0 or unset: tg_ks. */
 static void moe_ks_env(int *up, int *down)
@@ -326,47 +454,66 @@ static void moe_ks_env(int *up, int *down)
     *up = u, *down = d;
 }
 
-static int moe_early_env(void)
+/* Switches for measuring, read once: DSR1_MOE_EARLY=0 (the shared expert's gate/up after
+ * the routed ones), DSR1_MOE_OCC=0 (no register caps), DSR1_MOE_FUSE=0 (one token: down
+ * projections per slot tile and a combine launch). Anything else: on. */
+enum { MOE_SW_EARLY, MOE_SW_OCC, MOE_SW_FUSE, MOE_SW_N };
+
+static int moe_sw[MOE_SW_N] = {-1, -1, -1};
+
+static int moe_switch(int i)
 {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("DSR1_MOE_EARLY");
-        v = !(e && !strcmp(e, "0"));
+    static const char *const name[MOE_SW_N] = {"DSR1_MOE_EARLY", "DSR1_MOE_OCC", "DSR1_MOE_FUSE"};
+    int *v = moe_sw;
+    if (v[i] < 0) {
+        const char *e = getenv(name[i]);
+        v[i] = !(e && !strcmp(e, "0"));
     }
-    return v;
+    return v[i];
 }
 
-/* DSR1_MOE_OCC=0 (for measuring): no register caps on the expert kernels (below). */
-static int moe_occ_env(void)
+void kc_moe_set_fuse(int on)
 {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("DSR1_MOE_OCC");
-        v = !(e && !strcmp(e, "0"));
-    }
-    return v;
+    moe_sw[MOE_SW_FUSE] = on < 0 ? -1 : !!on;
 }
+
+/* What one chunk of tokens hands the expert launches. */
+struct moe_io {
+    const float *x;
+    size_t ldx;
+    const int *order, *meta;
+    float *h, *out;
+    /* one token, fused down + combine (moe_down1_kernel): routing weights, y, accumulate */
+    int fuse, accumulate;
+    const float *wt;
+    float *y;
+};
 
 /* The two expert launches, with __launch_bounds__ minimum blocks per SM UB (gate/up) and
  * DB (down); 0: uncapped. */
 template <int WT, int MT, int UB, int DB>
-static int moe_launch2(size_t Imax, size_t A, int ksu, int ksd, const float *x, size_t ldx,
-                       const int *order, const int *meta, const moe_k &a, float *h, float *out,
+static int moe_launch2(size_t Imax, size_t A, int ksu, int ksd, const moe_io &io, const moe_k &a,
                        cudaStream_t st)
 {
     /* x: row tiles (consecutive blocks read consecutive rows of one expert), y: experts.
      * Measured on H100 against experts along x: no clear change. Blocks looping over
      * several row tiles (to pay the plan and table lookups once) were slower. */
     dim3 gu(kc_blocks(Imax, (unsigned)((8 / ksu) * tg_rb(2))), (unsigned)A);
+    int rc = kc_launch(moe_up_kernel<WT, MT, UB>, gu, dim3(256), 0, st, io.x, io.ldx, io.order,
+                       io.meta, a, ksu, io.h);
+    if (rc)
+        return rc;
+    if (MT == 1 && io.fuse)
+        return kc_launch(moe_down1_kernel<WT>, dim3(kc_blocks(a.D, (unsigned)((8 / ksd) * tg_rb(1)))),
+                         dim3(256), 0, st, (const float *)io.h, a, io.wt, ksd, io.accumulate, io.y);
     dim3 gd(kc_blocks(a.D, (unsigned)((8 / ksd) * tg_rb(1))), (unsigned)A);
-    int rc = kc_launch(moe_up_kernel<WT, MT, UB>, gu, dim3(256), 0, st, x, ldx, order, meta, a, ksu, h);
-    return rc ? rc : kc_launch(moe_down_kernel<WT, MT, DB>, gd, dim3(256), 0, st, h, order, meta, a, ksd, out);
+    return kc_launch(moe_down_kernel<WT, MT, DB>, gd, dim3(256), 0, st, (const float *)io.h,
+                     io.order, io.meta, a, ksd, io.out);
 }
 
 /* Launch both expert passes with tiles of MT slots (an expert with more loops). */
 template <int WT, int MT>
-static int moe_passes(const float *x, size_t ldx, const int *order, const int *meta,
-                      const moe_k &a, size_t A, float *h, float *out, cudaStream_t st)
+static int moe_passes(const moe_io &io, const moe_k &a, size_t A, cudaStream_t st)
 {
     constexpr int V = wvec<WT>::V;
     size_t Imax = a.I > a.Is ? a.I : a.Is;
@@ -375,44 +522,45 @@ static int moe_passes(const float *x, size_t ldx, const int *order, const int *m
     /* gate/up: at most 2 warps split K, so each block covers 4x the rows of tg_ks's
      * choice and the per-block expert lookup and ramp are paid over more bytes (H100,
      * TP1 MoE layer at batch 1: 284.5 -> 274.6 us; a TP8/EP8 rank 121.9 -> 112.7). down
-     * (K = the expert's 2048-wide intermediate): no K split, every warp its own rows
-     * (H200, TP1 MoE layer: 2 warps 237 us, 1 warp 228; see docs/cuda.md) */
+     * (K = the expert's 2048-wide intermediate): per slot tile, no K split, every warp its
+     * own rows (H200, TP1 MoE layer: 2 warps 237 us, 1 warp 228; see docs/cuda.md); fused
+     * (one token), 2 warps, as the dense down projection. */
     int ksu = MT > 2 ? 1 : eu ? eu : std::min(tg_ks(a.D, V), 2);
-    int ksd = MT > 2 ? 1 : ed ? ed : 1;
+    int ksd = MT > 2 ? 1 : ed ? ed : MT == 1 && io.fuse ? 2 : 1;
     /* Register caps: one-slot down used 66 registers, so 3 blocks (24 warps, 48 KB of
      * weight loads in flight) fit an SM against the dense GEMV's 4; capped at 64 it does
      * not spill (H200, TP1 MoE layer at batch 1: 229 -> 214.5 us with this alone). Two-
      * slot tiles (105-118 registers: 2 blocks) capped at 3 blocks spill 60-180 bytes and
      * still win (batch 8: 1020 -> 974 us). */
-    if (moe_occ_env()) {
+    if (moe_switch(MOE_SW_OCC)) {
         if constexpr (MT == 1)
-            return moe_launch2<WT, MT, 4, 4>(Imax, A, ksu, ksd, x, ldx, order, meta, a, h, out, st);
+            return moe_launch2<WT, MT, 4, 4>(Imax, A, ksu, ksd, io, a, st);
         if constexpr (MT == 2)
-            return moe_launch2<WT, MT, 3, 3>(Imax, A, ksu, ksd, x, ldx, order, meta, a, h, out, st);
+            return moe_launch2<WT, MT, 3, 3>(Imax, A, ksu, ksd, io, a, st);
     }
-    return moe_launch2<WT, MT, 0, 0>(Imax, A, ksu, ksd, x, ldx, order, meta, a, h, out, st);
+    return moe_launch2<WT, MT, 0, 0>(Imax, A, ksu, ksd, io, a, st);
 }
 
 template <int WT>
-static int moe_run(const float *x, size_t ldx, size_t tn, const int *order, const int *meta,
-                   const moe_k &a, size_t A, float *h, float *out, cudaStream_t st)
+static int moe_run(const moe_io &io, size_t tn, const moe_k &a, size_t A, cudaStream_t st)
 {
     /* An expert gets at most one slot per token (the router picks distinct experts).
      * Up to 16 tokens most experts see one or two: tiles of 1 or 2 slots (an expert with
      * more loops; its rows come back from L2). More tokens: 8-slot tiles with the
      * activations staged in shared memory (tile_gemv_staged). */
     if (tn <= 1)
-        return moe_passes<WT, 1>(x, ldx, order, meta, a, A, h, out, st);
+        return moe_passes<WT, 1>(io, a, A, st);
     if (tn <= 16)
-        return moe_passes<WT, 2>(x, ldx, order, meta, a, A, h, out, st);
-    return moe_passes<WT, 8>(x, ldx, order, meta, a, A, h, out, st);
+        return moe_passes<WT, 2>(io, a, A, st);
+    return moe_passes<WT, 8>(io, a, A, st);
 }
 
-/* y[t, d] += sum_k w[t,k] out[t*K+k, d] over local slots, in k order; then the shared
- * expert's out[S + t, d] (sh), added after the routed sum as a separate MLP would be. */
+/* y[t, d] (+)= sum_k w[t,k] out[t*K+k, d] over local slots, in k order; then the shared
+ * expert's out[S + t, d] (sh), added after the routed sum as a separate MLP would be.
+ * Without accumulate y is overwritten (zero where nothing is local). */
 __global__ void moe_combine_kernel(const float *out, const int32_t *idx, const float *w,
                                    size_t T, size_t K, size_t e0, size_t n, size_t D, int sh,
-                                   float *y, size_t ldy)
+                                   int accumulate, float *y, size_t ldy)
 {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     kc_pdl_wait();
@@ -428,19 +576,20 @@ __global__ void moe_combine_kernel(const float *out, const int32_t *idx, const f
             any = true;
         }
     }
-    float v = y[t * ldy + d];
+    float v = accumulate ? y[t * ldy + d] : 0.0f;
     if (any)
         v += acc;
     if (sh)
         v += out[(T * K + t) * D + d];
-    if (any || sh)
+    if (any || sh || !accumulate)
         y[t * ldy + d] = v;
 }
 
 #define MOE_CHUNK 512 /* tokens per pass: bounds the scratch */
 
 int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
-           const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy)
+           const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy,
+           int accumulate)
 {
     cudaStream_t st = kc_ctx_stream(c);
     if (ldx % 4 || ((uintptr_t)x & 15))
@@ -451,33 +600,36 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
     for (size_t t0 = 0; t0 < T; t0 += MOE_CHUNK) {
         size_t tn = T - t0 < MOE_CHUNK ? T - t0 : MOE_CHUNK, S = tn * top_k;
         size_t P = S + (N - n) * tn, A = (S < n ? S : n) + (N - n);
-        int *order = (int *)kc_ctx_scratch(c, 4, P * sizeof(int));
-        int *meta = (int *)kc_ctx_scratch(c, 5, (1 + 3 * N) * sizeof(int));
-        float *h = (float *)kc_ctx_scratch(c, 6, P * a.ldh * sizeof(float));
-        float *out = (float *)kc_ctx_scratch(c, 7, P * D * sizeof(float));
-        if (!order || !meta || !h || !out)
+        moe_io io = {x + t0 * ldx, ldx, (int *)kc_ctx_scratch(c, 4, P * sizeof(int)),
+                     (int *)kc_ctx_scratch(c, 5, (1 + 3 * N) * sizeof(int)),
+                     (float *)kc_ctx_scratch(c, 6, P * a.ldh * sizeof(float)),
+                     (float *)kc_ctx_scratch(c, 7, P * D * sizeof(float)),
+                     0, accumulate, w + t0 * top_k, y + t0 * ldy};
+        if (!io.order || !io.meta || !io.h || !io.out)
             return -1;
         a.S = S;
         const int32_t *ci = idx + t0 * top_k;
-        const float *cx = x + t0 * ldx;
         if (tn == 1) { /* one token: blocks per slot, no plan (moe_entry) */
             a.idx = ci, a.e0 = e0;
-            a.early = N > n && moe_early_env();
+            a.early = N > n && moe_switch(MOE_SW_EARLY);
             A = S + (N - n);
+            io.fuse = A <= MOE_D1_MAX && moe_switch(MOE_SW_FUSE);
         } else {
             a.idx = NULL;
             int rc = kc_launch(moe_plan_kernel, dim3(1), dim3(1024), 2 * n * sizeof(int), st, ci,
-                               S, e0, n, N, tn, order, meta);
+                               S, e0, n, N, tn, io.order, io.meta);
             if (rc)
                 return rc;
         }
-        int rc = m->type == K_W_FP8    ? moe_run<2>(cx, ldx, tn, order, meta, a, A, h, out, st)
-                 : m->type == K_W_BF16 ? moe_run<1>(cx, ldx, tn, order, meta, a, A, h, out, st)
-                                       : moe_run<0>(cx, ldx, tn, order, meta, a, A, h, out, st);
+        int rc = m->type == K_W_FP8    ? moe_run<2>(io, tn, a, A, st)
+                 : m->type == K_W_BF16 ? moe_run<1>(io, tn, a, A, st)
+                                       : moe_run<0>(io, tn, a, A, st);
         if (rc)
             return rc;
-        rc = kc_launch(moe_combine_kernel, dim3(kc_blocks(tn * D, 256)), dim3(256), 0, st, out, ci,
-                       w + t0 * top_k, tn, top_k, e0, n, D, (int)(N > n), y + t0 * ldy, ldy);
+        if (io.fuse)
+            continue; /* moe_down1_kernel wrote y */
+        rc = kc_launch(moe_combine_kernel, dim3(kc_blocks(tn * D, 256)), dim3(256), 0, st, io.out,
+                       ci, io.wt, tn, top_k, e0, n, D, (int)(N > n), accumulate, io.y, ldy);
         if (rc)
             return rc;
     }

@@ -412,10 +412,12 @@ static int ffn(cm_model *m, cm_layer *L, const float *x, size_t T, float *out, i
                             h->rcfg.n_experts, h->rcfg.n_group, kc_strerror(rc));
     m->dbg_idx = idx;
     m->dbg_T = T;
-    if (!accumulate)
-        CUK(cudaMemsetAsync(out, 0, T * H * 4, m->st), "memset");
+    /* kc_moe overwrites out when not accumulating (no memset launch between the router
+     * and the experts); a rank without local experts clears it */
     if (L->moe)
-        CUK(kc_moe(m->kc, L->moe, x, H, T, idx, w, K, L->e0, out, H), "routed experts");
+        CUK(kc_moe(m->kc, L->moe, x, H, T, idx, w, K, L->e0, out, H, accumulate), "routed experts");
+    else if (!accumulate)
+        CUK(cudaMemsetAsync(out, 0, T * H * 4, m->st), "memset");
     if (h->cfg.n_shared_experts && !hl->sh_whole && !kc_moe_has_shared(L->moe, T))
         return mlp(m, &L->sh_gate, &L->sh_up, &L->sh_down, x, T, out, 1, err);
     return 0;

@@ -307,7 +307,7 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
         kc_router(&h->rcfg, z, L->bias, B, idx, w, st);
         t = time_ms([&] { kc_router(&h->rcfg, z, L->bias, B, idx, w, st); }, reps);
         printf("  %-22s %8.1f us\n", "router top-k", t * 1e3);
-        t = time_ms([&] { kc_moe(m->kc, L->moe, x, H, B, idx, w, K, L->e0, y, H); }, reps);
+        t = time_ms([&] { kc_moe(m->kc, L->moe, x, H, B, idx, w, K, L->e0, y, H, 1); }, reps);
         std::vector<int32_t> hi(B * K);
         CK(cudaMemcpy(hi.data(), idx, hi.size() * 4, cudaMemcpyDeviceToHost));
         std::set<int32_t> d; /* experts this rank holds (and reads) */

@@ -554,15 +554,6 @@ static void test_moe(kc_ctx *ctx)
                 w[t * K + k] = 0.2f + (rnd() % 100) / 100.0f;
             }
         auto y0 = randv(T * D);
-        std::vector<float> ref = y0;
-        for (size_t t = 0; t < T; t++)
-            for (size_t k = 0; k < K; k++) {
-                int32_t e = idx[t * K + k];
-                if (e < (int32_t)e0 || e >= (int32_t)(e0 + n))
-                    continue;
-                k_mlp(x.data() + t * D, D, 1, &g[e - e0].h, &u[e - e0].h, &d[e - e0].h,
-                      ref.data() + t * D, D, 1, &w[t * K + k]);
-            }
         std::vector<W> sw;
         bool take = Is && T <= 2; /* kc_moe takes the shared expert up to 2 tokens */
         if (Is) {
@@ -570,28 +561,49 @@ static void test_moe(kc_ctx *ctx)
             sw.push_back(make_w(K_W_FP8, Is, D));
             sw.push_back(make_w(K_W_FP8, D, Is));
         }
-        if (take) /* after the routed sum, as the runtime's separate shared MLP does */
-            k_mlp(x.data(), D, T, &sw[0].h, &sw[1].h, &sw[2].h, ref.data(), D, 1, NULL);
         k_weight sd[3] = {Is ? sw[0].d : k_weight{}, Is ? sw[1].d : k_weight{},
                           Is ? sw[2].d : k_weight{}};
         kc_moe_w *mw;
         CK(kc_moe_prepare(&mw, n, gd.data(), ud.data(), dd.data(), Is ? sd : NULL));
-        float *dx = up(x), *dy = up(y0), *dw = up(w);
+        float *dx = up(x), *dw = up(w);
         int32_t *di = up(idx);
-        CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D));
-        auto got = down(dy, T * D);
-        char name[128];
-        snprintf(name, sizeof name, "moe grouped experts T=%zu D=%zu I=%zu (8 of 16 local)", T,
-                 D, I);
-        if (Is)
-            snprintf(name + strlen(name), sizeof name - strlen(name), " + shared I=%zu%s", Is,
-                     take ? "" : " (left to the caller)");
-        if (Is && take != (kc_moe_has_shared(mw, T) != 0)) {
-            printf("FAIL %s: shared expert %s\n", name, take ? "not taken" : "taken at T > 2");
-            g_fail++;
-        }
-        report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
+        /* onto y (accumulate) and over it (y holds garbage; rows with nothing local must
+         * come back zero); one token also with the per-slot down launches + combine */
+        for (int acc = 1; acc >= 0; acc--)
+            for (int fuse = 1; fuse >= (T == 1 ? 0 : 1); fuse--) {
+                std::vector<float> ref = acc ? y0 : std::vector<float>(T * D, 0.0f);
+                for (size_t t = 0; t < T; t++)
+                    for (size_t k = 0; k < K; k++) {
+                        int32_t e = idx[t * K + k];
+                        if (e < (int32_t)e0 || e >= (int32_t)(e0 + n))
+                            continue;
+                        k_mlp(x.data() + t * D, D, 1, &g[e - e0].h, &u[e - e0].h, &d[e - e0].h,
+                              ref.data() + t * D, D, 1, &w[t * K + k]);
+                    }
+                if (take) /* after the routed sum, as the runtime's separate shared MLP does */
+                    k_mlp(x.data(), D, T, &sw[0].h, &sw[1].h, &sw[2].h, ref.data(), D, 1, NULL);
+                float *dy = up(y0);
+                kc_moe_set_fuse(fuse);
+                CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D, acc));
+                kc_moe_set_fuse(-1);
+                auto got = down(dy, T * D);
+                cudaFree(dy);
+                char name[160];
+                snprintf(name, sizeof name, "moe grouped experts T=%zu D=%zu I=%zu (8 of 16 local)",
+                         T, D, I);
+                if (Is)
+                    snprintf(name + strlen(name), sizeof name - strlen(name), " + shared I=%zu%s",
+                             Is, take ? "" : " (left to the caller)");
+                snprintf(name + strlen(name), sizeof name - strlen(name), "%s%s",
+                         acc ? "" : ", overwriting y", T == 1 && !fuse ? ", unfused" : "");
+                if (Is && take != (kc_moe_has_shared(mw, T) != 0)) {
+                    printf("FAIL %s: shared expert %s\n", name, take ? "not taken" : "taken at T > 2");
+                    g_fail++;
+                }
+                report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-5);
+            }
         kc_moe_free(mw);
+        cudaFree(dx), cudaFree(dw), cudaFree(di);
     }
 }
 
