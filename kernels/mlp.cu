@@ -216,9 +216,10 @@ __global__ void __launch_bounds__(256, MINB) moe_up_kernel(const float *x, size_
     __shared__ tg_smem<MT, RB, 2> sm;
     int e, st, cnt, ai = (int)blockIdx.y;
     /* One token with the shared expert (a.early): its rows are block row 0, dispatched
-     * first, and they need nothing the kernel in front (the router's top-k) writes: x is
-     * two launches older, h is scratch no running kernel reads. So they stream their
-     * weights while the top-k runs, and wait (PDL) only at the end. */
+     * first, and they need nothing the kernel in front (the router's top-k) writes: x was
+     * written before the router GEMV (complete by now), h is scratch no running kernel
+     * reads. So they stream their weights while the top-k runs, and wait (PDL) only at
+     * the end (H200, TP1 MoE layer at batch 1: -5 us; a TP8/EP8 rank: -6 us). */
     const bool early = a.early && ai == 0;
     if (a.early)
         ai = early ? (int)a.S : ai - 1;
