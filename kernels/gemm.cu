@@ -375,13 +375,14 @@ static gv_job gv_job_of(const k_weight *w, float *y, size_t ldy)
     return j;
 }
 
-/* FP8 tensor cores for 3..16 tokens (gemv_a8.cu): 1 on (default), 0 W8A32 GEMV for
- * every token count up to gemv_max_m; -1: not read yet from DSR1_GEMV_A8. */
+/* FP8 tensor cores for 3..16 tokens (gemv_a8.cu) and for the experts above 16 (mlp.cu):
+ * 1 on (default), 0 W8A32 GEMV for every token count up to gemv_max_m and W8A32
+ * experts; -1: not read yet from DSR1_GEMV_A8. */
 static int g_a8 = -1;
 
 void kc_set_gemv_a8(int on) { g_a8 = on ? 1 : 0; }
 
-static int gv_a8_on(void)
+int kc_gemv_a8_on(void)
 {
     if (g_a8 < 0) {
         const char *e = getenv("DSR1_GEMV_A8");
@@ -437,7 +438,7 @@ static int gv_dispatch(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_
                        int glu, int accumulate)
 {
     cudaStream_t st = c->st;
-    if (M >= 3 && w1->type == K_W_FP8 && w1->cols % 128 == 0 && w1->scale && gv_a8_on())
+    if (M >= 3 && w1->type == K_W_FP8 && w1->cols % 128 == 0 && w1->scale && kc_gemv_a8_on())
         return gv_a8(c, x, ldx, M, w1, y1, ldy1, w2, y2, ldy2, glu, accumulate);
     gv_args a;
     memset(&a, 0, sizeof a);

@@ -13,8 +13,8 @@ int kc_act_quant_strided(const float *x, size_t ldx, size_t M, size_t K, uint8_t
 
 /* Scratch buffer `i` (< KC_SCRATCH_N) of at least n bytes, owned by the context
  * (grow-only; the stream is drained before a reallocation so no queued kernel still
- * uses the old buffer). Slots 0-3: gemm.cu; 4-7: mlp.cu; 8: kc_gemm_glu. */
-#define KC_SCRATCH_N 9
+ * uses the old buffer). Slots 0-3: gemm.cu; 4-7, 9-10: mlp.cu; 8: kc_gemm_glu. */
+#define KC_SCRATCH_N 11
 #define KC_SCRATCH_GLU 8
 struct kc_ctx;
 void *kc_ctx_scratch(struct kc_ctx *c, int i, size_t n);
@@ -41,5 +41,7 @@ struct a8_args {
     gv_job j[2];
 };
 int kc_gemv_a8_launch(const a8_args &a, int glu, cudaStream_t st);
+/* FP8 activations on tensor cores enabled (kc_set_gemv_a8, DSR1_GEMV_A8; default on) */
+int kc_gemv_a8_on(void);
 
 #endif

@@ -13,6 +13,7 @@
 #include "cuda_util.cuh"
 #include "gemm_fp8_internal.cuh"
 #include "gemv.cuh"
+#include "gemv_a8.cuh"
 
 struct kc_moe_w {
     size_t n, I, D; /* experts, intermediate (gate/up rows), model dim (down rows) */
@@ -311,6 +312,61 @@ __global__ void __launch_bounds__(256, MINB) moe_down_kernel(const float *h, con
     }
 }
 
+/* More than 16 tokens, FP8 weights (model dim and intermediate multiples of 128): the
+ * expert GEMVs on FP8 tensor cores (gemv_a8.cuh) as the dense GEMV at 3..16 tokens. The
+ * activations are quantized 1x128 as DeepSeek's reference does (kc_act_quant: for
+ * gate/up the token rows xa, for down the rows of h by sorted slot); a block takes 16
+ * weight rows of active expert blockIdx.y against tiles of 8 of its slots (an expert with
+ * more loops; its rows come back from L2). The W8A32 8-slot tile (tile_gemv_staged) is
+ * bound by fp32 FMAs there. NW = 2: h[p] = silu(gate . x) * (up . x); 1: out[slot(p)]. */
+template <int NW, int MINB>
+__global__ void __launch_bounds__(256, MINB) moe_a8_kernel(const uint8_t *xa, const float *xs,
+                                                     const int *order, const int *meta, moe_k a,
+                                                     float *h, float *out)
+{
+    __shared__ a8_red<1, NW> red;
+    int e, st, cnt;
+    kc_pdl_wait(); /* the plan (and the codes) come from the kernels in front */
+    if (!moe_entry(a, meta, blockIdx.y, e, st, cnt))
+        return; /* block-uniform */
+    const size_t N = NW == 2 ? a.I : a.D, K = NW == 2 ? a.D : a.I, nb = K / 128;
+    const size_t row0 = (size_t)blockIdx.x * 16, sld = NW == 2 ? a.sld_gu : a.sld_d;
+    const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    /* rows past N re-read the last row; their results are not stored */
+    const size_t r0 = row0 + gid < N ? row0 + gid : N - 1, r1 = row0 + gid + 8 < N ? row0 + gid + 8 : N - 1;
+    const uint8_t *w0[NW], *w1[NW];
+    const float *ws[NW];
+#pragma unroll
+    for (int j = 0; j < NW; j++) {
+        const int td = NW == 1 ? T_DD : j ? T_UD : T_GD, tsc = NW == 1 ? T_DS : j ? T_US : T_GS;
+        const uint8_t *W = (const uint8_t *)a.tab[td * a.ts + e];
+        w0[j] = W + r0 * K + tig * 16;
+        w1[j] = W + r1 * K + tig * 16;
+        ws[j] = (const float *)a.tab[tsc * a.ts + e] + (row0 >> 7) * sld;
+    }
+    for (int c0 = 0; c0 < cnt; c0 += 8) {
+        const int M = cnt - c0 < 8 ? cnt - c0 : 8;
+        /* code row of tile slot m: its token (gate/up) or its sorted position (down) */
+        auto row = [&](int m) -> size_t {
+            const int p = st + c0 + m;
+            return NW == 2 ? moe_tok(a, order[p]) : (size_t)p;
+        };
+        const uint8_t *xp[1] = {gid < M ? xa + row(gid) * K + tig * 16 : NULL};
+        const float *sa[1][2];
+        for (int i = 0; i < 2; i++)
+            sa[0][i] = 2 * tig + i < M ? xs + row(2 * tig + i) * nb : NULL;
+        a8_tile<1, NW>(w0, w1, ws, nb, xp, sa, false, red);
+        a8_out<1, NW>(red, row0, N, M, [&](int r, int tok, float v) {
+            const int p = st + c0 + tok;
+            if (NW == 2)
+                h[(size_t)p * a.ldh + row0 + r] = v;
+            else
+                out[(size_t)order[p] * a.D + row0 + r] = v;
+        });
+        __syncthreads(); /* red is rewritten by the next tile */
+    }
+}
+
 /* One token (a.idx): every slot's down projection and the combine in one launch. A
  * block owns rows [row0, row0 + (8 / ks) * RB) of y and streams those rows of each
  * local slot's down weight, routed slots in k order, then the shared expert; its warps
@@ -556,6 +612,32 @@ static int moe_run(const moe_io &io, size_t tn, const moe_k &a, size_t A, cudaSt
     return moe_passes<WT, 8>(io, a, A, st);
 }
 
+/* The FP8 tensor-core expert passes (moe_a8_kernel): quantize the tokens, gate/up,
+ * quantize h, down. Codes and scales share scratch slots 9 and 10 between the two
+ * quantizations (the second starts after gate/up has read the first: stream order). */
+static int moe_a8_run(kc_ctx *c, const moe_io &io, size_t tn, const moe_k &a, size_t A,
+                      cudaStream_t st)
+{
+    const size_t D = a.D, I = a.I, P = a.S;
+    const size_t cb = std::max(tn * D, P * I), sb = std::max(tn * (D / 128), P * (I / 128));
+    uint8_t *qa = (uint8_t *)kc_ctx_scratch(c, 9, cb);
+    float *qs = (float *)kc_ctx_scratch(c, 10, sb * sizeof(float));
+    if (!qa || !qs)
+        return -1;
+    const bool cap = moe_switch(MOE_SW_OCC);
+    const dim3 gu(kc_blocks(I, 16), (unsigned)A), gd(kc_blocks(D, 16), (unsigned)A);
+    int rc = kc_act_quant_strided(io.x, io.ldx, tn, D, qa, D, qs, D / 128, 1, st);
+    if (!rc)
+        rc = kc_launch(cap ? moe_a8_kernel<2, 2> : moe_a8_kernel<2, 0>, gu, dim3(256), 0, st,
+                       (const uint8_t *)qa, (const float *)qs, io.order, io.meta, a, io.h, io.out);
+    if (!rc)
+        rc = kc_act_quant_strided(io.h, a.ldh, P, I, qa, I, qs, I / 128, 1, st);
+    if (!rc)
+        rc = kc_launch(cap ? moe_a8_kernel<1, 3> : moe_a8_kernel<1, 0>, gd, dim3(256), 0, st,
+                       (const uint8_t *)qa, (const float *)qs, io.order, io.meta, a, io.h, io.out);
+    return rc;
+}
+
 /* y[t, d] (+)= sum_k w[t,k] out[t*K+k, d] over local slots, in k order; then the shared
  * expert's out[S + t, d] (sh), added after the routed sum as a separate MLP would be.
  * Without accumulate y is overwritten (zero where nothing is local). */
@@ -622,7 +704,12 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
             if (rc)
                 return rc;
         }
-        int rc = m->type == K_W_FP8    ? moe_run<2>(io, tn, a, A, st)
+        /* more than 16 tokens on FP8 weights: FP8 activations on tensor cores, as the
+         * dense layers (not with the shared expert in the launch: only up to 2 tokens) */
+        const bool a8 = tn > 16 && m->type == K_W_FP8 && D % 128 == 0 && m->I % 128 == 0 &&
+                        N == n && kc_gemv_a8_on();
+        int rc = a8                    ? moe_a8_run(c, io, tn, a, A, st)
+                 : m->type == K_W_FP8  ? moe_run<2>(io, tn, a, A, st)
                  : m->type == K_W_BF16 ? moe_run<1>(io, tn, a, A, st)
                                        : moe_run<0>(io, tn, a, A, st);
         if (rc)
