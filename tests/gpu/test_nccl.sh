@@ -6,7 +6,8 @@
 # Numerics: GEMMs of 1 or 2 tokens run W8A32 (fp32 activations, exact dequantization, as
 # the CPU reference); 3..16 tokens quantize activations 1x128 to FP8 (DeepSeek's scheme)
 # on FP8 tensor cores (DSR1_GEMV_A8=0: W8A32 up to DSR1_GEMV_MAX_M), more go to cuBLASLt
-# FP8. This test sets DSR1_GEMV_MAX_M=100000 and DSR1_GEMV_A8=0 unless the caller sets
+# FP8; routed experts above 16 tokens take FP8 tensor cores too (W8A32 with
+# DSR1_GEMV_A8=0). This test sets DSR1_GEMV_MAX_M=100000 and DSR1_GEMV_A8=0 unless the caller sets
 # them: with FP8 activations prompt 2 of the goldens (24 tokens) flips its third greedy
 # token on the tiny random model (measured on H200: 23 of 31 checks pass, every failure
 # on prompt 2), which is quantization noise, not a wrong result.
