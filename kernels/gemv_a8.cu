@@ -31,31 +31,18 @@ __global__ void __launch_bounds__(256, MINB) gemv_a8_kernel(a8_args a)
     if (NW == 1 && bid >= a.nb0)
         jb = 1, bid -= a.nb0;
     const gv_job &J = a.j[jb];
-    const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    const size_t K = a.K, nb = K / 128, row0 = (size_t)bid * 16, N = J.N;
-    /* rows past N re-read the last row; their results are not stored */
-    const size_t r0 = row0 + gid < N ? row0 + gid : N - 1, r1 = row0 + gid + 8 < N ? row0 + gid + 8 : N - 1;
+    const size_t K = a.K, row0 = (size_t)bid * 16, N = J.N;
     const uint8_t *w0[NW], *w1[NW];
     const float *ws[NW];
 #pragma unroll
     for (int j = 0; j < NW; j++) {
         const gv_job &Jw = a.j[NW == 1 ? jb : j];
-        w0[j] = Jw.w + r0 * K + tig * 16;
-        w1[j] = Jw.w + r1 * K + tig * 16;
-        ws[j] = Jw.s + (row0 >> 7) * Jw.sld;
+        a8_rows(Jw.w, Jw.s, Jw.sld, row0, N, K, w0[j], w1[j], ws[j]);
     }
-    /* token rows gid + 8g of the codes, scales of tokens 8g + 2tig (+1) */
     const uint8_t *xp[TG];
     const float *sa[TG][2];
-#pragma unroll
-    for (int g = 0; g < TG; g++) {
-        xp[g] = gid + 8 * g < a.M ? a.a + (size_t)(gid + 8 * g) * K + tig * 16 : NULL;
-        for (int h = 0; h < 2; h++) {
-            const int t = 8 * g + 2 * tig + h;
-            sa[g][h] = t < a.M ? a.as + (size_t)t * nb : NULL;
-        }
-    }
-    a8_tile<TG, NW>(w0, w1, ws, nb, xp, sa, true, red);
+    a8_tokens<TG>(a.a, a.as, K, a.M, [](int m) { return m; }, xp, sa);
+    a8_tile<TG, NW>(w0, w1, ws, K / 128, xp, sa, true, red);
     a8_out<TG, NW>(red, row0, N, a.M, [&](int r, int tok, float v) {
         float *o = J.y + (size_t)tok * J.ldy + row0 + r;
         *o = a.accumulate ? *o + v : v;

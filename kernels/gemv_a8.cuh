@@ -30,6 +30,39 @@ struct a8_red {
     float v[8][NW * TG * 4][32];
 };
 
+/* This lane's pointers into rows [row0, row0 + 16) of a weight W [N, K] with block scales
+ * S (row stride sld): w0 / w1 at byte tig * 16 of rows gid / gid + 8 (rows past N re-read
+ * row N - 1; their results are not stored), ws at the scales of the tile's 128-row block. */
+__device__ __forceinline__ void a8_rows(const uint8_t *W, const float *S, size_t sld, size_t row0,
+                                        size_t N, size_t K, const uint8_t *&w0,
+                                        const uint8_t *&w1, const float *&ws)
+{
+    const int gid = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
+    const size_t r0 = row0 + gid < N ? row0 + gid : N - 1, r1 = row0 + gid + 8 < N ? row0 + gid + 8 : N - 1;
+    w0 = W + r0 * K + tig * 16;
+    w1 = W + r1 * K + tig * 16;
+    ws = S + (row0 >> 7) * sld;
+}
+
+/* This lane's token pointers for a tile of M <= 8 * TG tokens whose codes [*, K] and
+ * scales [*, K / 128] sit at row row(m) for tile token m: xp[g] the codes of token
+ * gid + 8 g, sa[g][h] the scales of token 8 g + 2 tig + h (NULL past M). */
+template <int TG, typename R>
+__device__ __forceinline__ void a8_tokens(const uint8_t *codes, const float *scales, size_t K,
+                                          int M, R row, const uint8_t *(&xp)[TG],
+                                          const float *(&sa)[TG][2])
+{
+    const int gid = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
+#pragma unroll
+    for (int g = 0; g < TG; g++) {
+        xp[g] = gid + 8 * g < M ? codes + (size_t)row(gid + 8 * g) * K + tig * 16 : NULL;
+        for (int h = 0; h < 2; h++) {
+            const int t = 8 * g + 2 * tig + h;
+            sa[g][h] = t < M ? scales + (size_t)row(t) * (K / 128) : NULL;
+        }
+    }
+}
+
 /* One tile: 16 weight rows of NW weights against up to 8 * TG tokens, K = 128 * nb. For
  * this lane (gid = lane / 4, tig = lane % 4): w0[j] / w1[j] point at byte tig * 16 of
  * rows gid / gid + 8 of weight j (rows past the end re-read a valid row), ws[j] at the

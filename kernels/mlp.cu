@@ -331,30 +331,23 @@ __global__ void __launch_bounds__(256, MINB) moe_a8_kernel(const uint8_t *xa, co
         return; /* block-uniform */
     const size_t N = NW == 2 ? a.I : a.D, K = NW == 2 ? a.D : a.I, nb = K / 128;
     const size_t row0 = (size_t)blockIdx.x * 16, sld = NW == 2 ? a.sld_gu : a.sld_d;
-    const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    /* rows past N re-read the last row; their results are not stored */
-    const size_t r0 = row0 + gid < N ? row0 + gid : N - 1, r1 = row0 + gid + 8 < N ? row0 + gid + 8 : N - 1;
     const uint8_t *w0[NW], *w1[NW];
     const float *ws[NW];
 #pragma unroll
     for (int j = 0; j < NW; j++) {
         const int td = NW == 1 ? T_DD : j ? T_UD : T_GD, tsc = NW == 1 ? T_DS : j ? T_US : T_GS;
-        const uint8_t *W = (const uint8_t *)a.tab[td * a.ts + e];
-        w0[j] = W + r0 * K + tig * 16;
-        w1[j] = W + r1 * K + tig * 16;
-        ws[j] = (const float *)a.tab[tsc * a.ts + e] + (row0 >> 7) * sld;
+        a8_rows((const uint8_t *)a.tab[td * a.ts + e], (const float *)a.tab[tsc * a.ts + e], sld,
+                row0, N, K, w0[j], w1[j], ws[j]);
     }
     for (int c0 = 0; c0 < cnt; c0 += 8) {
         const int M = cnt - c0 < 8 ? cnt - c0 : 8;
         /* code row of tile slot m: its token (gate/up) or its sorted position (down) */
-        auto row = [&](int m) -> size_t {
+        const uint8_t *xp[1];
+        const float *sa[1][2];
+        a8_tokens<1>(xa, xs, K, M, [&](int m) -> size_t {
             const int p = st + c0 + m;
             return NW == 2 ? moe_tok(a, order[p]) : (size_t)p;
-        };
-        const uint8_t *xp[1] = {gid < M ? xa + row(gid) * K + tig * 16 : NULL};
-        const float *sa[1][2];
-        for (int i = 0; i < 2; i++)
-            sa[0][i] = 2 * tig + i < M ? xs + row(2 * tig + i) * nb : NULL;
+        }, xp, sa);
         a8_tile<1, NW>(w0, w1, ws, nb, xp, sa, false, red);
         a8_out<1, NW>(red, row0, N, M, [&](int r, int tok, float v) {
             const int p = st + c0 + tok;
@@ -388,7 +381,8 @@ __global__ void __launch_bounds__(256, 4) moe_down1_kernel(const float *h, moe_k
     __shared__ float red[MOE_D1_MAX * 8 * RB];
     const int A = (int)(a.S + (a.N > a.n ? 1 : 0));
     /* The router output is two launches back (complete once this kernel runs): the
-     * lookups and the first weight loads go ahead of the PDL wait for h. */
+     * lookups and the first weight loads go ahead of the PDL wait for h. (moe_entry's
+     * one-token lookup, inlined: calling it here costs spills at the 64-register cap.) */
     if ((int)threadIdx.x < A) {
         const int p = (int)threadIdx.x;
         size_t e = a.n;
@@ -521,12 +515,11 @@ static int moe_sw[MOE_SW_N] = {-1, -1, -1};
 static int moe_switch(int i)
 {
     static const char *const name[MOE_SW_N] = {"DSR1_MOE_EARLY", "DSR1_MOE_OCC", "DSR1_MOE_FUSE"};
-    int *v = moe_sw;
-    if (v[i] < 0) {
+    if (moe_sw[i] < 0) {
         const char *e = getenv(name[i]);
-        v[i] = !(e && !strcmp(e, "0"));
+        moe_sw[i] = !(e && !strcmp(e, "0"));
     }
-    return v[i];
+    return moe_sw[i];
 }
 
 void kc_moe_set_fuse(int on)
