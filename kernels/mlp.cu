@@ -363,10 +363,12 @@ __global__ void __launch_bounds__(256, MINB) moe_a8_kernel(const uint8_t *xa, co
 /* One token (a.idx): every slot's down projection and the combine in one launch. A
  * block owns rows [row0, row0 + (8 / ks) * RB) of y and streams those rows of each
  * local slot's down weight, routed slots in k order, then the shared expert; its warps
- * split K as in tile_gemv, and each (slot, warp, row) dot goes to shared memory. At the
- * end the rows are summed as moe_combine_kernel does. Each warp streams all the slots'
- * chunks (18 at R1's shapes, as the dense down projection), where a launch per slot tile
- * gave 2016 blocks of 4 chunks each and a combine launch after them. */
+ * split K as in tile_gemv. The routing weight rides on the block scale (w * s per
+ * chunk; the shared expert's is 1), so one accumulator per row runs over every slot and
+ * the lanes and warps are reduced once at the end: a warp's loop is the dense down
+ * projection's (18 chunks at R1's shapes) with a pointer switch every K / step chunks.
+ * (A launch per slot tile gave 2016 blocks of 4 chunks and a combine launch after
+ * them; a reduction per slot cost 11 us against the dense down projection's 32 on H200.) */
 #define MOE_D1_MAX 17 /* slots of one token: top_k up to 16, and the shared expert */
 
 template <int WT>
@@ -375,75 +377,71 @@ __global__ void __launch_bounds__(256, 4) moe_down1_kernel(const float *h, moe_k
                                                            float *y)
 {
     constexpr int V = wvec<WT>::V, B = wvec<WT>::B, RB = tg_rb(1);
-    __shared__ const uint8_t *sw[MOE_D1_MAX]; /* NULL: the slot's expert is not local */
+    /* the local slots, compacted: weight rows, scales, K, routing weight, row of h */
+    __shared__ const uint8_t *sw[MOE_D1_MAX];
     __shared__ const float *ss[MOE_D1_MAX];
-    __shared__ size_t ssl[MOE_D1_MAX], sk[MOE_D1_MAX];
-    __shared__ float red[MOE_D1_MAX * 8 * RB];
-    const int A = (int)(a.S + (a.N > a.n ? 1 : 0));
-    /* The router output is two launches back (complete once this kernel runs): the
-     * lookups and the first weight loads go ahead of the PDL wait for h. (moe_entry's
-     * one-token lookup, inlined: calling it here costs spills at the 64-register cap.) */
-    if ((int)threadIdx.x < A) {
-        const int p = (int)threadIdx.x;
+    __shared__ unsigned ssl[MOE_D1_MAX], sk[MOE_D1_MAX], sh[MOE_D1_MAX];
+    __shared__ float swt[MOE_D1_MAX];
+    __shared__ int snl;
+    __shared__ float red[8 * RB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    /* The router output (idx, wt) is two launches back, complete once this kernel runs
+     * (moe_up triggers it only after its own wait): the lookups and the first weight
+     * loads go ahead of the PDL wait for h. */
+    if (warp == 0) {
+        const int A = (int)(a.S + (a.N > a.n ? 1 : 0));
         size_t e = a.n;
-        bool ok = true;
-        if (p < (int)a.S) {
-            long v = (long)a.idx[p] - (long)a.e0;
+        bool ok = lane < A;
+        if (lane < (int)a.S) {
+            long v = (long)a.idx[lane] - (long)a.e0;
             ok = v >= 0 && v < (long)a.n;
             e = ok ? (size_t)v : 0;
         }
-        sw[p] = ok ? (const uint8_t *)a.tab[T_DD * a.ts + e] : NULL;
-        ss[p] = (const float *)a.tab[T_DS * a.ts + e];
-        ssl[p] = e < a.n ? a.sld_d : a.sld_d_s;
-        sk[p] = e < a.n ? a.I : a.Is;
+        const unsigned m = __ballot_sync(0xffffffffu, ok);
+        if (ok) {
+            const int q = __popc(m & ((1u << lane) - 1));
+            sw[q] = (const uint8_t *)a.tab[T_DD * a.ts + e];
+            ss[q] = (const float *)a.tab[T_DS * a.ts + e];
+            ssl[q] = (unsigned)(e < a.n ? a.sld_d : a.sld_d_s);
+            sk[q] = (unsigned)(e < a.n ? a.I : a.Is);
+            swt[q] = lane < (int)a.S ? wt[lane] : 1.0f;
+            sh[q] = (unsigned)lane;
+        }
+        if (lane == 0)
+            snl = __popc(m);
     }
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, rg = warp / ks, kw = warp % ks;
+    const int rg = warp / ks, kw = warp % ks, nl = snl;
     const size_t D = a.D, row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB, n0 = row0 + (size_t)rg * RB;
     const bool act = n0 < D;
-    const size_t step = (size_t)ks * 32 * V, kl = ((size_t)kw * 32 + lane) * V;
-    const uint8_t *wp[RB];
-    const float *sp = NULL;
+    const size_t step = (size_t)ks * 32 * V, kl = ((size_t)kw * 32 + lane) * V, nr = act ? n0 : 0;
+    int ro[RB]; /* row offsets; rows past D re-read n0 */
+#pragma unroll
+    for (int r = 0; r < RB; r++)
+        ro[r] = n0 + r < D ? r : 0;
+    float acc[RB];
+#pragma unroll
+    for (int r = 0; r < RB; r++)
+        acc[r] = 0.0f;
     uint4 raw[RB];
     float sc = 1.0f;
-    auto rows = [&](int p) {
-#pragma unroll
-        for (int r = 0; r < RB; r++) {
-            size_t n = n0 + r;
-            wp[r] = sw[p] + (n < D ? n : act ? n0 : 0) * sk[p] * B; /* rows past D re-read n0 */
-        }
-        if (WT == 2)
-            sp = ss[p] + ((act ? n0 : 0) >> 7) * ssl[p];
-    };
-    auto load = [&](size_t k) {
+    auto load = [&](int q, size_t k) {
+        const size_t K = sk[q];
+        const uint8_t *w = sw[q] + (nr * K + k) * B;
 #pragma unroll
         for (int r = 0; r < RB; r++)
-            raw[r] = kc_ld_stream(wp[r] + k * B);
-        if (WT == 2)
-            sc = __ldg(sp + (k >> 7));
+            raw[r] = kc_ld_stream(w + (size_t)ro[r] * K * B);
+        sc = swt[q] * (WT == 2 ? __ldg(ss[q] + (nr >> 7) * ssl[q] + (k >> 7)) : 1.0f);
     };
-    int p0 = 0;
-    while (p0 < A && !sw[p0])
-        p0++;
-    if (p0 < A) {
-        rows(p0);
-        if (act && kl < sk[p0])
-            load(kl);
-    }
+    const bool first = nl > 0 && act && kl < sk[0];
+    if (first)
+        load(0, kl);
     kc_pdl_wait(); /* every thread, converged: h comes from the kernel in front */
-    for (int p = p0; p < A; p++) {
-        if (!sw[p])
-            continue; /* block-uniform */
-        if (p != p0)
-            rows(p);
-        const float *xp = h + (size_t)p * a.ldh;
-        float acc[RB];
-#pragma unroll
-        for (int r = 0; r < RB; r++)
-            acc[r] = 0.0f;
-        for (size_t k = kl; act && k < sk[p]; k += step) {
-            if (p != p0 || k != kl)
-                load(k);
+    for (int q = 0; q < nl; q++) {
+        const float *xp = h + (size_t)sh[q] * a.ldh;
+        for (size_t k = kl; act && k < sk[q]; k += step) {
+            if (q || k != kl)
+                load(q, k);
             float xv[V];
             tg_load_x<WT, 0>(xp + k, xv);
 #pragma unroll
@@ -453,12 +451,12 @@ __global__ void __launch_bounds__(256, 4) moe_down1_kernel(const float *h, moe_k
                 acc[r] = fmaf(tg_dot<V>(wf, xv), sc, acc[r]);
             }
         }
+    }
 #pragma unroll
-        for (int r = 0; r < RB; r++) {
-            float v = kc_warp_sum(acc[r]);
-            if (lane == 0)
-                red[(p * 8 + warp) * RB + r] = v;
-        }
+    for (int r = 0; r < RB; r++) {
+        float v = kc_warp_sum(acc[r]);
+        if (lane == 0)
+            red[warp * RB + r] = v;
     }
     __syncthreads();
     for (int t = threadIdx.x; t < (8 / ks) * RB; t += blockDim.x) {
@@ -466,26 +464,11 @@ __global__ void __launch_bounds__(256, 4) moe_down1_kernel(const float *h, moe_k
         const size_t d = row0 + (size_t)t;
         if (d >= D)
             continue;
-        float acc = 0.0f, shv = 0.0f;
-        bool any = false, sh = false;
-        for (int p = 0; p < A; p++) {
-            if (!sw[p])
-                continue;
-            float v = 0.0f;
-            for (int w = 0; w < ks; w++) /* the K split, in a fixed order */
-                v += red[(p * 8 + g * ks + w) * RB + r];
-            if (p < (int)a.S)
-                acc += wt[p] * v, any = true;
-            else
-                shv = v, sh = true;
-        }
-        float o = accumulate ? y[d] : 0.0f;
-        if (any)
-            o += acc;
-        if (sh)
-            o += shv;
-        if (any || sh || !accumulate)
-            y[d] = o;
+        float v = 0.0f;
+        for (int w = 0; w < ks; w++) /* the K split, in a fixed order */
+            v += red[(g * ks + w) * RB + r];
+        if (nl || !accumulate)
+            y[d] = (accumulate ? y[d] : 0.0f) + v;
     }
 }
 
