@@ -126,6 +126,11 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
 /* One token: the down projections and the combine fused into one launch (1, default) or
  * per-slot launches and a combine (0); -1: DSR1_MOE_FUSE decides (unset: fused). */
 void kc_moe_set_fuse(int on);
+/* Expert pointers computed from one stride when every routed expert's tensors are evenly
+ * spaced (kc_moe_strided: the shard writer's layout) (1, default) or read from the
+ * device table (0); -1: DSR1_MOE_STRIDE decides (unset: computed). */
+void kc_moe_set_stride(int on);
+int kc_moe_strided(const kc_moe_w *m);
 
 /* ---- router.cu ---- logits [T, E] -> idx, w [T, top_k] (same picks as k_router; E up
  * to 1024, else -1) */

@@ -15,6 +15,8 @@
 #include "gemv.cuh"
 #include "gemv_a8.cuh"
 
+enum { T_GD, T_GS, T_UD, T_US, T_DD, T_DS, T_N };
+
 struct kc_moe_w {
     size_t n, I, D; /* experts, intermediate (gate/up rows), model dim (down rows) */
     size_t Is;      /* the shared expert's intermediate rows; 0: no shared expert here */
@@ -23,9 +25,11 @@ struct kc_moe_w {
     /* device tables [n + 1]: data and scale pointers of gate, up, down; entry n is the
      * shared expert (when Is) */
     const void **tab;
+    /* the same, when every routed expert's tensors lie at one stride (the shard writer
+     * puts them so): expert e's are base + e * stride, and the shared expert's are sh */
+    bool strided;
+    uintptr_t base[T_N], stride[T_N], sh[T_N];
 };
-
-enum { T_GD, T_GS, T_UD, T_US, T_DD, T_DS, T_N };
 
 static int moe_w_ok(const k_weight *g, const k_weight *u, const k_weight *d, size_t I, size_t D,
                     int type)
@@ -65,6 +69,13 @@ int kc_moe_prepare(kc_moe_w **out, size_t n, const k_weight *gate, const k_weigh
         h[T_DD * N + e] = d->data, h[T_DS * N + e] = d->scale;
     }
     m->n = n, m->I = I, m->D = D, m->type = type;
+    m->strided = true;
+    for (int t = 0; t < T_N; t++) {
+        uintptr_t b = (uintptr_t)h[t * N], s = n > 1 ? (uintptr_t)h[t * N + 1] - b : 0;
+        for (size_t e = 0; e < n; e++)
+            m->strided &= (uintptr_t)h[t * N + e] == b + e * s;
+        m->base[t] = b, m->stride[t] = s, m->sh[t] = shared ? (uintptr_t)h[t * N + n] : 0;
+    }
     m->sld_gu = gate[0].scale_ld, m->sld_d = down[0].scale_ld;
     if (shared)
         m->Is = shared[0].rows, m->sld_gu_s = shared[0].scale_ld, m->sld_d_s = shared[2].scale_ld;
@@ -108,7 +119,20 @@ struct moe_k {
     const int32_t *idx; /* one token: no plan, block row = slot (see moe_entry) */
     size_t e0;
     int early; /* one token with the shared expert: moe_up runs it first (block row 0) */
+    bool strided; /* kc_moe_w's: pointers from base, stride, sh, not tab */
+    uintptr_t base[T_N], stride[T_N], sh[T_N];
 };
+
+/* Pointer t (T_GD..T_DS) of local expert e (n: the shared expert). Strided, it costs no
+ * load: at batch 1 a gate/up block's chain before its first weight load is the router
+ * output, then this; the table would add a dependent L2 round trip per block. */
+template <typename P>
+__device__ __forceinline__ const P *moe_ptr(const moe_k &a, int t, size_t e)
+{
+    if (!a.strided)
+        return (const P *)a.tab[t * a.ts + e];
+    return (const P *)(e < a.n ? a.base[t] + e * a.stride[t] : a.sh[t]);
+}
 
 /* One block: counting sort of the slots by local expert. meta = [n_active, act_e[N],
  * act_start[N], act_cnt[N]] (N = n + 1 with a shared expert), active experts in
@@ -228,12 +252,12 @@ __global__ void __launch_bounds__(256, MINB) moe_up_kernel(const float *x, size_
         kc_pdl_wait(); /* the expert comes from the router (or the plan) */
     if (!moe_entry(a, meta, ai, e, st, cnt))
         return; /* block-uniform */
-    const size_t I = (size_t)e < a.n ? a.I : a.Is, N = a.ts;
+    const size_t I = (size_t)e < a.n ? a.I : a.Is;
     const size_t row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB;
     if (row0 >= I)
         return; /* the shared expert is narrower at TP > 1; block-uniform */
-    const uint8_t *W[2] = {(const uint8_t *)a.tab[T_GD * N + e], (const uint8_t *)a.tab[T_UD * N + e]};
-    const float *S[2] = {(const float *)a.tab[T_GS * N + e], (const float *)a.tab[T_US * N + e]};
+    const uint8_t *W[2] = {moe_ptr<uint8_t>(a, T_GD, e), moe_ptr<uint8_t>(a, T_UD, e)};
+    const float *S[2] = {moe_ptr<float>(a, T_GS, e), moe_ptr<float>(a, T_US, e)};
     const size_t sld = (size_t)e < a.n ? a.sld_gu : a.sld_gu_s, sl[2] = {sld, sld};
     for (int c0 = 0; c0 < cnt; c0 += MT) {
         int nm = cnt - c0 < MT ? cnt - c0 : MT;
@@ -280,10 +304,10 @@ __global__ void __launch_bounds__(256, MINB) moe_down_kernel(const float *h, con
         return; /* block-uniform */
     if constexpr (MT > 2)
         kc_pdl_wait();
-    const size_t I = (size_t)e < a.n ? a.I : a.Is, D = a.D, N = a.ts;
+    const size_t I = (size_t)e < a.n ? a.I : a.Is, D = a.D;
     const size_t row0 = (size_t)blockIdx.x * (size_t)(8 / ks) * RB;
-    const uint8_t *W[1] = {(const uint8_t *)a.tab[T_DD * N + e]};
-    const float *S[1] = {(const float *)a.tab[T_DS * N + e]};
+    const uint8_t *W[1] = {moe_ptr<uint8_t>(a, T_DD, e)};
+    const float *S[1] = {moe_ptr<float>(a, T_DS, e)};
     const size_t sl[1] = {(size_t)e < a.n ? a.sld_d : a.sld_d_s};
     for (int c0 = 0; c0 < cnt; c0 += MT) {
         int nm = cnt - c0 < MT ? cnt - c0 : MT;
@@ -336,7 +360,7 @@ __global__ void __launch_bounds__(256, MINB) moe_a8_kernel(const uint8_t *xa, co
 #pragma unroll
     for (int j = 0; j < NW; j++) {
         const int td = NW == 1 ? T_DD : j ? T_UD : T_GD, tsc = NW == 1 ? T_DS : j ? T_US : T_GS;
-        a8_rows((const uint8_t *)a.tab[td * a.ts + e], (const float *)a.tab[tsc * a.ts + e], sld,
+        a8_rows(moe_ptr<uint8_t>(a, td, e), moe_ptr<float>(a, tsc, e), sld,
                 row0, N, K, w0[j], w1[j], ws[j]);
     }
     for (int c0 = 0; c0 < cnt; c0 += 8) {
@@ -400,8 +424,8 @@ __global__ void __launch_bounds__(256, 4) moe_down1_kernel(const float *h, moe_k
         const unsigned m = __ballot_sync(0xffffffffu, ok);
         if (ok) {
             const int q = __popc(m & ((1u << lane) - 1));
-            sw[q] = (const uint8_t *)a.tab[T_DD * a.ts + e];
-            ss[q] = (const float *)a.tab[T_DS * a.ts + e];
+            sw[q] = moe_ptr<uint8_t>(a, T_DD, e);
+            ss[q] = moe_ptr<float>(a, T_DS, e);
             ssl[q] = (unsigned)(e < a.n ? a.sld_d : a.sld_d_s);
             sk[q] = (unsigned)(e < a.n ? a.I : a.Is);
             swt[q] = lane < (int)a.S ? wt[lane] : 1.0f;
@@ -490,14 +514,16 @@ static void moe_ks_env(int *up, int *down)
 
 /* Switches for measuring, read once: DSR1_MOE_EARLY=0 (the shared expert's gate/up after
  * the routed ones), DSR1_MOE_OCC=0 (no register caps), DSR1_MOE_FUSE=0 (one token: down
- * projections per slot tile and a combine launch). Anything else: on. */
-enum { MOE_SW_EARLY, MOE_SW_OCC, MOE_SW_FUSE, MOE_SW_N };
+ * projections per slot tile and a combine launch), DSR1_MOE_STRIDE=0 (expert pointers
+ * from the device table even when strided). Anything else: on. */
+enum { MOE_SW_EARLY, MOE_SW_OCC, MOE_SW_FUSE, MOE_SW_STRIDE, MOE_SW_N };
 
-static int moe_sw[MOE_SW_N] = {-1, -1, -1};
+static int moe_sw[MOE_SW_N] = {-1, -1, -1, -1};
 
 static int moe_switch(int i)
 {
-    static const char *const name[MOE_SW_N] = {"DSR1_MOE_EARLY", "DSR1_MOE_OCC", "DSR1_MOE_FUSE"};
+    static const char *const name[MOE_SW_N] = {"DSR1_MOE_EARLY", "DSR1_MOE_OCC", "DSR1_MOE_FUSE",
+                                               "DSR1_MOE_STRIDE"};
     if (moe_sw[i] < 0) {
         const char *e = getenv(name[i]);
         moe_sw[i] = !(e && !strcmp(e, "0"));
@@ -508,6 +534,16 @@ static int moe_switch(int i)
 void kc_moe_set_fuse(int on)
 {
     moe_sw[MOE_SW_FUSE] = on < 0 ? -1 : !!on;
+}
+
+void kc_moe_set_stride(int on)
+{
+    moe_sw[MOE_SW_STRIDE] = on < 0 ? -1 : !!on;
+}
+
+int kc_moe_strided(const kc_moe_w *m)
+{
+    return m && m->strided;
 }
 
 /* What one chunk of tokens hands the expert launches. */
@@ -656,6 +692,9 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
     size_t n = m->n, D = m->D, N = n + (kc_moe_has_shared(m, T) ? 1 : 0);
     moe_k a = {m->tab, n, N, n + (m->Is ? 1 : 0), m->I, m->Is, D, m->I > m->Is ? m->I : m->Is, 0, top_k,
                m->sld_gu, m->sld_d, m->sld_gu_s, m->sld_d_s, NULL, 0, 0};
+    a.strided = m->strided && moe_switch(MOE_SW_STRIDE);
+    memcpy(a.base, m->base, sizeof a.base), memcpy(a.stride, m->stride, sizeof a.stride);
+    memcpy(a.sh, m->sh, sizeof a.sh);
     for (size_t t0 = 0; t0 < T; t0 += MOE_CHUNK) {
         size_t tn = T - t0 < MOE_CHUNK ? T - t0 : MOE_CHUNK, S = tn * top_k;
         size_t P = S + (N - n) * tn, A = (S < n ? S : n) + (N - n);

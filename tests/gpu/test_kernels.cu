@@ -554,6 +554,25 @@ static void test_moe(kc_ctx *ctx)
         }
         for (size_t e = 0; e < n; e++)
             gd.push_back(g[e].d), ud.push_back(u[e].d), dd.push_back(d[e].d);
+        /* the same experts laid out as the shard writer does (each tensor kind at one
+         * stride: pointers computed) next to the separate allocations (pointers from the
+         * device table, the stride switch off) */
+        std::vector<void *> pool;
+        std::vector<k_weight> gs = gd, us = ud, ds = dd;
+        for (std::vector<k_weight> *v : {&gs, &us, &ds}) {
+            const k_weight &w0 = (*v)[0];
+            size_t db = w0.rows * w0.cols, sb = ((w0.rows + 127) / 128) * w0.scale_ld * 4;
+            uint8_t *pd, *ps;
+            CK(cudaMalloc((void **)&pd, n * db));
+            CK(cudaMalloc((void **)&ps, n * sb));
+            pool.push_back(pd), pool.push_back(ps);
+            for (size_t e = 0; e < n; e++) {
+                k_weight &w = (*v)[e];
+                CK(cudaMemcpy(pd + e * db, w.data, db, cudaMemcpyDeviceToDevice));
+                CK(cudaMemcpy(ps + e * sb, w.scale, sb, cudaMemcpyDeviceToDevice));
+                w.data = pd + e * db, w.scale = (const float *)(ps + e * sb);
+            }
+        }
         auto x = randv(T * D);
         std::vector<int32_t> idx(T * K);
         std::vector<float> w(T * K);
@@ -580,8 +599,13 @@ static void test_moe(kc_ctx *ctx)
         }
         k_weight sd[3] = {Is ? sw[0].d : k_weight{}, Is ? sw[1].d : k_weight{},
                           Is ? sw[2].d : k_weight{}};
-        kc_moe_w *mw;
-        CK(kc_moe_prepare(&mw, n, gd.data(), ud.data(), dd.data(), Is ? sd : NULL));
+        kc_moe_w *mws[2];
+        CK(kc_moe_prepare(&mws[0], n, gd.data(), ud.data(), dd.data(), Is ? sd : NULL));
+        CK(kc_moe_prepare(&mws[1], n, gs.data(), us.data(), ds.data(), Is ? sd : NULL));
+        if (!kc_moe_strided(mws[1])) {
+            printf("FAIL moe T=%zu D=%zu I=%zu: evenly spaced experts not taken as strided\n", T, D, I);
+            g_fail++;
+        }
         float *dx = up(x), *dw = up(w);
         int32_t *di = up(idx);
         /* onto y (accumulate) and over it (y holds garbage; rows with nothing local must
@@ -589,8 +613,10 @@ static void test_moe(kc_ctx *ctx)
         /* above 16 tokens with dims that are multiples of 128: FP8 activations on tensor
          * cores (v = 1) against the W8A8 reference, and W8A32 (v = 0) */
         const bool a8 = T > 16 && D % 128 == 0 && I % 128 == 0;
+        for (int lay = 0; lay < 2; lay++)
         for (int acc = 1; acc >= 0; acc--)
             for (int v = 0; v < (T == 1 || a8 ? 2 : 1); v++) {
+                kc_moe_w *mw = mws[lay];
                 const int fuse = T == 1 && v ? 0 : 1, q = a8 && v;
                 std::vector<float> ref = acc ? y0 : std::vector<float>(T * D, 0.0f);
                 for (size_t t = 0; t < T; t++)
@@ -609,9 +635,11 @@ static void test_moe(kc_ctx *ctx)
                     k_mlp(x.data(), D, T, &sw[0].h, &sw[1].h, &sw[2].h, ref.data(), D, 1, NULL);
                 float *dy = up(y0);
                 kc_moe_set_fuse(fuse);
+                kc_moe_set_stride(lay);
                 kc_set_gemv_a8(q);
                 CK(kc_moe(ctx, mw, dx, D, T, di, dw, K, e0, dy, D, acc));
                 kc_moe_set_fuse(-1);
+                kc_moe_set_stride(-1);
                 kc_set_gemv_a8(1);
                 auto got = down(dy, T * D);
                 cudaFree(dy);
@@ -621,9 +649,10 @@ static void test_moe(kc_ctx *ctx)
                 if (Is)
                     snprintf(name + strlen(name), sizeof name - strlen(name), " + shared I=%zu%s",
                              Is, take ? "" : " (left to the caller)");
-                snprintf(name + strlen(name), sizeof name - strlen(name), "%s%s%s",
+                snprintf(name + strlen(name), sizeof name - strlen(name), "%s%s%s%s",
                          acc ? "" : ", overwriting y", T == 1 && !fuse ? ", unfused" : "",
-                         q ? ", FP8 tensor cores" : a8 ? ", W8A32" : "");
+                         q ? ", FP8 tensor cores" : a8 ? ", W8A32" : "",
+                         lay ? ", strided" : ", table");
                 if (Is && take != (kc_moe_has_shared(mw, T) != 0)) {
                     printf("FAIL %s: shared expert %s\n", name, take ? "not taken" : "taken at T > 2");
                     g_fail++;
@@ -631,7 +660,10 @@ static void test_moe(kc_ctx *ctx)
                 /* FP8: h is quantized from GPU sums, so a code can round the other way */
                 report(name, rel_err(got.data(), ref.data(), ref.size()), q ? 2e-3 : 2e-5);
             }
-        kc_moe_free(mw);
+        kc_moe_free(mws[0]);
+        kc_moe_free(mws[1]);
+        for (void *p : pool)
+            cudaFree(p);
         cudaFree(dx), cudaFree(dw), cudaFree(di);
     }
 }
