@@ -28,6 +28,19 @@ Two steps (tests/golden/README.md says how and where each ran):
       choices and tokens for the FP8 and BF16 weights, router margins >= 1e-4 and
       greedy margins >= 0.01.
 
+  gen_golden.py a8 --ckpt tests/golden/ckpt --out tests/golden/ref
+      torch + transformers. Prefill logits (p{i}_a8.npy [T, vocab], prompts and margins
+      in a8.json) of prompts of the goldens' lengths with the runtime's FP8 activation
+      policy applied to transformers' model: the input of every GEMM on FP8 weights is quantized
+      1x128 to E4M3 (scale = max(amax, 1e-4) / 448, as kernels/gemm_fp8.c and DeepSeek's
+      act_quant) for the rows the runtime quantizes (tiles of 16 tokens, from 3 tokens
+      a tile: kernels/gemm.cu), the routed experts' inputs when the layer sees more
+      than 16 tokens (kernels/mlp.cu), and the input of the BF16 GEMMs (router,
+      lm_head) is rounded to BF16 above 16 tokens (cuBLASLt BF16). kv_b stays exact
+      (the runtime absorbs it in fp32). Decode steps (one token) run W8A32 and are
+      covered by p{i}_fp8.npy. Prompts are drawn until every router margin is >= 1e-3
+      and the first greedy token's margin >= 0.05 under that quantization.
+
   gen_golden.py all --out tests/golden   (both, where every package is present)
 """
 import argparse
@@ -483,6 +496,123 @@ def cmd_ref(args):
     print(json.dumps({k: v for k, v in meta.items() if k not in ("prompts", "rope_inv_freq")}))
 
 
+A8_TILE, A8_MIN, A8_LT = 16, 3, 16  # kernels/gemm.cu: token tiles, FP8 from 3, cuBLASLt above 16
+A8_ROUTER_MARGIN, A8_GREEDY_MARGIN = 1e-3, 0.05
+
+# parameter name endings by what the runtime does with their GEMM's input
+A8_FP8 = ("q_a_proj.weight", "kv_a_proj_with_mqa.weight", "q_b_proj.weight", "o_proj.weight",
+          "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+A8_BF16 = ("mlp.gate.weight", "lm_head.weight")
+
+
+def a8_quant(x2, rows):
+    """x2 [M, K] fp32 (K a multiple of 128): rows `rows` quantized 1x128 to E4M3 and back."""
+    import torch
+    M, K = x2.shape
+    assert K % 128 == 0, K
+    xb = x2.reshape(M, K // 128, 128)
+    s = xb.abs().amax(-1, keepdim=True).clamp_min(1e-4) / 448.0
+    q = (xb / s).to(torch.float8_e4m3fn).to(torch.float32) * s
+    return torch.where(rows[:, None, None], q, xb).reshape(M, K)
+
+
+def a8_tile_rows(M):
+    """Rows of an M-token GEMM the runtime quantizes: those in tiles of >= A8_MIN tokens."""
+    import torch
+    i = torch.arange(M)
+    size = torch.clamp(M - (i // A8_TILE) * A8_TILE, max=A8_TILE)
+    return size >= A8_MIN
+
+
+def cmd_a8(args):
+    import platform
+    import tempfile
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
+    with open(os.path.join(args.ckpt, "config.json")) as f:
+        cfg = json.load(f)
+    deq, _ = read_dequant(args.ckpt)
+    model = load_model(deq, cfg, os.path.join(tempfile.mkdtemp(prefix="dsr1-golden-"), "fp8"))
+    # each parameter's storage range -> category ("fp8", "bf16", "expert", None: exact)
+    spans = []
+    for name, p in model.named_parameters():
+        cat = ("expert" if ".mlp.experts." in name else "fp8" if name.endswith(A8_FP8)
+               else "bf16" if name.endswith(A8_BF16) else None)
+        spans.append((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size(), cat, name))
+    router = {lo for lo, _, _, n in spans if n.endswith("mlp.gate.weight")}
+    state = {"T": 0}
+    hits = {"fp8": 0, "bf16": 0, "expert": 0, "fp8_rows": 0, "bf16_rows": 0, "expert_rows": 0,
+            "router_rows": 0}
+    orig = F.linear
+
+    def linear(x, w, b=None):
+        cat = next((c for lo, hi, c, _ in spans if lo <= w.data_ptr() < hi), None)
+        x2 = x.reshape(-1, x.shape[-1])
+        M = x2.shape[0]
+        if cat == "fp8" and M >= A8_MIN:
+            rows = a8_tile_rows(M)
+            x2, hits["fp8_rows"] = a8_quant(x2, rows), hits["fp8_rows"] + int(rows.sum())
+        elif cat == "bf16" and M > A8_LT:
+            x2, hits["bf16_rows"] = x2.to(torch.bfloat16).to(torch.float32), hits["bf16_rows"] + M
+            hits["router_rows"] += M if w.data_ptr() in router else 0
+        elif cat == "expert" and state["T"] > A8_LT:
+            x2, hits["expert_rows"] = a8_quant(x2, torch.ones(M, dtype=torch.bool)), hits["expert_rows"] + M
+        if cat:
+            hits[cat] += 1
+        return orig(x2.reshape(x.shape), w, b)
+
+    biases, caps = {}, []
+    for L, layer in enumerate(model.model.layers):
+        if hasattr(layer.mlp, "experts"):
+            layer.mlp.register_forward_pre_hook(
+                lambda mod, a: state.__setitem__("T", a[0].reshape(-1, a[0].shape[-1]).shape[0]))
+            biases[L] = layer.mlp.gate.e_score_correction_bias.numpy().copy()
+            layer.mlp.gate.register_forward_hook(
+                lambda mod, inp, out, L=L: caps.append((L, out[0].detach().float().numpy().copy())))
+    # Prompts of the goldens' lengths, drawn until the quantized model's routing and first
+    # token are far from ties: GPU and CPU sums differ in the last bits, which moves an
+    # FP8 code now and then (a 1/16 step of one activation); a router or argmax within
+    # that of a tie would flip and the comparison would test the tie, not the kernels.
+    rng = np.random.default_rng(args.seed)
+    V = cfg["vocab_size"]
+    out = {"generator": "scripts/gen_golden.py a8", "torch": torch.__version__,
+           "transformers": transformers.__version__, "python": platform.python_version(),
+           "seed": args.seed, "tile": A8_TILE, "fp8_from_tokens": A8_MIN, "cublaslt_above": A8_LT,
+           "router_margin_min": A8_ROUTER_MARGIN, "greedy_margin_min": A8_GREEDY_MARGIN, "prompts": []}
+    os.makedirs(args.out, exist_ok=True)
+    F.linear = linear
+    try:
+        for i, T in enumerate(PROMPT_LENGTHS):
+            for attempt in range(1, MAX_DRAWS + 1):
+                p = [0] + rng.integers(2, V, size=T - 1).tolist()
+                caps.clear()
+                lg = model(input_ids=torch.tensor([p]), use_cache=False).logits[0].float().numpy()
+                rm = min(router_stats(l, biases[L], cfg)[0] for L, l in caps)
+                top2 = np.sort(lg[-1])[-2:]
+                if rm >= A8_ROUTER_MARGIN and top2[1] - top2[0] >= A8_GREEDY_MARGIN:
+                    break
+            else:
+                sys.exit(f"no robust prompt of length {T} in {MAX_DRAWS} draws")
+            np.save(os.path.join(args.out, f"p{i}_a8.npy"), lg.astype(np.float32))
+            out["prompts"].append(dict(prompt=p, logits=f"p{i}_a8.npy", rows=T, draws=attempt,
+                                       first_token=int(lg[-1].argmax()), router_margin=rm,
+                                       greedy_margin=float(top2[1] - top2[0])))
+            print(f"prompt {i}: T={T} draws={attempt} first token {int(lg[-1].argmax())} "
+                  f"router margin {rm:.3g} greedy margin {top2[1] - top2[0]:.3g}", flush=True)
+    finally:
+        F.linear = orig
+    # the hooks must have seen every kind of GEMM, or the model no longer calls F.linear
+    assert hits["fp8_rows"] and hits["bf16_rows"] and hits["expert_rows"] and hits["router_rows"], hits
+    out["gemm_calls"] = hits
+    with open(os.path.join(args.out, "a8.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    print(json.dumps(hits))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -493,6 +623,10 @@ def main():
     b.add_argument("--ckpt", required=True)
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=7)
+    d = sub.add_parser("a8")
+    d.add_argument("--ckpt", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--seed", type=int, default=11)
     c = sub.add_parser("all")
     c.add_argument("--out", required=True)
     c.add_argument("--seed", type=int, default=20250127)
@@ -501,6 +635,8 @@ def main():
         cmd_ckpt(args)
     elif args.cmd == "ref":
         cmd_ref(args)
+    elif args.cmd == "a8":
+        cmd_a8(args)
     else:
         root = args.out
         args.out = os.path.join(root, "ckpt")

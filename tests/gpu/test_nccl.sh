@@ -7,10 +7,12 @@
 # the CPU reference); 3..16 tokens quantize activations 1x128 to FP8 (DeepSeek's scheme)
 # on FP8 tensor cores (DSR1_GEMV_A8=0: W8A32 up to DSR1_GEMV_MAX_M), more go to cuBLASLt
 # FP8; routed experts above 16 tokens take FP8 tensor cores too (W8A32 with
-# DSR1_GEMV_A8=0). This test sets DSR1_GEMV_MAX_M=100000 and DSR1_GEMV_A8=0 unless the caller sets
-# them: with FP8 activations prompt 2 of the goldens (24 tokens) flips its third greedy
-# token on the tiny random model (measured on H200: 23 of 31 checks pass, every failure
-# on prompt 2), which is quantization noise, not a wrong result.
+# DSR1_GEMV_A8=0). This test sets DSR1_GEMV_MAX_M=100000 and DSR1_GEMV_A8=0 unless the
+# caller sets them, for the goldens are transformers in fp32: FP8 activations move this
+# tiny random model's logits by 0.2-0.3 of their range and flip routing and greedy tokens
+# (transformers itself, quantizing the same way: tests/golden/ref/a8.json). A last pass
+# runs the first plan with FP8 activations against that quantized transformers run
+# (tests/golden/ref/a8.json, p{i}_a8.npy).
 # Plus, for NGPU >= 2: the same on two "nodes" (two process groups, NCCL over its
 # network transport), and a rank whose shard is corrupted stopping every rank with
 # one message naming it, and peers that die after joining (DSR1_TEST_FAULT: stalled
@@ -129,6 +131,51 @@ print(s if isinstance(s, str) else m['shards'][s]['file'])")
     fi
   done
 fi
+# FP8 activations (the runtime's defaults), first plan, against transformers quantizing the
+# same activations the same way (scripts/gen_golden.py a8: prompts whose routing and first
+# token are far from ties under that quantization): the prefill rows and the first greedy
+# token of the prompts of up to 16 tokens (8 and 12: FP8 tensor-core GEMV, W8A32 experts).
+# Tolerance 5e-2: where GPU and CPU sums straddle an FP8 rounding boundary one code moves
+# by a step, and this random model turns that into ~2e-2 on the logits of every later
+# position (measured on H200: prompt 0 from position 1 on 1.9e-2, position 0 3e-7; prompt
+# 1 7e-7). The 17-token prompt (cuBLASLt FP8, BF16 router and lm_head, FP8 experts) is
+# not checked: it is 3e-2 to 0.37 off the emulation (with the FP8 GEMV instead of
+# cuBLASLt, 1e-2 to 2e-2), an open question recorded in docs/cuda.md. Decode steps are
+# W8A32, checked above.
+mapfile -t A8P < <("$PY" -c '
+import json; m = json.load(open("tests/golden/ref/a8.json"))
+for p in m["prompts"]:
+    if len(p["prompt"]) <= 16:
+        print(",".join(map(str, p["prompt"])), p["first_token"], p["logits"])' 2>/dev/null)
+[ "${#A8P[@]}" -ge 1 ] || bad "FP8 activations: cannot read tests/golden/ref/a8.json (scripts/gen_golden.py a8)"
+set -- ${PLANS[0]}
+P0="tp$1-ep$2-pp$3-$4" D=$T/shard-$1-$2-$3-$4 np=$(($1 * $3))
+i=0
+for p in "${A8P[@]}"; do
+  set -- $p
+  L=$T/fp8act-p$i
+  mkdir -p "$L"
+  if env -u DSR1_GEMV_MAX_M DSR1_GEMV_A8=1 scripts/launch_local.sh "$np" --logdir "$L" -- \
+       "$BIN/dsr1-serve" generate --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" \
+       --max-new-tokens 1 --logits-out "$L/logits.npy" --timeout 60 >"$L/out" 2>"$L/err"; then
+    got=$(grep -E '^[0-9]+(,[0-9]+)*$' "$L/out" | head -1)
+    r=$("$PY" - "$L/logits.npy" "tests/golden/ref/$3" <<'PYEOF'
+import sys, numpy as np
+g, r = np.load(sys.argv[1]), np.load(sys.argv[2])
+if g.shape != r.shape: print(f"shape {g.shape} vs {r.shape}"); sys.exit(1)
+e = float(np.abs(g - r).max() / np.abs(r).max())
+print(f"{e:.3g}"); sys.exit(0 if e <= 5e-2 and not np.isnan(g).any() else 1)
+PYEOF
+)
+    rc=$?
+    [ $rc -eq 0 ] && [ "$got" = "$2" ] \
+      && ok "$P0 FP8 activations prompt $i ($(echo "$1" | tr ',' ' ' | wc -w) tokens): prefill logits rel err $r <= 5e-2, first token $got" \
+      || bad "$P0 FP8 activations prompt $i: prefill logits rel err $r, first token $got (golden $2)"
+  else
+    bad "$P0 FP8 activations prompt $i: dsr1-serve failed: $(tr '\n' ' ' <"$L/err" | head -c 600)"
+  fi
+  i=$((i + 1))
+done
 # programmatic dependent launch moves only when kernels start, never a result: the first
 # plan's prompt 0 again with DSR1_PDL=0 must give bit-identical logits
 set -- ${PLANS[0]}
