@@ -739,6 +739,37 @@ static void test_moe(kc_ctx *ctx)
             cudaFree(p);
         cudaFree(dx), cudaFree(dw), cudaFree(di);
     }
+    /* one token whose experts are all on other ranks (EP): the fused down + combine has
+     * no local slot; y must stay as it was (accumulate) or come back zero */
+    {
+        const size_t D = 256, I = 128;
+        std::vector<W> g, u, d;
+        std::vector<k_weight> gd, ud, dd;
+        for (size_t e = 0; e < n; e++) {
+            g.push_back(make_w(K_W_FP8, I, D)), u.push_back(make_w(K_W_FP8, I, D));
+            d.push_back(make_w(K_W_FP8, D, I));
+            gd.push_back(g[e].d), ud.push_back(u[e].d), dd.push_back(d[e].d);
+        }
+        kc_moe_w *mw;
+        CK(kc_moe_prepare(&mw, n, gd.data(), ud.data(), dd.data(), NULL));
+        std::vector<int32_t> idx = {0, 3, 5, 7}; /* all below e0 = 8 */
+        std::vector<float> w = {0.5f, 0.3f, 0.1f, 0.1f};
+        auto x = randv(D), y0 = randv(D);
+        float *dx = up(x), *dw = up(w);
+        int32_t *di = up(idx);
+        for (int acc = 1; acc >= 0; acc--) {
+            float *dy = up(y0);
+            CK(kc_moe(ctx, mw, dx, D, 1, di, dw, K, e0, dy, D, acc));
+            auto got = down(dy, D);
+            std::vector<float> ref = acc ? y0 : std::vector<float>(D, 0.0f);
+            report(acc ? "moe T=1 no local expert: y unchanged (accumulate)"
+                       : "moe T=1 no local expert: y zero (overwrite)",
+                   rel_err(got.data(), ref.data(), D), 0.0);
+            cudaFree(dy);
+        }
+        kc_moe_free(mw);
+        cudaFree(dx), cudaFree(dw), cudaFree(di);
+    }
 }
 
 static void test_router(void)

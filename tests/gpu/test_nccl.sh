@@ -151,7 +151,7 @@ for p in m["prompts"]:
 set -- ${PLANS[0]}
 P0="tp$1-ep$2-pp$3-$4" D=$T/shard-$1-$2-$3-$4 np=$(($1 * $3))
 i=0
-for p in "${A8P[@]}"; do
+for p in ${A8P[@]+"${A8P[@]}"}; do
   set -- $p
   L=$T/fp8act-p$i
   mkdir -p "$L"
