@@ -1320,6 +1320,245 @@ __global__ void __launch_bounds__(ABS_THREADS)
     }
 }
 
+/* ---- absorption on tensor cores (R1's shapes, several tokens) ----
+ *
+ * Both absorptions are per-head matmuls (K = dn = 128 for q, K = R = 512 for v) where
+ * each 128 columns of K lie in one 128x128 block of kv_b, so a chunk's block scale
+ * factors out of its sum and the weights enter the MMA as their exact FP8 (or BF16)
+ * values, which TF32 holds exactly. The fp32 activation x is split into hi = tf32(x)
+ * and lo = tf32(x - hi); hi*w + lo*w runs as two MMAs: about fp32 accuracy (the
+ * 3xTF32 idea with one exact operand), unlike single-pass TF32. A block is 16 tokens
+ * and 4 warps; absorb_q: 128 columns r (4 n-tiles a warp), absorb_v: 64 columns e (2
+ * n-tiles a warp, twice the blocks: a TP8 rank has 16 heads) over 4 chunks of K, the
+ * next chunk's weights loaded while the current one is multiplied. Shared-memory rows
+ * are padded so fragment reads hit 32 distinct banks: stride 136 where B is read (k =
+ * tig, n = gid) down rows of K (absorb_q's W_UK[d][r]), 132 where fragments read (gid,
+ * k = tig) (activations, absorb_v's W_UV[e][r]). */
+#define ABM_DEFAULT_MIN 8 /* tokens from which the absorptions use these kernels */
+#define ABM_WQ 136
+#define ABM_LD 132
+#define ABM_SMEM_Q ((128 * ABM_WQ + 16 * ABM_LD) * 4)
+#define ABM_SMEM_V ((64 * ABM_LD + 16 * ABM_LD) * 4)
+
+/* ROWS x 128 columns of kv_b from (row0, col0): 16-byte loads (FP8: 16 values, BF16:
+ * 8) into registers, then as exact floats into dst (row stride ld) */
+template <int TYPE, int ROWS>
+struct abm_w {
+    static constexpr int PER = TYPE == 2 ? 16 : 8, NL = ROWS * 128 / PER / 128;
+    uint4 v[NL];
+    __device__ __forceinline__ void load(const void *wd, size_t R, size_t row0, size_t col0, int tid)
+    {
+#pragma unroll
+        for (int l = 0; l < NL; l++) {
+            int i = tid + 128 * l, r = i / (128 / PER), c = (i % (128 / PER)) * PER;
+            v[l] = __ldg((const uint4 *)wd + ((row0 + r) * R + col0 + c) / PER);
+        }
+    }
+    __device__ __forceinline__ void store(float *dst, int ld, int tid) const
+    {
+#pragma unroll
+        for (int l = 0; l < NL; l++) {
+            int i = tid + 128 * l, r = i / (128 / PER), c = (i % (128 / PER)) * PER;
+            const uint32_t u[4] = {v[l].x, v[l].y, v[l].z, v[l].w};
+            float4 *o = (float4 *)(dst + r * ld + c);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (TYPE == 2) {
+                    float2 lo = kc_fp8x2((uint16_t)(u[j] & 0xffffu)), hi = kc_fp8x2((uint16_t)(u[j] >> 16));
+                    o[j] = make_float4(lo.x, lo.y, hi.x, hi.y);
+                } else if (j % 2 == 0) {
+                    o[j / 2] = make_float4(__uint_as_float(u[j] << 16), __uint_as_float(u[j] & 0xffff0000u),
+                                           __uint_as_float(u[j + 1] << 16),
+                                           __uint_as_float(u[j + 1] & 0xffff0000u));
+                }
+            }
+        }
+    }
+};
+
+/* 16 rows x 128 floats (row t at src + t * lds; rows >= nrow zero), times sc, into dst
+ * (row stride ABM_LD), 16-byte loads */
+__device__ __forceinline__ void abm_stage_x(const float *src, size_t lds, size_t nrow, float sc,
+                                            float *dst, int tid)
+{
+#pragma unroll
+    for (int l = 0; l < 4; l++) {
+        int i = tid + 128 * l, t = i >> 5, c = (i & 31) * 4;
+        float4 x = (size_t)t < nrow ? *(const float4 *)(src + t * lds + c) : make_float4(0, 0, 0, 0);
+        *(float4 *)(dst + t * ABM_LD + c) = make_float4(x.x * sc, x.y * sc, x.z * sc, x.w * sc);
+    }
+}
+
+/* acc[NT][4] += A (16 rows from As, row stride ABM_LD) x B over K = 128 in 8-wide
+ * steps; the B fragment (k, n) of n-tile nt is Bs[(8 nt + n) * bn + k * bk] */
+template <int NT>
+__device__ __forceinline__ void abm_mma128(float (*acc)[4], const float *As, const float *Bs,
+                                           int bn, int bk, int lane)
+{
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll 4
+    for (int k0 = 0; k0 < 128; k0 += 8) {
+        float x[4] = {As[gid * ABM_LD + k0 + tig], As[(gid + 8) * ABM_LD + k0 + tig],
+                      As[gid * ABM_LD + k0 + tig + 4], As[(gid + 8) * ABM_LD + k0 + tig + 4]};
+        uint32_t hi[4], lo[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            hi[i] = mla_tf32(x[i]);
+            lo[i] = mla_tf32(x[i] - __uint_as_float(hi[i]));
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const float *b = Bs + (8 * nt + gid) * bn;
+            uint32_t bf[2] = {__float_as_uint(b[(k0 + tig) * bk]), __float_as_uint(b[(k0 + tig + 4) * bk])};
+            mla_mma(acc[nt], hi, bf);
+            mla_mma(acc[nt], lo, bf);
+        }
+    }
+}
+
+/* a warp's 16 x 8 NT tile of D (times sc) to out rows 0..15 (those < nrow), row
+ * stride ldr (pairs: 8-byte stores) */
+template <int NT>
+__device__ __forceinline__ void abm_store(const float (*acc)[4], float sc, float *out, size_t ldr,
+                                          size_t nrow, int lane)
+{
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            size_t t = gid + 8 * half;
+            if (t < nrow)
+                *(float2 *)(out + t * ldr + 8 * n + 2 * tig) =
+                    make_float2(acc[n][2 * half] * sc, acc[n][2 * half + 1] * sc);
+        }
+}
+
+/* q_lat[t,h,r] = sum_d q[t,h,d] W_UK_h[d,r]: block (128 columns r, head h, 16 tokens) */
+template <int TYPE>
+__global__ void __launch_bounds__(128)
+    absorb_q_mma(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, int dv,
+                 const void *wd, const float *ws, int R, size_t sld, float *q_lat)
+{
+    extern __shared__ float4 abs_smem4[];
+    float *Ws = (float *)abs_smem4, *Qs = Ws + 128 * ABM_WQ;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const size_t h = blockIdx.y, t0 = (size_t)blockIdx.z * 16, col0 = (size_t)blockIdx.x * 128;
+    const size_t row0 = h * (size_t)(128 + dv), nrow = T - t0 < 16 ? T - t0 : 16;
+    abm_w<TYPE, 128> w;
+    w.load(wd, R, row0, col0, tid); /* weights: before the wait */
+    const float sc = TYPE == 2 ? __ldg(ws + (row0 >> 7) * sld + (col0 >> 7)) : 1.0f;
+    w.store(Ws, ABM_WQ, tid);
+    kc_pdl_wait();
+    abm_stage_x(q + t0 * ldq + h * ldh, ldq, nrow, 1.0f, Qs, tid);
+    __syncthreads();
+    float acc[4][4] = {};
+    abm_mma128<4>(acc, Qs, Ws + 32 * warp, 1, ABM_WQ, lane); /* B (d, r) = Ws[d][r] */
+    abm_store<4>(acc, sc, q_lat + (t0 * H + h) * R + col0 + 32 * warp, H * R, nrow, lane);
+}
+
+/* o[t, h*128 + e] = sum_r o_lat[t,h,r] W_UV_h[e,r]: block (64 rows e, head h, 16
+ * tokens), K = R in 128-column chunks, each chunk's block scale on the staged
+ * activations */
+template <int TYPE>
+__global__ void __launch_bounds__(128)
+    absorb_v_mma(const float *o_lat, size_t T, size_t H, int dn, const void *wd, const float *ws,
+                 int R, size_t sld, float *o, size_t ldo)
+{
+    extern __shared__ float4 abs_smem4[];
+    float *Ws = (float *)abs_smem4, *Os = Ws + 64 * ABM_LD;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const size_t h = blockIdx.y, t0 = (size_t)blockIdx.z * 16, e0 = (size_t)blockIdx.x * 64;
+    const size_t row0 = h * (size_t)(dn + 128) + dn + e0, nrow = T - t0 < 16 ? T - t0 : 16;
+    const float *src = o_lat + (t0 * H + h) * R;
+    abm_w<TYPE, 64> w;
+    w.load(wd, R, row0, 0, tid);
+    kc_pdl_wait();
+    float acc[2][4] = {};
+    for (int c0 = 0; c0 < R; c0 += 128) {
+        if (c0)
+            __syncthreads(); /* every warp is done with the previous chunk */
+        w.store(Ws, ABM_LD, tid);
+        const float sc = TYPE == 2 ? __ldg(ws + (row0 >> 7) * sld + (c0 >> 7)) : 1.0f;
+        abm_stage_x(src + c0, H * R, nrow, sc, Os, tid);
+        __syncthreads();
+        if (c0 + 128 < R)
+            w.load(wd, R, row0, c0 + 128, tid); /* in flight during the MMAs */
+        /* B (r, e) = Ws[e][r] */
+        abm_mma128<2>(acc, Os, Ws + 16 * warp * ABM_LD, ABM_LD, 1, lane);
+    }
+    abm_store<2>(acc, 1.0f, o + t0 * ldo + h * 128 + e0 + 16 * warp, ldo, nrow, lane);
+}
+
+/* From this many tokens the absorptions take the tensor-core kernels where they apply
+ * (DSR1_ABS_MMA_MIN; 0 never); kc_mla_set_absorb_mma overrides it (tests, bench) and
+ * also lifts absorb_v's block-count rule (absorb_v_tc). */
+static int abm_min = -1, abm_forced = 0;
+void kc_mla_set_absorb_mma(int min_tokens)
+{
+    abm_min = min_tokens;
+    abm_forced = min_tokens >= 0;
+}
+
+/* The tensor-core absorptions apply: enough tokens, FP8 or BF16 kv_b (exact in TF32),
+ * dn = dv = 128, R a multiple of 128, 16-byte aligned input rows, 8-byte aligned output
+ * pairs, and the opt-in shared memory (raised once per device). */
+static bool abm_ok(const k_weight *w, size_t T, size_t H, size_t dn, size_t dv, const float *in,
+                   size_t ld_in, const float *out, size_t ld_out)
+{
+    static int raised = 0; /* 1 + the device */
+    if (abm_min < 0) {
+        const char *e = getenv("DSR1_ABS_MMA_MIN");
+        abm_min = e && *e ? atoi(e) : ABM_DEFAULT_MIN;
+    }
+    if (abm_min <= 0 || T < (size_t)abm_min || dn != 128 || dv != 128 || w->cols % 128 ||
+        (w->type != K_W_FP8 && w->type != K_W_BF16) || (w->type == K_W_FP8 && !w->scale) ||
+        ((uintptr_t)w->data & 15) || ((uintptr_t)in & 15) || ld_in % 4 || ((uintptr_t)out & 7) ||
+        ld_out % 2 || H > 65535 || (T + 15) / 16 > 65535)
+        return false;
+    int d = 0;
+    if (cudaGetDevice(&d) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    if (raised == d + 1)
+        return true;
+    if (mla_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024) < ABM_SMEM_Q)
+        return false;
+    const void *fns[4] = {(const void *)absorb_q_mma<2>, (const void *)absorb_q_mma<1>,
+                          (const void *)absorb_v_mma<2>, (const void *)absorb_v_mma<1>};
+    for (int i = 0; i < 4; i++)
+        if (cudaFuncSetAttribute(fns[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 i < 2 ? ABM_SMEM_Q : ABM_SMEM_V) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+    raised = d + 1;
+    return true;
+}
+
+static int absorb_q_tc(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, size_t dv,
+                       const k_weight *w, float *q_lat, cudaStream_t st)
+{
+    dim3 grid((unsigned)(w->cols / 128), (unsigned)H, (unsigned)((T + 15) / 16));
+    return w->type == K_W_FP8
+               ? kc_launch(absorb_q_mma<2>, grid, dim3(128), ABM_SMEM_Q, st, q, ldq, ldh, T, H,
+                           (int)dv, w->data, w->scale, (int)w->cols, w->scale_ld, q_lat)
+               : kc_launch(absorb_q_mma<1>, grid, dim3(128), ABM_SMEM_Q, st, q, ldq, ldh, T, H,
+                           (int)dv, w->data, w->scale, (int)w->cols, w->scale_ld, q_lat);
+}
+
+static int absorb_v_tc(const float *o_lat, size_t T, size_t H, size_t dn, const k_weight *w,
+                       float *o, size_t ldo, cudaStream_t st)
+{
+    dim3 grid(2, (unsigned)H, (unsigned)((T + 15) / 16));
+    return w->type == K_W_FP8
+               ? kc_launch(absorb_v_mma<2>, grid, dim3(128), ABM_SMEM_V, st, o_lat, T, H, (int)dn,
+                           w->data, w->scale, (int)w->cols, w->scale_ld, o, ldo)
+               : kc_launch(absorb_v_mma<1>, grid, dim3(128), ABM_SMEM_V, st, o_lat, T, H, (int)dn,
+                           w->data, w->scale, (int)w->cols, w->scale_ld, o, ldo);
+}
+
 /* The fast absorb paths need 16-column segments, 16-byte aligned rows and data, and
  * shared memory within the default 48 KB. */
 static bool abs_fast_ok(const k_weight *w)
@@ -1371,6 +1610,8 @@ int kc_mla_absorb_q(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, 
 {
     if (T * H == 0)
         return 0;
+    if (abm_ok(w, T, H, dn, dv, q, ldq | ldh, q_lat, 2))
+        return absorb_q_tc(q, ldq, ldh, T, H, dv, w, q_lat, st);
     /* fast path shared memory: Qs (8 * dn) + red (256 * 17) floats must fit in 48 KB */
     if (abs_fast_ok(w) && dn >= 1 && (8 * dn + 256 * 17) * sizeof(float) <= 48 * 1024 &&
         T <= 65535ull * 8 && H <= 65535) {
@@ -1420,6 +1661,10 @@ int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv
     if (T * H == 0 || dv == 0)
         return 0;
     size_t R = w->cols;
+    /* under 128 blocks (a TP8 rank's 16 heads below 64 tokens) each block's serial walk
+     * over K loses to the CUDA-core kernel (H200: 12.4-14.0 against 10.5 us) */
+    if (abm_ok(w, T, H, dn, dv, o_lat, R, o, ldo) && (abm_forced || 2 * H * ((T + 15) / 16) >= 128))
+        return absorb_v_tc(o_lat, T, H, dn, w, o, ldo, st);
     if (abs_fast_ok(w) && 8 * (R + (R + 31) / 32 * 4) * sizeof(float) <= 48 * 1024 &&
         T <= 65535ull * 8 && H <= 65535) {
         if (w->type == K_W_FP8)

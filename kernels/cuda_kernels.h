@@ -148,10 +148,15 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                 size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st);
 int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
                     const k_weight *wkv_b, float *o, size_t ldo, cudaStream_t st);
-/* kc_mla_attn's score and value products run on tensor cores (3xTF32, ~fp32 accuracy)
- * at R = 512 with P a multiple of 8 (R1's MLA); 0 forces the fp32 FMA kernel
+/* kc_mla_attn's score and value products run on tensor cores (single-pass TF32, ~1e-3
+ * from fp32) at R = 512 with P a multiple of 8 (R1's MLA); 0 forces the fp32 FMA kernel
  * (comparison in tests and bench-decode). Process-wide, not thread-safe. */
 void kc_mla_set_mma(int on);
+/* kc_mla_absorb_q / _v take tensor-core kernels (TF32 split in two, ~fp32 accuracy; FP8
+ * or BF16 kv_b, dn = dv = 128, R a multiple of 128) from this many tokens (default 8,
+ * env DSR1_ABS_MMA_MIN; 0: never; absorb_v only from 128 blocks unless set here; -1:
+ * back to the default). Process-wide, not thread-safe. */
+void kc_mla_set_absorb_mma(int min_tokens);
 /* Programmatic dependent launch of the decode kernels (default on; DSR1_PDL=0 turns it
  * off): kc_set_pdl(0/1) for tests and benchmarks. */
 void kc_set_pdl(int on);

@@ -674,27 +674,41 @@ fail:
     return NULL;
 }
 
-/* FP8 block-scaled matmul of quantized activations a [M,K] with weights q [N,K]; the
- * scale grids as and wsp are already in the arrangement being used. */
+/* cuBLASLt's block-scaled FP8 matmul takes token counts in multiples of 16 (status 15,
+ * not supported, otherwise: H200, CUDA 13); M rows are run as pad16(M), the extra rows'
+ * codes and scales zero (kc_gemm_fp8_prep) and their results dropped. */
+static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* The rows of an M-token GEMM cuBLASLt takes: all but a last 16-token tile of 1 or 2
+ * (those stay W8A32 on the GEMV, as the tile GEMV keeps them: one policy for every
+ * path). A tile of 3..15 joins the cuBLASLt call, padded, instead of a GEMV launch of
+ * its own that reads the weights a second time (H200, a TP8 rank's dense layer at 24
+ * tokens: 222 -> 210 us, TP1 740 -> 593 us; at 17 tokens padding to 32 was slower). */
+static size_t lt_rows(size_t M) { return M % 16 < 3 ? M & ~(size_t)15 : M; }
+
+/* FP8 block-scaled matmul of quantized activations a [pad16(M),K] with weights q [N,K];
+ * the scale grids as and wsp are already in the arrangement being used (as for
+ * pad16(M) rows). */
 static int lt_fp8(kc_ctx *c, int mode, int dbf16, const uint8_t *a, const float *as, size_t M,
                   const uint8_t *q, const float *wsp, size_t N, size_t K, float *y, size_t ldy,
                   int accumulate)
 {
     int st;
-    int direct = mode == KC_LT_WBLK_AVEC && !dbf16;
+    const size_t Mp = pad16(M);
+    int direct = mode == KC_LT_WBLK_AVEC && !dbf16 && Mp == M;
     void *d = y;
     size_t ldd = ldy;
     if (!direct) {
-        d = kc_ctx_scratch(c, SCR_D, M * N * (dbf16 ? 2 : 4));
+        d = kc_ctx_scratch(c, SCR_D, Mp * N * (dbf16 ? 2 : 4));
         if (!d)
             return -1;
-        ldd = mode == KC_LT_WBLK_AVEC ? N : M;
+        ldd = mode == KC_LT_WBLK_AVEC ? N : Mp;
     }
     const void *A = mode == KC_LT_WBLK_AVEC ? (const void *)q : (const void *)a;
     const void *B = mode == KC_LT_WBLK_AVEC ? (const void *)a : (const void *)q;
     const float *sa = mode == KC_LT_WBLK_AVEC ? wsp : as;
     const float *sb = mode == KC_LT_WBLK_AVEC ? as : wsp;
-    lt_plan *p = plan_get(c, M, N, K, ldd, K_W_FP8, direct && accumulate, mode, dbf16, sa, sb, &st);
+    lt_plan *p = plan_get(c, Mp, N, K, ldd, K_W_FP8, direct && accumulate, mode, dbf16, sa, sb, &st);
     if (!p)
         return st;
     LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa,
@@ -705,7 +719,7 @@ static int lt_fp8(kc_ctx *c, int mode, int dbf16, const uint8_t *a, const float 
     LT(cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, d, p->lc, d, p->lc,
                       &p->algo, c->ws, WS_BYTES, c->st));
     if (!direct) {
-        size_t sm = mode == KC_LT_WBLK_AVEC ? N : 1, sn = mode == KC_LT_WBLK_AVEC ? 1 : M;
+        size_t sm = mode == KC_LT_WBLK_AVEC ? N : 1, sn = mode == KC_LT_WBLK_AVEC ? 1 : Mp;
         store_kernel<<<kc_blocks(M * N, 256), 256, 0, c->st>>>(d, dbf16, sm, sn, M, N, y, ldy,
                                                                accumulate);
         KC_LAUNCH_CHECK();
@@ -725,19 +739,38 @@ static void act_strides(const kc_ctx *c, size_t M, size_t nb, size_t *sm, size_t
     }
 }
 
+/* Quantize the M rows of x into the context's scratch in its verified scale arrangement
+ * for pad16(M) rows, the padding rows zero (codes and scales: their products are 0). */
+static int act_quant_padded(kc_ctx *c, const float *x, size_t ldx, size_t M, size_t K)
+{
+    size_t Mp = pad16(M), nb = (K + 127) / 128, sm, sb, ns;
+    act_strides(c, Mp, nb, &sm, &sb, &ns);
+    uint8_t *a = (uint8_t *)kc_ctx_scratch(c, SCR_A8, Mp * K);
+    float *as = (float *)kc_ctx_scratch(c, SCR_AS, ns * sizeof(float));
+    if (!a || !as)
+        return -1;
+    if (Mp > M) {
+        cudaError_t e = cudaMemsetAsync(a + M * K, 0, (Mp - M) * K, c->st);
+        /* the padding rows' scales: sm apart per row, sb per 128-block */
+        if (e == cudaSuccess)
+            e = sm == 1 ? cudaMemset2DAsync(as + M, sb * sizeof(float), 0, (Mp - M) * sizeof(float), nb, c->st)
+                        : cudaMemsetAsync(as + M * sm, 0, (Mp - M) * sm * sizeof(float), c->st);
+        if (e != cudaSuccess)
+            return (int)e;
+    }
+    return kc_act_quant_strided(x, ldx, M, K, a, K, as, sm, sb, c->st);
+}
+
 /* Quantize x then run lt_fp8 with the context's verified arrangement. */
 static int lt_fp8_from_f32(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w,
                            float *y, size_t ldy, int accumulate)
 {
-    size_t K = w->cols, nb = (K + 127) / 128, sm, sb, ns;
-    act_strides(c, M, nb, &sm, &sb, &ns);
-    uint8_t *a = (uint8_t *)kc_ctx_scratch(c, SCR_A8, M * K);
-    float *as = (float *)kc_ctx_scratch(c, SCR_AS, ns * sizeof(float));
-    if (!a || !as)
-        return -1;
-    int rc = kc_act_quant_strided(x, ldx, M, K, a, K, as, sm, sb, c->st);
+    size_t K = w->cols, nb = (K + 127) / 128;
+    int rc = act_quant_padded(c, x, ldx, M, K);
     if (rc)
         return rc;
+    const uint8_t *a = (const uint8_t *)c->buf[SCR_A8];
+    const float *as = (const float *)c->buf[SCR_AS];
     const float *wsp = scale_transposed(c, w->scale, (w->rows + 127) / 128, nb);
     if (!wsp)
         return -1;
@@ -749,13 +782,7 @@ int kc_gemm_fp8_prep(kc_ctx *c, const float *x, size_t ldx, size_t M, size_t K)
 {
     if (kc_ctx_fp8_lt_mode(c, NULL) == KC_LT_NONE)
         return -1;
-    size_t nb = (K + 127) / 128, sm, sb, ns;
-    act_strides(c, M, nb, &sm, &sb, &ns);
-    uint8_t *a = (uint8_t *)kc_ctx_scratch(c, SCR_A8, M * K);
-    float *as = (float *)kc_ctx_scratch(c, SCR_AS, ns * sizeof(float));
-    if (!a || !as)
-        return -1;
-    return kc_act_quant_strided(x, ldx, M, K, a, K, as, sm, sb, c->st);
+    return act_quant_padded(c, x, ldx, M, K);
 }
 
 int kc_gemm_fp8_prepped(kc_ctx *c, size_t M, const k_weight *w, float *y, size_t ldy)
@@ -870,6 +897,14 @@ int kc_ctx_fp8_lt_mode(kc_ctx *c, const char **why)
         return c->fp8_mode;
     }
     c->fp8_mode = KC_LT_NONE;
+    const char *off = getenv("DSR1_LT_FP8");
+    if (off && !strcmp(off, "0")) { /* comparisons: FP8 GEMMs on the GEMV tiles at any M */
+        snprintf(c->fp8_why, sizeof c->fp8_why,
+                 "cuBLASLt FP8 switched off (DSR1_LT_FP8=0); FP8 GEMMs use the GEMV kernels");
+        if (why)
+            *why = c->fp8_why;
+        return c->fp8_mode;
+    }
     /* block counts 3 x 5 (odd, not multiples of 4) so a wrong layout or padding shows */
     const size_t M = 64, N = 384, K = 640, nb = N / 128, kb = K / 128, Np = 320;
     uint8_t *a = NULL, *q = NULL;
@@ -957,13 +992,9 @@ int kc_gemm(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight *w, 
         return 0;
     int want_lt = force == 2 || (force == 0 && (int)M > c->gemv_max_m);
     if (want_lt && lt_fp8_ok(c, w, ldy)) {
-        size_t Ml = force == 2 ? M : M & ~(size_t)15;
-        if (Ml) {
-            int rc = lt_fp8_from_f32(c, x, ldx, Ml, w, y, ldy, accumulate);
-            if (rc)
-                return rc;
-        }
-        return gemv(c, x + Ml * ldx, ldx, M - Ml, w, y + Ml * ldy, ldy, accumulate);
+        size_t Ml = force == 2 ? M : lt_rows(M);
+        int rc = Ml ? lt_fp8_from_f32(c, x, ldx, Ml, w, y, ldy, accumulate) : 0;
+        return rc ? rc : gemv(c, x + Ml * ldx, ldx, M - Ml, w, y + Ml * ldy, ldy, accumulate);
     }
     if (want_lt && w->type == K_W_BF16 && w->cols % 8 == 0 && ldy % 4 == 0)
         return lt_bf16_from_f32(c, x, ldx, M, w, y, ldy, accumulate);
@@ -986,10 +1017,10 @@ int kc_gemm_pair(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight
         return 0;
     if (pair_fusable(c, x, ldx, M, w1, w2))
         return gv_dispatch(c, x, ldx, M, w1, y1, ldy1, w2, y2, ldy2, 0, 0);
-    size_t Ml = M & ~(size_t)15;
+    size_t Ml = lt_rows(M);
     if ((int)M > c->gemv_max_m && Ml && w1->cols == w2->cols && lt_fp8_ok(c, w1, ldy1) &&
         lt_fp8_ok(c, w2, ldy2)) {
-        /* prefill: quantize x once for both matmuls; leftover rows (< 16) by GEMV */
+        /* prefill: quantize x once for both matmuls; 1 or 2 leftover rows by GEMV */
         int rc = kc_gemm_fp8_prep(c, x, ldx, Ml, w1->cols);
         if (!rc)
             rc = kc_gemm_fp8_prepped(c, Ml, w1, y1, ldy1);

@@ -371,12 +371,12 @@ static void test_gemm(kc_ctx *ctx)
 
 /* The prefill dispatch (force 0, FP8 activations on) at the golden model's small shapes:
  * K = 256 (two 128-blocks, padded scale rows), a partial row block (kv_a's 192 rows),
- * accumulate (o_proj and down add into the residual), and the q_a + kv_a pair. Above 16
- * tokens whole 16-token tiles go to cuBLASLt FP8 and the rest to the tile GEMV, which
- * quantizes a tile of 3 or more tokens and keeps 1 or 2 in fp32, so the reference picks
- * per row: the W8A8 product (k_act_quant + k_gemm_fp8) or the W8A32 one (k_gemm). The
- * 17-token golden prompt on the tensor-core path is 3e-2..0.37 off its emulation while
- * the GEMV path matches (session 8); these shapes were not checked before. */
+ * accumulate (o_proj and down add into the residual), and the q_a + kv_a pair. 16-token
+ * tiles of 3 or more tokens are quantized, 1 or 2 stay fp32; above 16 tokens the
+ * quantized rows go to cuBLASLt FP8 in one call (padded to 16), the rest to the tile
+ * GEMV. The reference picks per row: the W8A8 product (k_act_quant + k_gemm_fp8) or the
+ * W8A32 one (k_gemm). cuBLASLt's FP8 tensor-core sums are ~2e-4 of the range off the
+ * exact W8A8 sums at these shapes (H200). */
 static void ref_rows(const float *x, size_t M, const W &w, const float *y0, float *ref)
 {
     const size_t N = w.h.rows, K = w.h.cols, nb = K / 128;
@@ -409,7 +409,7 @@ static void test_gemm_small_prefill(kc_ctx *ctx)
         if (s.N % 128 && !partial)
             continue;
         W w = make_w(K_W_FP8, s.N, s.K);
-        for (size_t M : {(size_t)16, (size_t)17, (size_t)18, (size_t)24, (size_t)40}) {
+        for (size_t M : {(size_t)16, (size_t)17, (size_t)18, (size_t)19, (size_t)24, (size_t)40}) {
             auto x = randv(M * s.K), y0 = randv(M * s.N);
             std::vector<float> ref(M * s.N);
             ref_rows(x.data(), M, w, s.acc ? y0.data() : NULL, ref.data());
@@ -426,7 +426,7 @@ static void test_gemm_small_prefill(kc_ctx *ctx)
     if (!partial)
         return;
     W a = make_w(K_W_FP8, 256, 256), b = make_w(K_W_FP8, 192, 256);
-    for (size_t M : {(size_t)17, (size_t)24}) {
+    for (size_t M : {(size_t)17, (size_t)24, (size_t)35}) {
         auto x = randv(M * 256);
         std::vector<float> r1(M * 256), r2(M * 192);
         ref_rows(x.data(), M, a, NULL, r1.data());
@@ -865,7 +865,8 @@ static void test_attn(void)
      * fed the CPU reference's inputs. Shapes cover R1 decode (H = 128 heads, R = 512,
      * P = 64) at T = 1, 8, 64; a head count that is not a multiple of the 16-head group;
      * a long cache; queries that see only a prefix (S > pos0 + T); no visible key (S = 0);
-     * many tokens; R = 1024; unaligned widths and strides (scalar paths); BF16/F32 kv_b. */
+     * many tokens; R = 1024; unaligned widths and strides (scalar paths); BF16/F32 kv_b;
+     * token counts that end a 16-token tile part-way (the tensor-core absorptions). */
     struct mla_case {
         k_wtype wt;
         size_t T, H, S, pos0, R, P, ldc, ldk;
@@ -887,6 +888,8 @@ static void test_attn(void)
         {K_W_FP8, 520, 4, 600, 80, 512, 64, 576, 64},
         {K_W_BF16, 8, 16, 700, 692, 512, 64, 512, 64},
         {K_W_BF16, 2, 16, 300, 298, 1024, 64, 1024, 64},
+        {K_W_FP8, 24, 8, 400, 376, 1024, 64, 1024, 64},
+        {K_W_BF16, 17, 16, 300, 283, 512, 64, 512, 64},
         {K_W_F32, 3, 20, 400, 397, 512, 64, 512, 64},
         {K_W_FP8, 3, 5, 200, 197, 100, 30, 103, 31},
         {K_W_BF16, 6, 3, 150, 144, 136, 64, 137, 66},
@@ -911,10 +914,23 @@ static void test_attn(void)
         float *dql = poisoned<float>(ql.size()), *dol = poisoned<float>(ol.size()),
               *dout = poisoned<float>(o.size());
         char name[224];
-        CK(kc_mla_absorb_q(dq, ldq, ldh, T, H, dn, dv, &wkv.d, dql, 0));
-        auto gql = down(dql, ql.size());
-        snprintf(name, sizeof name, "mla absorb_q %s", tag);
-        report(name, rel_err(gql.data(), ql.data(), ql.size()), 2e-5);
+        /* absorptions: tensor cores from 8 tokens where they apply (TF32 split in two,
+         * ~fp32), then the CUDA-core kernels at every T */
+        const bool tc = T >= 8 && R % 128 == 0 && cs.wt != K_W_F32;
+        for (int mma = tc ? 1 : 0; mma >= 0; mma--) {
+            kc_mla_set_absorb_mma(mma ? 8 : 0);
+            cudaMemset(dql, 0xff, ql.size() * 4);
+            CK(kc_mla_absorb_q(dq, ldq, ldh, T, H, dn, dv, &wkv.d, dql, 0));
+            auto gql = down(dql, ql.size());
+            snprintf(name, sizeof name, "mla absorb_q %s%s", tag, mma ? " (tensor cores)" : "");
+            report(name, rel_err(gql.data(), ql.data(), ql.size()), 2e-5);
+            cudaMemset(dout, 0xff, o.size() * 4);
+            CK(kc_mla_absorb_v(dol_ref, T, H, dn, dv, &wkv.d, dout, H * dv, 0));
+            auto go = down(dout, o.size());
+            snprintf(name, sizeof name, "mla absorb_v %s%s", tag, mma ? " (tensor cores)" : "");
+            report(name, rel_err(go.data(), o.data(), o.size()), 2e-5);
+        }
+        kc_mla_set_absorb_mma(-1);
         for (int mma = 1; mma >= 0; mma--) { /* tensor cores where they apply, then FMA */
             kc_mla_set_mma(mma);
             CK(kc_mla_attn(dql_ref, dq + dn, ldq, ldh, dc, cs.ldc, dk, cs.ldk, dol, T, S, H, R, P,
@@ -927,10 +943,6 @@ static void test_attn(void)
             report(name, rel_err(gol.data(), ol.data(), ol.size()), tf32 ? 2e-3 : 2e-5);
         }
         kc_mla_set_mma(1);
-        CK(kc_mla_absorb_v(dol_ref, T, H, dn, dv, &wkv.d, dout, H * dv, 0));
-        auto go = down(dout, o.size());
-        snprintf(name, sizeof name, "mla absorb_v %s", tag);
-        report(name, rel_err(go.data(), o.data(), o.size()), 2e-5);
         float *bufs[] = {dq, dc, dk, dql_ref, dol_ref, dql, dol, dout};
         for (float *b : bufs)
             cudaFree(b);

@@ -139,36 +139,37 @@ fi
 # FP8 activations (the runtime's defaults), first plan, against transformers quantizing the
 # same activations the same way (scripts/gen_golden.py a8: prompts whose routing and first
 # token are far from ties under that quantization): the prefill rows and the first greedy
-# token of the prompts of up to 16 tokens (8 and 12: FP8 tensor-core GEMV, W8A32 experts).
-# Tolerance 5e-2: where GPU and CPU sums straddle an FP8 rounding boundary one code moves
-# by a step, and this random model turns that into ~2e-2 on the logits of every later
-# position (measured on H200: prompt 0 from position 1 on 1.9e-2, position 0 3e-7; prompt
-# 1 7e-7). The 17-token prompt (cuBLASLt FP8, BF16 router and lm_head, FP8 experts) is
-# not checked: it is 3e-2 to 0.37 off the emulation (with the FP8 GEMV instead of
-# cuBLASLt, 1e-2 to 2e-2), an open question recorded in docs/cuda.md. Decode steps are
-# W8A32, checked above.
+# token. Prompts of up to 16 tokens (8, 12) run the FP8 tensor-core GEMV and W8A32
+# experts; the 17-token one the prefill policy (16-token tiles, BF16 router and lm_head,
+# FP8 experts) with DSR1_LT_FP8=0, for cuBLASLt's FP8 tensor-core sums are coarser than
+# fp32 (~4e-4 of the output range, its calibration in kernels/gemm.cu) and this random
+# model amplifies that to 3e-2..0.37 (measured on H200); its GEMMs are checked against
+# the CPU in test-gpu instead. Tolerance 5e-2: where GPU and CPU sums straddle an FP8
+# rounding boundary one code moves by a step, and this random model turns that into
+# ~2e-2 on the logits of every later position (measured on H200: prompt 0 from position
+# 1 on 1.9e-2, position 0 3e-7; prompt 1 7e-7). Decode steps are W8A32, checked above.
 mapfile -t A8P < <("$PY" -c '
 import json; m = json.load(open("tests/golden/ref/a8.json"))
 for p in m["prompts"]:
-    if len(p["prompt"]) <= 16:
-        print(",".join(map(str, p["prompt"])), p["first_token"], p["logits"])' 2>/dev/null)
+    print(",".join(map(str, p["prompt"])), p["first_token"], p["logits"])' 2>/dev/null)
 [ "${#A8P[@]}" -ge 1 ] || bad "FP8 activations: cannot read tests/golden/ref/a8.json (scripts/gen_golden.py a8)"
 set -- ${PLANS[0]}
 P0="tp$1-ep$2-pp$3-$4" D=$T/shard-$1-$2-$3-$4 np=$(($1 * $3))
 i=0
 for p in ${A8P[@]+"${A8P[@]}"}; do
   set -- $p
-  L=$T/fp8act-p$i
+  L=$T/fp8act-p$i lt=1 how=""
+  [ "$(echo "$1" | tr ',' ' ' | wc -w)" -gt 16 ] && lt=0 how=", cuBLASLt FP8 off"
   mkdir -p "$L"
-  if env -u DSR1_GEMV_MAX_M DSR1_GEMV_A8=1 scripts/launch_local.sh "$np" --logdir "$L" -- \
+  if env -u DSR1_GEMV_MAX_M DSR1_GEMV_A8=1 DSR1_LT_FP8=$lt scripts/launch_local.sh "$np" --logdir "$L" -- \
        "$BIN/dsr1-serve" generate --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" \
        --max-new-tokens 1 --logits-out "$L/logits.npy" --timeout 60 >"$L/out" 2>"$L/err"; then
     got=$(grep -E '^[0-9]+(,[0-9]+)*$' "$L/out" | head -1)
     r=$(logits_err "$L/logits.npy" "tests/golden/ref/$3" 5e-2)
     rc=$?
     [ $rc -eq 0 ] && [ "$got" = "$2" ] \
-      && ok "$P0 FP8 activations prompt $i ($(echo "$1" | tr ',' ' ' | wc -w) tokens): prefill logits rel err $r <= 5e-2, first token $got" \
-      || bad "$P0 FP8 activations prompt $i: prefill logits rel err $r, first token $got (golden $2)"
+      && ok "$P0 FP8 activations prompt $i ($(echo "$1" | tr ',' ' ' | wc -w) tokens$how): prefill logits rel err $r <= 5e-2, first token $got" \
+      || bad "$P0 FP8 activations prompt $i$how: prefill logits rel err $r, first token $got (golden $2)"
   else
     bad "$P0 FP8 activations prompt $i: dsr1-serve failed: $(tr '\n' ' ' <"$L/err" | head -c 600)"
   fi
