@@ -33,6 +33,8 @@ typedef struct rt_upload_opts {
     rt_up_method method;
     size_t chunk;        /* bytes per piece; 0: see above */
     int threads;         /* host threads; 0: the cores, at most 16 */
+    int hash_threads;    /* not the upload's: cm_load's full-hash threads when it verifies
+                            alongside (runtime/cores.h); 0: its single-rank default */
     void *stream;        /* cudaStream_t: start after its queued work; NULL: legacy stream */
     const char *path;    /* PREAD: the file whose bytes [file_off, file_off + len) to upload */
     uint64_t file_off;

@@ -9,6 +9,7 @@
  * (last stage, tp rank 0) samples and the token goes to its TP group, then along the
  * PP group -> fence "done".
  */
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ extern "C" {
 #include "backend.h"
 #include "boot.h"
 #include "comm_nccl.h"
+#include "cores.h"
 #include "hx.h"
 #include "ident.h"
 #include "mf.h"
@@ -267,10 +269,21 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
             uo.method = RT_UP_REGISTER;
         else if (meth && strcmp(meth, "pread") == 0)
             uo.method = RT_UP_PREAD;
-        /* DSR1_UPLOAD_THREADS: host threads of the upload (default: the cores, at most 16) */
-        const char *ut = getenv("DSR1_UPLOAD_THREADS");
+        /* this rank's share of the host's cores (runtime/cores.h), split between the
+         * upload and, with --verify full, the hash; DSR1_UPLOAD_THREADS and
+         * DSR1_HASH_THREADS override */
+        int nvis = 0;
+        if (cudaGetDeviceCount(&nvis) != cudaSuccess)
+            nvis = 0;
+        int share = rt_core_share(omp_get_num_procs(),
+                                  rt_local_ranks(id.gpus_per_node, getenv("LOCAL_WORLD_SIZE"),
+                                                 id.world_size, nvis));
+        rt_load_threads(share, a->verify_full, &uo.threads, &uo.hash_threads);
+        const char *ut = getenv("DSR1_UPLOAD_THREADS"), *ht = getenv("DSR1_HASH_THREADS");
         if (ut && atoi(ut) > 0)
             uo.threads = atoi(ut);
+        if (ht && atoi(ht) > 0)
+            uo.hash_threads = atoi(ht);
         rc = cm_load(&cm, m, dir, id.rank, a->n_prompt + (size_t)a->max_new_tokens, &uo,
                      a->verify_full, st, err);
         dsr1_err ferr;

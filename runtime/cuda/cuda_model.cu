@@ -10,6 +10,7 @@
 
 extern "C" {
 #include "comm_nccl.h"
+#include "cores.h"
 #include "ld.h"
 #include "st.h"
 }
@@ -56,7 +57,7 @@ static int dev_vec(const float *h, size_t n, float **out, dsr1_err *err)
 
 typedef struct hash_job {
     const ld_shard *s;
-    int bad, rc;
+    int threads, bad, rc;
     dsr1_err err;
     char first[512];
 } hash_job;
@@ -71,9 +72,7 @@ static void hash_bad(void *ctx, const mf_tensor *t, const char *msg)
 static void *hash_main(void *p)
 {
     hash_job *j = (hash_job *)p;
-    /* leave the upload its copy threads (rt_upload uses up to 16) */
-    int n = omp_get_num_procs() - 16;
-    omp_set_num_threads(n < 4 ? 4 : n);
+    omp_set_num_threads(j->threads);
     dsr1_err_clear(&j->err);
     j->rc = ld_hash_check(j->s, hash_bad, j, &j->err);
     return NULL;
@@ -103,25 +102,32 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
         goto fail;
     }
     {
-        /* full hashing reads the same pages as the upload, on other cores */
-        hash_job hj;
-        memset(&hj, 0, sizeof hj);
-        hj.s = (const ld_shard *)m->h->shard;
-        pthread_t th;
-        int hashing = verify_full && pthread_create(&th, NULL, hash_main, &hj) == 0;
-        if (verify_full && !hashing) {
-            rc = dsr1_err_set(err, DSR1_E_IO, RT_ERR_MODEL, 0, "cannot start the hash thread");
-            goto fail;
-        }
         rt_upload_opts uo;
         if (up)
             uo = *up;
         else
             rt_upload_opts_init(&uo);
+        if (uo.hash_threads <= 0 || uo.threads <= 0) { /* one rank on the host */
+            int u, h;
+            rt_load_threads(rt_core_share(omp_get_num_procs(), 1), verify_full, &u, &h);
+            uo.threads = uo.threads > 0 ? uo.threads : u;
+            uo.hash_threads = uo.hash_threads > 0 ? uo.hash_threads : h;
+        }
         uo.stream = st;
         if (uo.method == RT_UP_PREAD) { /* the mapping's file: the arena is the whole file */
             uo.path = st_path(f);
             uo.file_off = 0;
+        }
+        /* full hashing reads the same pages as the upload, on other cores */
+        hash_job hj;
+        memset(&hj, 0, sizeof hj);
+        hj.s = (const ld_shard *)m->h->shard;
+        hj.threads = uo.hash_threads;
+        pthread_t th;
+        int hashing = verify_full && pthread_create(&th, NULL, hash_main, &hj) == 0;
+        if (verify_full && !hashing) {
+            rc = dsr1_err_set(err, DSR1_E_IO, RT_ERR_MODEL, 0, "cannot start the hash thread");
+            goto fail;
         }
         rt_upload_stats us;
         rc = rt_upload(m->arena, m->base, m->arena_bytes, &uo, &us, err);

@@ -1,7 +1,7 @@
 /* bench-load-gpu: shard upload bandwidth against the same run's ceilings.
  *
  *   bench-load-gpu --manifest DIR/manifest.json [--rank R] [--reps N] [--chunk MiB]
- *                  [--threads N]
+ *                  [--threads N] [--verify-split U:H,...]
  *
  * The shard is read once first so every method starts from the page cache. Prints
  * key=value lines (GB/s = 1e9 bytes/s, medians):
@@ -15,7 +15,9 @@
  *                 mapping of the file (page cache warm, page tables empty, as in a new
  *                 rank; dsr1-serve's default)
  *   up_register   rt_upload, cudaHostRegister windows of a fresh mapping
- *   up_verify     rt_upload (pinned) with the full per-tensor hash check in parallel
+ *   up_verify     rt_upload (pinned) with the full per-tensor hash check in parallel,
+ *                 threads as runtime/cores.h gives one rank on this host (up_verify_old:
+ *                 the split before it; up_verify_split: each --verify-split U:H)
  * and checks that the device copy equals the file. Exit 0, or 1 on a content or hash
  * mismatch, 3 on errors. */
 #include <algorithm>
@@ -28,6 +30,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include <vector>
+
+#include "cores.h"
 
 #include <cuda_runtime.h>
 
@@ -85,6 +89,7 @@ int main(int argc, char **argv)
 {
     const char *manifest = NULL;
     int rank = 0, reps = 3, threads = 0;
+    const char *vsplit = NULL;
     size_t chunk = 0; /* rt_upload's default */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--manifest") && i + 1 < argc)
@@ -97,9 +102,11 @@ int main(int argc, char **argv)
             chunk = (size_t)(atof(argv[++i]) * 1048576.0); /* MiB, fractions allowed */
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--verify-split") && i + 1 < argc)
+            vsplit = argv[++i];
         else {
             fprintf(stderr, "usage: bench-load-gpu --manifest DIR/manifest.json [--rank R] "
-                            "[--reps N] [--chunk MiB] [--threads N]\n");
+                            "[--reps N] [--chunk MiB] [--threads N] [--verify-split U:H,...]\n");
             return 2;
         }
     }
@@ -263,28 +270,56 @@ int main(int argc, char **argv)
         double t0 = fu_now_s();
         hash_main(&hj);
         printf("hash_only_GBps=%.2f\n", n / (fu_now_s() - t0) / 1e9);
-        rt_upload_opts o;
-        rt_upload_opts_init(&o);
-        o.method = RT_UP_PINNED; /* as dsr1-serve does by default */
-        o.chunk = chunk;
-        o.threads = threads;
-        o.stream = st;
-        pthread_t th;
-        /* as cm_load does: the upload keeps its 16 copy threads */
-        g_hash_threads = omp_get_num_procs() - 16 < 4 ? 4 : omp_get_num_procs() - 16;
-        t0 = fu_now_s();
-        pthread_create(&th, NULL, hash_main, &hj);
-        rt_upload_stats us;
-        int rc = rt_upload(dev, base, n, &o, &us, &err);
-        pthread_join(th, NULL);
-        double t = fu_now_s() - t0;
-        if (rc || hj.rc) {
-            printf("up_verify_error=%s %s (mismatches %d)\n", rc ? err.msg : "",
-                   hj.rc < 0 ? hj.err.msg : "", hj.rc);
-            return hj.rc > 0 ? 1 : 3;
+        /* upload (pinned, dsr1-serve's default) with the hash alongside, per split of
+         * the cores: runtime/cores.h's for one rank on this host (what dsr1-serve
+         * uses), the split before it (16 copy threads, the other cores hashing, at
+         * least 4), and any --verify-split U:H */
+        std::vector<std::pair<int, int>> splits;
+        int pu, ph;
+        rt_load_threads(rt_core_share(omp_get_num_procs(), 1), 1, &pu, &ph);
+        splits.push_back({pu, ph});
+        int np = omp_get_num_procs();
+        splits.push_back({np < 16 ? np : 16, np - 16 < 4 ? 4 : np - 16});
+        for (const char *q = vsplit; q && *q;) {
+            int u = 0, h = 0, used = 0;
+            if (sscanf(q, "%d:%d%n", &u, &h, &used) != 2 || u < 1 || h < 1) {
+                fprintf(stderr, "bench-load: --verify-split wants U:H[,U:H...], got %s\n", q);
+                return 2;
+            }
+            splits.push_back({u, h});
+            q += used;
+            q += *q == ',';
         }
-        printf("up_verify_GBps=%.2f (upload alone within it %.2f GB/s, hashing %.2f s)\n",
-               n / t / 1e9, n / us.seconds / 1e9, hj.secs);
+        for (size_t si = 0; si < splits.size(); si++) {
+            rt_upload_opts o;
+            rt_upload_opts_init(&o);
+            o.method = RT_UP_PINNED;
+            o.chunk = chunk;
+            o.threads = splits[si].first;
+            o.stream = st;
+            g_hash_threads = splits[si].second;
+            std::vector<double> v, va, vh;
+            for (int k = 0; k < reps; k++) {
+                pthread_t th;
+                t0 = fu_now_s();
+                pthread_create(&th, NULL, hash_main, &hj);
+                rt_upload_stats us;
+                int rc = rt_upload(dev, base, n, &o, &us, &err);
+                pthread_join(th, NULL);
+                double t = fu_now_s() - t0;
+                if (rc || hj.rc) {
+                    printf("up_verify_error=%s %s (mismatches %d)\n", rc ? err.msg : "",
+                           hj.rc < 0 ? hj.err.msg : "", hj.rc);
+                    return hj.rc > 0 ? 1 : 3;
+                }
+                v.push_back(n / t / 1e9), va.push_back(n / us.seconds / 1e9), vh.push_back(hj.secs);
+            }
+            printf("up_verify%s_GBps=%.2f (%d upload + %d hash threads%s; upload alone within it "
+                   "%.2f GB/s, hashing %.2f s)\n",
+                   si == 0 ? "" : si == 1 ? "_old" : "_split", median(v), splits[si].first,
+                   splits[si].second, si == 0 ? ": runtime/cores.h, one rank" : si == 1 ? ": before cores.h" : "",
+                   median(va), median(vh));
+        }
     }
     cudaFree(dev);
     ld_close(s);
