@@ -1537,10 +1537,18 @@ static bool abm_ok(const k_weight *w, size_t T, size_t H, size_t dn, size_t dv, 
     return true;
 }
 
+/* tensor-core absorption launches so far (tests check the path they mean to test ran) */
+static unsigned long abm_launches;
+unsigned long kc_mla_absorb_mma_launches(void)
+{
+    return abm_launches;
+}
+
 static int absorb_q_tc(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, size_t dv,
                        const k_weight *w, float *q_lat, cudaStream_t st)
 {
     dim3 grid((unsigned)(w->cols / 128), (unsigned)H, (unsigned)((T + 15) / 16));
+    abm_launches++;
     return w->type == K_W_FP8
                ? kc_launch(absorb_q_mma<2>, grid, dim3(128), ABM_SMEM_Q, st, q, ldq, ldh, T, H,
                            (int)dv, w->data, w->scale, (int)w->cols, w->scale_ld, q_lat)
@@ -1552,6 +1560,7 @@ static int absorb_v_tc(const float *o_lat, size_t T, size_t H, size_t dn, const 
                        float *o, size_t ldo, cudaStream_t st)
 {
     dim3 grid(2, (unsigned)H, (unsigned)((T + 15) / 16));
+    abm_launches++;
     return w->type == K_W_FP8
                ? kc_launch(absorb_v_mma<2>, grid, dim3(128), ABM_SMEM_V, st, o_lat, T, H, (int)dn,
                            w->data, w->scale, (int)w->cols, w->scale_ld, o, ldo)

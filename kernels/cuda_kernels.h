@@ -157,6 +157,8 @@ void kc_mla_set_mma(int on);
  * env DSR1_ABS_MMA_MIN; 0: never; absorb_v only from 128 blocks unless set here; -1:
  * back to the default). Process-wide, not thread-safe. */
 void kc_mla_set_absorb_mma(int min_tokens);
+/* tensor-core absorption launches since the start (for tests) */
+unsigned long kc_mla_absorb_mma_launches(void);
 /* Programmatic dependent launch of the decode kernels (default on; DSR1_PDL=0 turns it
  * off): kc_set_pdl(0/1) for tests and benchmarks. */
 void kc_set_pdl(int on);

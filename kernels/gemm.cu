@@ -684,7 +684,11 @@ static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
  * path). A tile of 3..15 joins the cuBLASLt call, padded, instead of a GEMV launch of
  * its own that reads the weights a second time (H200, a TP8 rank's dense layer at 24
  * tokens: 222 -> 210 us, TP1 740 -> 593 us; at 17 tokens padding to 32 was slower). */
-static size_t lt_rows(size_t M) { return M % 16 < 3 ? M & ~(size_t)15 : M; }
+static size_t lt_rows(size_t M)
+{
+    /* DSR1_GEMV_A8=0: the tail stays W8A32 on the GEMV, as before the padding */
+    return M % 16 < 3 || !kc_gemv_a8_on() ? M & ~(size_t)15 : M;
+}
 
 /* FP8 block-scaled matmul of quantized activations a [pad16(M),K] with weights q [N,K];
  * the scale grids as and wsp are already in the arrangement being used (as for

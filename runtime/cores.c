@@ -32,7 +32,9 @@ void rt_load_threads(int share, int verify_full, int *upload, int *hash)
         *hash = 0;
         return;
     }
-    int h = share / 2, u = share - h;
+    int u = share - share / 2;
+    u = u > 16 ? 16 : u < 2 ? 2 : u;
+    int h = share - u; /* the upload capped at 16: the rest hashes */
+    *upload = u;
     *hash = h < 2 ? 2 : h;
-    *upload = u > 16 ? 16 : u < 2 ? 2 : u;
 }

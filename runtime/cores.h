@@ -22,8 +22,9 @@ int rt_local_ranks(int gpus_per_node, const char *local_world_size, int world_si
 int rt_core_share(int ncores, int local_ranks);
 
 /* Threads for a share of cores: *upload = min(16, share) and *hash = 0 without full
- * verification; with it *hash = share / 2 and *upload = min(16, share - *hash), each at
- * least 2. */
+ * verification; with it *upload = min(16, half the share) and *hash = the rest, each at
+ * least 2. A launcher that already pins each rank to its own cores makes the share too
+ * small (the cores are divided twice): DSR1_UPLOAD_THREADS / DSR1_HASH_THREADS then. */
 void rt_load_threads(int share, int verify_full, int *upload, int *hash);
 
 #ifdef __cplusplus

@@ -844,6 +844,8 @@ static void test_router(void)
     cudaFree(dl), cudaFree(dw), cudaFree(di);
 }
 
+static void check(const char *name, bool ok, const char *detail);
+
 static void test_attn(void)
 {
     for (int pass = 0; pass < 2; pass++) {
@@ -919,6 +921,7 @@ static void test_attn(void)
         const bool tc = T >= 8 && R % 128 == 0 && cs.wt != K_W_F32;
         for (int mma = tc ? 1 : 0; mma >= 0; mma--) {
             kc_mla_set_absorb_mma(mma ? 8 : 0);
+            const unsigned long l0 = kc_mla_absorb_mma_launches();
             cudaMemset(dql, 0xff, ql.size() * 4);
             CK(kc_mla_absorb_q(dq, ldq, ldh, T, H, dn, dv, &wkv.d, dql, 0));
             auto gql = down(dql, ql.size());
@@ -929,6 +932,12 @@ static void test_attn(void)
             auto go = down(dout, o.size());
             snprintf(name, sizeof name, "mla absorb_v %s%s", tag, mma ? " (tensor cores)" : "");
             report(name, rel_err(go.data(), o.data(), o.size()), 2e-5);
+            char got[64];
+            const unsigned long nl = kc_mla_absorb_mma_launches() - l0;
+            snprintf(got, sizeof got, "%lu tensor-core launches, want %d", nl, mma ? 2 : 0);
+            snprintf(name, sizeof name, "mla absorptions %s took the %s kernels", tag,
+                     mma ? "tensor-core" : "CUDA-core");
+            check(name, nl == (mma ? 2ul : 0ul), got);
         }
         kc_mla_set_absorb_mma(-1);
         for (int mma = 1; mma >= 0; mma--) { /* tensor cores where they apply, then FMA */

@@ -38,7 +38,10 @@ TEST(cores_load_threads)
     CHECK_EQ_INT(h, 8);
     rt_load_threads(112, 1, &u, &h); /* one rank on a big host: hashing takes the rest */
     CHECK_EQ_INT(u, 16);
-    CHECK_EQ_INT(h, 56);
+    CHECK_EQ_INT(h, 96);
+    rt_load_threads(15, 1, &u, &h);
+    CHECK_EQ_INT(u + h, 15);
+    CHECK_EQ_INT(u, 8);
     rt_load_threads(1, 1, &u, &h); /* never fewer than 2 each */
     CHECK_EQ_INT(u, 2);
     CHECK_EQ_INT(h, 2);
