@@ -3,7 +3,8 @@
 # 8 and 64, prefill GEMM TFLOP/s vs cuBLASLt, on the one-rank shard bench_load.sh makes
 # (made here if missing); then one rank of a TP8/EP8 plan of the same checkpoint run
 # alone at batch 1 with 2 and 3 of its experts routed (the busiest GPU of an 8-GPU
-# deployment, collectives skipped); all-reduce latency when several GPUs are visible;
+# deployment, collectives skipped) and at batch 8 and 64 as its router routes; all-reduce
+# latency when several GPUs are visible;
 # and the projection for the 61-layer model on 8 GPUs (make bench-decode).
 set -eu
 cd "$(dirname "$0")/.."
@@ -27,6 +28,10 @@ if [ -f "$W/shard8/manifest.json" ]; then
       --batches 1 --quick --ctx "${CTX:-1024}" | sed "s/^/tp8e$n /" |
       tee -a "$W/decode-tp8.txt"
   done
+  # batched steps on the same rank, routed by the synthetic checkpoint's router (its
+  # spread over the rank's experts, not R1's): the projection's batched-decode rows
+  "$BIN/bench-decode-gpu" --manifest "$W/shard8/manifest.json" --rank 0 --batches 8,64 --quick \
+    --ctx "${CTX:-1024}" | sed "s/^/tp8b /" | tee -a "$W/decode-tp8.txt"
 fi
 NG=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$NG" -ge 2 ]; then

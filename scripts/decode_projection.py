@@ -6,7 +6,9 @@ Usage: decode_projection.py decode.txt [decode-tp8.txt] [--bw-TBps 4.3]
 decode-tp8.txt (bench_decode.sh) holds one rank of a TP8/EP8 plan run alone with 2
 ("tp8e2" rows) and 3 ("tp8e3") of its experts routed: a direct measurement of the
 busiest GPU's layer at the deployed shapes, launch gaps included. That estimate comes
-first; the second scales the one-GPU TP1 efficiency to TP8 bytes.
+first; the second scales the one-GPU TP1 efficiency to TP8 bytes. "tp8b" rows, the
+same rank at several sequences a step as the synthetic router routes them, give the
+batched-decode lines (tokens/s of the 8 GPUs together).
 
 Model (bytes per GPU per token, R1 dimensions, FP8 weights + F32 block scales):
   attention: q_a and kv_a replicated, q_b / kv_b / o_proj split 8 ways;
@@ -107,3 +109,21 @@ for ne in (2, 3):
         print(f"  busiest GPU reads {ne} experts, {label}: dense layer {d:.0f} us, MoE layer {mo:.0f} us, "
               f"lm_head {h:.0f} us -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
               f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
+
+# Batched decode: B sequences a step on the measured TP8 rank (layers as its router
+# routed them; R1's router may load the busiest rank more), two all-reduces per layer
+# at the one-token latency (B x 28 KB payloads not measured), lm_head from its bytes.
+bat = {}
+for m in re.finditer(r"^tp8b +\d+\s+(dense|moe)\s+(\d+)\s+([\d.]+)", tp8, re.M):
+    if int(m.group(2)) > 1:
+        bat.setdefault((int(m.group(2)), m.group(1)), []).append(float(m.group(3)))
+for B in sorted({b for b, _ in bat}):
+    d, mo = bat.get((B, "dense")), bat.get((B, "moe"))
+    if not d or not mo:
+        continue
+    d, mo = med(d) + 2 * t_ar, med(mo) + 2 * t_ar
+    h = head / (bw_target * e_dense) * 1e6 + t_ar
+    tot = 3 * d + 58 * mo + h
+    print(f"  batch {B}, measured TP8 rank (synthetic routing): dense {d:.0f} us, MoE {mo:.0f} us, "
+          f"lm_head {h:.0f} us -> {tot/1000:.2f} ms/step = {B * 1e6 / tot:.0f} tok/s "
+          f"({1e6 / tot:.1f} tok/s per sequence)")

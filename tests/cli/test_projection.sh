@@ -24,6 +24,23 @@ PYEOF
 expect_out "layer times are the rows' medians plus two all-reduces ($want)" "reads 2 experts, measured layers: $want"
 expect_out "TP1 efficiency parsed" 'at batch 1: dense [0-9]+%, MoE [0-9]+% of roofline'
 
+# batched decode from "tp8b" rows (the TP8 rank at several sequences a step): per batch,
+# the rows' median layer times plus two all-reduces, tokens/s of all sequences
+B=docs/measurements/2026-11-29-session9/run4-absorb-mma-ab-tp8-1xh200.txt
+{ cat "$M/decode-tp8-1xh100.txt"; sed 's/^/tp8b /' "$B"; } >"$T/tp8b.txt"
+expect_exit "projection with batched TP8 rows" 0 python3 "$P" "$T/decode.txt" "$T/tp8b.txt"
+want=$(python3 - "$B" <<'PYEOF'
+import re, sys
+t = open(sys.argv[1]).read()
+med = lambda v: sorted(v)[len(v) // 2]
+d = med([float(x) for x in re.findall(r"^\d+ +dense +64 +([\d.]+)", t, re.M)])
+m = med([float(x) for x in re.findall(r"^\d+ +moe +64 +([\d.]+)", t, re.M)])
+print(f"dense {d + 26.2:.0f} us, MoE {m + 26.2:.0f} us")
+PYEOF
+)
+expect_out "batch 64 layer times are the rows' medians plus two all-reduces ($want)" "batch 64, measured TP8 rank \(synthetic routing\): $want"
+expect_out "every batch in the rows" 'batch 8, measured TP8 rank.* tok/s \([0-9.]+ tok/s per sequence\)'
+
 # without the TP8 file: the TP1-scaled estimate only; all-reduce assumed when absent
 expect_exit "projection from TP1 rows only" 0 python3 "$P" "$M/bench-decode-1xh100.txt"
 expect_out "no all-reduce rows: latency marked assumed" 'all-reduce latency 25\.0 us \(assumed; not measured\)'
