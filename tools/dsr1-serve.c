@@ -9,11 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sys/stat.h>
 
 #include "backend.h"
 #include "cli.h"
+#include "envcheck.h"
 #include "npy.h"
 
 static const char usage_text[] =
@@ -233,6 +235,17 @@ static int cmd_generate(int argc, char **argv)
     if (logits_out && mtp_out && strcmp(logits_out, mtp_out) == 0) {
         free(ids);
         return usage("%s", "--logits-out and --mtp-logits-out name the same file");
+    }
+    /* the DSR1_* switches: a malformed value is a usage error now, not a silent default
+     * deep in a kernel; an unknown DSR1_* name is warned about (runtime/envcheck.h) */
+    {
+        dsr1_err ee;
+        dsr1_err_clear(&ee);
+        if (rt_env_check(environ, "dsr1-serve", stderr, &ee)) {
+            fprintf(stderr, "dsr1-serve: %s\n", ee.msg);
+            free(ids);
+            return 2;
+        }
     }
     /* --manifest DIR means DIR/manifest.json, as dsr1-verify takes DIR */
     char *mpath = NULL;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # dsr1-serve generate --backend cpu on wrong input: token ids outside the vocabulary,
-# context overflow, bad sampling values, a manifest given as a directory, and
+# context overflow, bad sampling values, malformed DSR1_* switches, a manifest given as a
+# directory, and
 # --logits-out that is atomic (no half-written file, nothing renamed over an old file
 # on failure, an unwritable path refused before generating, tokens printed only once
 # the files are complete).
@@ -30,6 +31,14 @@ for bad in "--top-p 0" "--top-p 2" "--top-p nan" "--temperature -1" "--temperatu
   # shellcheck disable=SC2086
   expect_exit "$bad: exit 2" 2 gen --prompt-ids 1 $bad
 done
+# the DSR1_* switches (runtime/envcheck.h): checked before loading anything
+expect_exit "DSR1_UPLOAD_THREADS=abc: exit 2" 2 env DSR1_UPLOAD_THREADS=abc "$S" generate --manifest "$M" --prompt-ids 1
+expect_err "  names the switch and its range" 'environment DSR1_UPLOAD_THREADS="abc" is not an integer in \[1, 1024\]; unset it'
+expect_exit "DSR1_UPLOAD=mmap: exit 2" 2 env DSR1_UPLOAD=mmap "$S" generate --manifest "$M" --prompt-ids 1
+expect_err "  lists the values" 'is not one of copy\|pread\|register'
+expect_exit "a misspelt switch only warns" 0 env DSR1_UPLOAD_THRADS=4 "$S" generate --manifest "$M" --prompt-ids 1 --max-new-tokens 1
+expect_err "  the warning names it" 'warning: environment DSR1_UPLOAD_THRADS is not a switch of any dsr1 program'
+expect_exit "valid switches pass" 0 env DSR1_MOE_KS=2,4 DSR1_PDL=0 "$S" generate --manifest "$M" --prompt-ids 1 --max-new-tokens 1
 expect_exit "--manifest DIR works as DIR/manifest.json" 0 "$S" generate --manifest "$T/s" --prompt-ids 1,2 --max-new-tokens 2
 expect_exit "--manifest of a missing file: exit 3" 3 "$S" generate --manifest "$T/s/none.json" --prompt-ids 1
 
