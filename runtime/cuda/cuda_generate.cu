@@ -22,6 +22,7 @@ extern "C" {
 #include "boot.h"
 #include "comm_nccl.h"
 #include "cores.h"
+#include "fu.h"
 #include "hx.h"
 #include "ident.h"
 #include "mf.h"
@@ -284,8 +285,10 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
             uo.threads = atoi(ut);
         if (ht && atoi(ht) > 0)
             uo.hash_threads = atoi(ht);
+        double t_load = fu_now_s();
         rc = cm_load(&cm, m, dir, id.rank, a->n_prompt + (size_t)a->max_new_tokens, &uo,
                      a->verify_full, st, err);
+        t_load = fu_now_s() - t_load;
         dsr1_err ferr;
         dsr1_err_clear(&ferr);
         int frc = rt_boot_fence(boot, "loaded", rc == 0, rc ? err->msg : NULL,
@@ -297,6 +300,13 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
             *err = ferr;
             goto out;
         }
+        /* one line per rank: what users watch a start-up for */
+        fprintf(stderr,
+                "dsr1-serve: rank %d: %.2f GB shard loaded in %.2f s (upload %.1f GB/s, %d "
+                "threads%s)\n",
+                id.rank, cm->arena_bytes / 1e9, t_load,
+                cm->upload_s > 0 ? cm->arena_bytes / cm->upload_s / 1e9 : 0.0, uo.threads,
+                a->verify_full ? ", every tensor hashed alongside" : "");
         if (id.world_size > 1 &&
             (rc = rt_comm_nccl_create(&comm, id.rank, (int)m->plan.tp, (int)m->plan.pp,
                                       (int)m->plan.dp, uid, st, timeout, err)))
