@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 extern "C" {
+#include "cores.h"
 #include "upload.h"
 }
 
@@ -199,7 +200,9 @@ int rt_upload(void *dev, const void *host, uint64_t len, const rt_upload_opts *o
         rt_upload_opts_init(&def);
         o = &def;
     }
-    int threads = o->threads > 0 ? o->threads : omp_get_num_procs() < 16 ? omp_get_num_procs() : 16;
+    int threads = o->threads, unused;
+    if (threads <= 0) /* one rank on the host (callers sharing a host pass their share) */
+        rt_load_threads(rt_core_share(omp_get_num_procs(), 1), 0, &threads, &unused);
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     up_job j;
     memset(&j, 0, sizeof j);

@@ -68,6 +68,13 @@ kv = 4096 * 576 * 4  # latent cache read at 4k context (fp32)
 def layer_us(nbytes, e):
     return nbytes / (bw_target * e) * 1e6
 
+h_us = layer_us(head, e_dense) + t_ar  # lm_head from its bytes, plus the logits' all-gather
+
+def step(d, mo):
+    """Dense and MoE layer times with their two all-reduces each, and the 61-layer step."""
+    d, mo = d + 2 * t_ar, mo + 2 * t_ar
+    return d, mo, 3 * d + 58 * mo + h_us
+
 print(f"\nprojection: DeepSeek-R1 61 layers (3 dense + 58 MoE), 8 GPUs TP8/EP8, batch 1")
 meas = {}
 for m in re.finditer(r"^tp8e(\d) +\d+\s+(dense|moe)\s+1\s+([\d.]+)", tp8, re.M):
@@ -81,11 +88,9 @@ if meas:
         mo = meas.get((ne, "moe"))
         if not d or not mo:
             continue
-        d, mo = med(d) + 2 * t_ar, med(mo) + 2 * t_ar
-        h = head / (bw_target * e_dense) * 1e6 + t_ar
-        tot = 3 * d + 58 * mo + h
+        d, mo, tot = step(med(d), med(mo))
         print(f"  busiest GPU reads {ne} experts, measured layers: dense {d:.0f} us, MoE {mo:.0f} us, "
-              f"lm_head {h:.0f} us (estimated) -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
+              f"lm_head {h_us:.0f} us (estimated) -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
               f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
     print("  upper bound, scaled from the TP1 layers (bytes / (bandwidth x TP1 efficiency); the\n"
           "  measured TP8 rank above does not reach TP1 efficiency: small kernels, launch gaps):")
@@ -100,14 +105,12 @@ if host:
 for ne in (2, 3):
     gd = layer_us(attn_rep + attn_split + dense + kv, e_dense)
     gm = layer_us(attn_rep + attn_split + router + shared + ne * expert + kv, e_moe)
-    h = layer_us(head, e_dense) + t_ar
     for label, d, mo in (("GPU-bound", gd, gm), ("enqueue floor", max(gd, h_dense), max(gm, h_moe))):
         if label != "GPU-bound" and not host:
             continue
-        d, mo = d + 2 * t_ar, mo + 2 * t_ar
-        tot = 3 * d + 58 * mo + h
+        d, mo, tot = step(d, mo)
         print(f"  busiest GPU reads {ne} experts, {label}: dense layer {d:.0f} us, MoE layer {mo:.0f} us, "
-              f"lm_head {h:.0f} us -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
+              f"lm_head {h_us:.0f} us -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
               f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
 
 # Batched decode: B sequences a step on the measured TP8 rank (layers as its router
@@ -121,9 +124,7 @@ for B in sorted({b for b, _ in bat}):
     d, mo = bat.get((B, "dense")), bat.get((B, "moe"))
     if not d or not mo:
         continue
-    d, mo = med(d) + 2 * t_ar, med(mo) + 2 * t_ar
-    h = head / (bw_target * e_dense) * 1e6 + t_ar
-    tot = 3 * d + 58 * mo + h
+    d, mo, tot = step(med(d), med(mo))
     print(f"  batch {B}, measured TP8 rank (synthetic routing): dense {d:.0f} us, MoE {mo:.0f} us, "
-          f"lm_head {h:.0f} us -> {tot/1000:.2f} ms/step = {B * 1e6 / tot:.0f} tok/s "
+          f"lm_head {h_us:.0f} us -> {tot/1000:.2f} ms/step = {B * 1e6 / tot:.0f} tok/s "
           f"({1e6 / tot:.1f} tok/s per sequence)")

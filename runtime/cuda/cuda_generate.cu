@@ -180,6 +180,7 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
     int32_t *dtok = NULL;
     char **expect = NULL;
     double timeout = a->timeout_s > 0 ? a->timeout_s : 600;
+    int ndev = 0; /* GPUs this process sees */
     if (!dir) {
         mf_free(m);
         return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
@@ -207,7 +208,6 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
         goto out;
     }
     {
-        int ndev = 0;
         cudaError_t e = cudaGetDeviceCount(&ndev);
         if (e != cudaSuccess || ndev == 0) {
             rc = dsr1_err_set(err, DSR1_E_IO, RT_ERR_NO_CUDA, 0, "rank %d: no CUDA device (%s)",
@@ -273,12 +273,9 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
         /* this rank's share of the host's cores (runtime/cores.h), split between the
          * upload and, with --verify full, the hash; DSR1_UPLOAD_THREADS and
          * DSR1_HASH_THREADS override */
-        int nvis = 0;
-        if (cudaGetDeviceCount(&nvis) != cudaSuccess)
-            nvis = 0;
         int share = rt_core_share(omp_get_num_procs(),
                                   rt_local_ranks(id.gpus_per_node, getenv("LOCAL_WORLD_SIZE"),
-                                                 id.world_size, nvis));
+                                                 id.world_size, ndev));
         rt_load_threads(share, a->verify_full, &uo.threads, &uo.hash_threads);
         const char *ut = getenv("DSR1_UPLOAD_THREADS"), *ht = getenv("DSR1_HASH_THREADS");
         if (ut && atoi(ut) > 0)

@@ -107,12 +107,12 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
             uo = *up;
         else
             rt_upload_opts_init(&uo);
-        if (uo.hash_threads <= 0 || uo.threads <= 0) { /* one rank on the host */
-            int u, h;
-            rt_load_threads(rt_core_share(omp_get_num_procs(), 1), verify_full, &u, &h);
-            uo.threads = uo.threads > 0 ? uo.threads : u;
-            uo.hash_threads = uo.hash_threads > 0 ? uo.hash_threads : h;
-        }
+        int u, h; /* unset counts: one rank on the host */
+        rt_load_threads(rt_core_share(omp_get_num_procs(), 1), verify_full, &u, &h);
+        if (uo.threads <= 0)
+            uo.threads = u;
+        if (uo.hash_threads <= 0)
+            uo.hash_threads = h;
         uo.stream = st;
         if (uo.method == RT_UP_PREAD) { /* the mapping's file: the arena is the whole file */
             uo.path = st_path(f);

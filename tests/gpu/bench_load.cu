@@ -173,7 +173,9 @@ int main(int argc, char **argv)
     /* host-side ceiling of the staged upload: the same threads copying 8 MiB pieces of a
      * fresh mapping into 256 MiB of pinned memory, no DMA */
     {
-        int ht = threads > 0 ? threads : omp_get_num_procs() < 16 ? omp_get_num_procs() : 16;
+        int ht = threads, unused;
+        if (ht <= 0) /* rt_upload's default */
+            rt_load_threads(rt_core_share(omp_get_num_procs(), 1), 0, &ht, &unused);
         const size_t pc = 8u << 20, pb = 256u << 20;
         char *pin;
         CK(cudaMallocHost(&pin, pb));
