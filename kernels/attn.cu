@@ -168,6 +168,9 @@ static int att_splits(size_t TH, size_t S, size_t dv, float **part, cudaStream_t
     if (ns > 1) {
         size_t need = TH * ns * (dv + 2) * sizeof(float);
         if (need > g_part_cap) {
+            if (kc_capturing(st))
+                return 1;
+            kc_alloc_count++;
             cudaStreamSynchronize(st);
             cudaFree(g_part);
             g_part = NULL;
@@ -282,6 +285,23 @@ struct mla_block {
     int split, ntiles;
     mla_tile mt;
 };
+
+/* CUDA graphs replay one capture at many positions: with dpos0 the step's first
+ * position is read on the device (written before the launch, so before the PDL wait),
+ * S and pos0 from the host were only the bound the grid was planned for, and the split
+ * length follows the actual range of the last token (T = gridDim.x / ngroups) over the
+ * same nsplit splits; splits past the range see no key. */
+__device__ __forceinline__ void mla_dyn_range(const int32_t *dpos0, int ngroups, int nsplit,
+                                              size_t &S, size_t &pos0, int &tps)
+{
+    if (!dpos0)
+        return;
+    const size_t T = gridDim.x / (unsigned)ngroups, p = (size_t)*dpos0;
+    pos0 = p;
+    S = p + T;
+    const size_t ntile = (att_visible(T - 1, S, pos0) + MLA_BK - 1) / MLA_BK;
+    tps = ntile ? (int)((ntile + nsplit - 1) / nsplit) : 1;
+}
 
 __device__ __forceinline__ mla_block mla_block_of(float *smem, int nbuf, int RS, int PS,
                                                   const float *c, size_t ldc, const float *kpe,
@@ -491,10 +511,11 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
                     const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
                     size_t S, size_t H, int R, int P, size_t pos0, float scale, int ngroups,
                     int tps, int nsplit, int nbuf, int CS, float *part_o, float *part_ml,
-                    int qvec)
+                    int qvec, const int32_t *dpos0)
 {
     extern __shared__ float4 mla_smem4[];
     const int G = MLA_G, BK = MLA_BK, NT = MLA_THREADS;
+    mla_dyn_range(dpos0, ngroups, nsplit, S, pos0, tps);
     const mla_block b = mla_block_of((float *)mla_smem4, nbuf, BK, G, c, ldc, kpe, ldk, S, pos0, R,
                                      P, CS, ngroups, tps);
     float *sQ = b.sQ, *sC = b.sC, *red = b.red, *pT = b.pT, *sCorr = b.sCorr, *sL = b.sL, *sM = b.sM;
@@ -668,11 +689,12 @@ __global__ void __launch_bounds__(NT, 1)
                         const float *c, size_t ldc, const float *kpe, size_t ldk, float *o_lat,
                         size_t S, size_t H, int R, int P, size_t pos0, float scale,
                         int ngroups, int tps, int nsplit, int nbuf, int CS, float *part_o,
-                        float *part_ml, int qvec)
+                        float *part_ml, int qvec, const int32_t *dpos0)
 {
     static_assert(NT == 512, "the work split below assumes 16 warps");
     extern __shared__ float4 mla_smem4[];
     const int G = MLA_G, BK = MLA_BK, RS = MLA_RS, PS = MLA_PS, OJ = 4, F = R + P;
+    mla_dyn_range(dpos0, ngroups, nsplit, S, pos0, tps);
     const mla_block b = mla_block_of((float *)mla_smem4, nbuf, RS, PS, c, ldc, kpe, ldk, S, pos0, R,
                                      P, CS, ngroups, tps);
     float *sQ = b.sQ, *sC = b.sC, *red = b.red, *pT = b.pT, *sCorr = b.sCorr, *sL = b.sL, *sM = b.sM;
@@ -850,6 +872,9 @@ static size_t g_mla_part_cap;
 static float *mla_part_buf(size_t need, cudaStream_t st)
 {
     if (need > g_mla_part_cap) {
+        if (kc_capturing(st))
+            return NULL;
+        kc_alloc_count++;
         cudaStreamSynchronize(st);
         cudaFree(g_mla_part);
         g_mla_part = NULL;
@@ -890,7 +915,7 @@ static int mla_dev_attr(cudaDeviceAttr a, int dflt)
 
 typedef void (*mla_kfn)(const float *, const float *, size_t, size_t, const float *, size_t,
                         const float *, size_t, float *, size_t, size_t, int, int, size_t, float,
-                        int, int, int, int, int, float *, float *, int);
+                        int, int, int, int, int, float *, float *, int, const int32_t *);
 
 /* kc_mla_set_mma(0): the FMA kernel even where tensor cores apply (tests, bench) */
 static int mla_use_mma = 1;
@@ -956,7 +981,8 @@ static int mla_attn_fallback(const float *q_lat, const float *q_pe, size_t ldqp,
 
 int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
                 size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
-                size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st)
+                size_t H, size_t R, size_t P, size_t pos0, float scale, const int32_t *dpos0,
+                cudaStream_t st)
 {
     if (R > ATT_MAXD || P > 256)
         return -1;
@@ -977,8 +1003,9 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     size_t maxsm = (size_t)mla_dev_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
     int nbuf = base + 2 * tile <= maxsm ? 2 : base + tile <= maxsm ? 1 : 0;
     if (!nbuf)
-        return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,
-                                 pos0, scale, st);
+        return dpos0 ? -1 /* the fallback reads the range on the host */
+                     : mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S,
+                                         H, R, P, pos0, scale, st);
     size_t smem = base + nbuf * tile;
     int rj = Rp / 4 <= 128 ? 1 : 2;
     /* [rj - 1][vec] for the FMA kernels; slot 4 (mla_prepare's cache) the MMA one */
@@ -987,8 +1014,9 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     mla_kfn fn = mma ? mla_attn_mma_kernel<MLA_MMA_THREADS> : fma_fn[rj - 1][vec];
     int bps = mla_prepare(fn, mma ? 4 : (rj - 1) * 2 + (vec ? 1 : 0), nt, smem);
     if (bps <= 0)
-        return mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S, H, R, P,
-                                 pos0, scale, st);
+        return dpos0 ? -1
+                     : mla_attn_fallback(q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk, o_lat, T, S,
+                                         H, R, P, pos0, scale, st);
 
     /* Splits: the widest range (last token) has ntile tiles; a split takes tps of them.
      * Cost ~ waves * (tps + 1) (the +1: query load, pipeline fill, combine); ties go to
@@ -1029,7 +1057,7 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
     dim3 grid((unsigned)(T * groups), (unsigned)ns);
     int rc = kc_launch(fn, grid, dim3(nt), smem, st, q_lat, q_pe, ldqp, ldhp, c, ldc, kpe, ldk,
                        o_lat, S, H, (int)R, (int)P, pos0, scale, (int)groups, (int)tps, (int)ns,
-                       nbuf, CS, part_o, part_ml, qvec);
+                       nbuf, CS, part_o, part_ml, qvec, dpos0);
     if (rc || ns == 1)
         return rc;
     dim3 cg((unsigned)(T * H), kc_blocks(R, 128));

@@ -33,11 +33,12 @@ int kc_rope_apply(const k_rope *r, float *x, size_t rows, size_t heads, size_t l
 /* MLA after the projections, one launch: c[t, :R] (row stride ldc) = rmsnorm(kva[t, :R])
  * * norm_w; kpe[t, :P] = rope(kva[t, R:R+P], pos[t]) with P = r->dim; and in place
  * rope on q[t*ldq + h*ldh + dn + (0..P)] for heads h < H. Equals kc_rmsnorm (its scalar
- * kernel's summation order), a copy and two kc_rope_apply calls. */
+ * kernel's summation order), a copy and two kc_rope_apply calls. drow0 (device, may be
+ * NULL): rows drow0[0] + t of c and kpe instead of t, read on the device (CUDA graphs). */
 int kc_mla_prep(const float *kva, size_t ldkva, size_t R, const float *norm_w, float eps,
                 float *c, size_t ldc, float *kpe, size_t ldk, float *q, size_t ldq, size_t ldh,
                 size_t dn, size_t H, const k_rope *r, const int32_t *pos, size_t T,
-                cudaStream_t st);
+                const int32_t *drow0, cudaStream_t st);
 
 /* ---- embed.cu ---- table rows [row0, row0 + table->rows); other ids give zeros */
 int kc_embed(const k_weight *table, size_t row0, const int32_t *ids, size_t T, float *out,
@@ -143,9 +144,14 @@ int kc_attn_naive(const float *q, size_t ldq, const float *k, size_t ldk, const 
                   size_t dv, size_t pos0, float scale, cudaStream_t st);
 int kc_mla_absorb_q(const float *q, size_t ldq, size_t ldh, size_t T, size_t H, size_t dn,
                     size_t dv, const k_weight *wkv_b, float *q_lat, cudaStream_t st);
+/* dpos0 (device, may be NULL): the tokens' first position is read on the device and
+ * S = *dpos0 + T (CUDA graphs replay one capture at every position); S and pos0 from
+ * the host are then a bound (S >= the actual one, pos0 = S - T) that the key splits
+ * are planned for. Returns -1 for shapes whose kernel does not fit shared memory. */
 int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp, const float *c,
                 size_t ldc, const float *kpe, size_t ldk, float *o_lat, size_t T, size_t S,
-                size_t H, size_t R, size_t P, size_t pos0, float scale, cudaStream_t st);
+                size_t H, size_t R, size_t P, size_t pos0, float scale, const int32_t *dpos0,
+                cudaStream_t st);
 int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
                     const k_weight *wkv_b, float *o, size_t ldo, cudaStream_t st);
 /* kc_mla_attn's score and value products run on tensor cores (single-pass TF32, ~1e-3
@@ -164,6 +170,9 @@ unsigned long kc_mla_absorb_mma_launches(void);
 void kc_set_pdl(int on);
 
 /* ---- helpers (gemm.cu) ---- */
+/* Changes whenever a kernel's cached scratch is reallocated: a CUDA graph captured
+ * before holds freed addresses and must be captured again. */
+unsigned kc_alloc_epoch(void);
 int kc_copy_f32_from_bf16(const uint16_t *in, float *out, size_t n, cudaStream_t st);
 int kc_f32_to_bf16(const float *in, uint16_t *out, size_t n, cudaStream_t st);
 /* "cuda: <what>: <error string>" for a status returned above (static buffer). */

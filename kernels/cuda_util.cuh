@@ -43,6 +43,19 @@ static inline int kc_pdl_on(void)
     return kc_pdl_mode;
 }
 
+/* Scratch the kernels keep between calls (split partials, GEMM staging) is freed and
+ * reallocated when a larger call needs more. A captured CUDA graph holds the old
+ * addresses, so every reallocation bumps kc_alloc_count (kc_alloc_epoch) and the graph's
+ * owner captures again. While its stream is capturing a buffer never grows (growing
+ * synchronizes, which would end the capture): the caller takes its fallback. */
+inline unsigned kc_alloc_count;
+
+static inline int kc_capturing(cudaStream_t st)
+{
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    return cudaStreamIsCapturing(st, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone;
+}
+
 /* k<<<grid, block, smem, st>>>(args...), with the PDL attribute when enabled; returns
  * the launch status as KC_LAUNCH_CHECK would. */
 template <typename... KArgs, typename... Args>

@@ -95,6 +95,9 @@ void *kc_ctx_scratch(kc_ctx *c, int i, size_t n)
 {
     if (c->cap[i] >= n)
         return c->buf[i];
+    if (kc_capturing(c->st))
+        return NULL;
+    kc_alloc_count++;
     cudaStreamSynchronize(c->st);
     cudaFree(c->buf[i]);
     c->buf[i] = NULL;
@@ -254,6 +257,8 @@ void kc_set_pdl(int on)
 {
     kc_pdl_mode = on ? 1 : 0;
 }
+
+unsigned kc_alloc_epoch(void) { return kc_alloc_count; }
 
 static int g_ks = -1; /* warps splitting K: 0 = by K (tg_ks), else 1, 2, 4 or 8; -1: not
                        * read yet from DSR1_GEMV_KS (for measuring) */

@@ -64,13 +64,17 @@ int kc_rope_apply(const k_rope *r, float *x, size_t rows, size_t heads, size_t l
 __global__ void mla_prep_kernel(rope_arg r, const float *kva, size_t ldkva, size_t R,
                                 const float *w, float eps, float *c, size_t ldc, float *kpe,
                                 size_t ldk, float *q, size_t ldq, size_t ldh, size_t dn, size_t H,
-                                const int32_t *pos)
+                                const int32_t *pos, const int32_t *drow0)
 {
     __shared__ float sh[32];
     size_t t = blockIdx.x;
     const float *kv = kva + t * ldkva;
     kc_pdl_wait();
     if (blockIdx.y == 0) {
+        if (drow0) {
+            c += (size_t)*drow0 * ldc;
+            kpe += (size_t)*drow0 * ldk;
+        }
         kc_rms_row(kv, w, c + t * ldc, R, eps, sh);
         for (int p = threadIdx.x; p < r.half; p += blockDim.x)
             rope_pair(r, p, pos[t], kv + R, kpe + t * ldk);
@@ -89,12 +93,12 @@ __global__ void mla_prep_kernel(rope_arg r, const float *kva, size_t ldkva, size
 int kc_mla_prep(const float *kva, size_t ldkva, size_t R, const float *norm_w, float eps,
                 float *c, size_t ldc, float *kpe, size_t ldk, float *q, size_t ldq, size_t ldh,
                 size_t dn, size_t H, const k_rope *r, const int32_t *pos, size_t T,
-                cudaStream_t st)
+                const int32_t *drow0, cudaStream_t st)
 {
     if (T == 0)
         return 0;
     rope_arg a = rope_arg_of(r);
     dim3 grid((unsigned)T, (unsigned)(1 + (H + PREP_HEADS - 1) / PREP_HEADS));
     return kc_launch(mla_prep_kernel, grid, dim3(256), 0, st, a, kva, ldkva, R, norm_w, eps, c,
-                     ldc, kpe, ldk, q, ldq, ldh, dn, H, pos);
+                     ldc, kpe, ldk, q, ldq, ldh, dn, H, pos, drow0);
 }

@@ -22,6 +22,8 @@ static const ev_spec specs[] = {
     {"DSR1_UPLOAD_THREADS", EV_INT, 1, 1024, NULL},
     {"DSR1_HASH_THREADS", EV_INT, 1, 1024, NULL},
     {"DSR1_NCCL_BLOCKING", EV_ONE_OF, 0, 0, "0|1"},
+    /* decode */
+    {"DSR1_CUDA_GRAPHS", EV_ONE_OF, 0, 0, "0|1"},
     /* kernels (docs/tools/dsr1-serve.md, ENVIRONMENT) */
     {"DSR1_PDL", EV_ONE_OF, 0, 0, "0|1"},
     {"DSR1_GEMV_MAX_M", EV_INT, 0, 1 << 30, NULL},

@@ -94,7 +94,10 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
         size_t len = n0;
         rt_sampler smp;
         rt_sampler_init(&smp, &a->sampling);
+        double t0 = fu_now_s(), t1 = t0;
         for (size_t step = 0; step < N; step++) {
+            if (step == 1)
+                t1 = fu_now_s();
             size_t T = 1, pos0 = len - 1;
             if (step == 0 || a->no_cache)
                 T = len, pos0 = 0;
@@ -140,6 +143,15 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
                 }
             }
             seq[len++] = tok;
+        }
+        if (out_rank) { /* what a user measures a deployment by */
+            double t2 = fu_now_s(), pre = (N > 1 ? t1 : t2) - t0, dec = N > 1 ? t2 - t1 : 0;
+            fprintf(stderr,
+                    "dsr1-serve: rank %d: prefill of %zu tokens %.1f ms; %zu decode steps "
+                    "%.1f ms (%.1f tokens/s; CUDA graphs %s, %lu captured, %lu replayed)\n",
+                    g->comm ? g->comm->rank : 0, n0, pre * 1e3, N - 1, dec * 1e3,
+                    dec > 0 ? (N - 1) / dec : 0.0, g->cm->graphs ? "on" : "off",
+                    g->cm->g_captures, g->cm->g_replays);
         }
     }
     if (out_rank) {
@@ -315,6 +327,11 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
          * deadline per step, a little past the timeout so the polled waits, with their
          * more precise messages, report first. */
         double wd_s = timeout + 10;
+        /* CUDA graphs for one-token decode steps (cm_set_graphs): on for a one-rank
+         * plan. With several ranks the graph holds the NCCL collectives too, which has
+         * not been run on several GPUs yet: DSR1_CUDA_GRAPHS=1 turns it on there. */
+        const char *cgv = getenv("DSR1_CUDA_GRAPHS");
+        cm_set_graphs(cm, cgv ? strcmp(cgv, "1") == 0 : id.world_size == 1);
         gen_state g = {a, cm, comm, st, dtok, NULL, wd_s};
         if (comm) /* exit 3: DSR1_E_IO, as the polled timeouts; run() names each step */
             g.wd = rt_watchdog_arm(wd_s, 3, "rank %d: generation made no progress within "

@@ -252,6 +252,11 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
             rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
             goto fail;
         }
+        if (cudaMalloc((void **)&m->dstep, 2 * sizeof(int32_t)) != cudaSuccess) {
+            free(ph);
+            rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+            goto fail;
+        }
         for (size_t i = 0; i < cap; i++)
             ph[i] = (int32_t)i;
         cudaMemcpy(m->pos, ph, cap * sizeof(int32_t), cudaMemcpyHostToDevice);
@@ -285,6 +290,9 @@ void cm_free(cm_model *m)
     }
     free(m->c);
     free(m->kpe);
+    if (m->gexec)
+        cudaGraphExecDestroy(m->gexec);
+    cudaFree(m->dstep);
     cudaFree(m->pos);
     cudaFree(m->pool);
     cudaFree(m->final_norm);
@@ -359,25 +367,29 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
     size_t H = h->hidden, R = h->kv_lora, P = h->dr, dn = h->dn, dv = h->dv, Hl = h->heads;
     size_t dq = dn + P, S = pos0 + T, ql = h->q_lora;
     float eps = (float)h->cfg.rms_norm_eps;
-    if (S > m->cap)
+    if (S > m->cap || (m->dpos && (m->s_plan > m->cap || m->s_plan < T)))
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
                             "sequence of %zu tokens exceeds the KV cache of %zu", S, m->cap);
     float *qa = (float *)cm_scratch(m, T * ql * 4), *q = (float *)cm_scratch(m, T * Hl * dq * 4);
     float *kva = (float *)cm_scratch(m, T * (R + P) * 4), *o = (float *)cm_scratch(m, T * Hl * dv * 4);
     float *qlat = (float *)cm_scratch(m, T * Hl * R * 4), *olat = (float *)cm_scratch(m, T * Hl * R * 4);
     NEED(qa && q && kva && o && qlat && olat);
-    float *cc = m->c[li], *kp = m->kpe[li];
-    const int32_t *pos = m->pos + pos0;
+    /* device positions (graphs): the cache rows and the key range are found on the
+     * device; the splits are planned for s_plan keys */
+    const int dyn = m->dpos != NULL;
+    float *cc = m->c[li] + (dyn ? 0 : pos0 * R), *kp = m->kpe[li] + (dyn ? 0 : pos0 * P);
+    const int32_t *pos = dyn ? m->dpos : m->pos + pos0;
+    size_t Sb = dyn ? m->s_plan : S, p0b = dyn ? m->s_plan - T : pos0;
     cudaStream_t st = m->st;
     CUK(kc_gemm_pair(m->kc, x, H, T, &L->q_a, qa, ql, &L->kv_a, kva, R + P), "q_a/kv_a_proj");
     CUK(kc_rmsnorm(qa, ql, L->q_a_norm, qa, ql, T, ql, eps, st), "q_a_layernorm");
     CUK(kc_gemm(m->kc, qa, ql, T, &L->q_b, q, Hl * dq, 0, 0), "q_b_proj");
-    CUK(kc_mla_prep(kva, R + P, R, L->kv_a_norm, eps, cc + pos0 * R, R, kp + pos0 * P, P, q,
-                    Hl * dq, dq, dn, Hl, &h->rope, pos, T, st),
+    CUK(kc_mla_prep(kva, R + P, R, L->kv_a_norm, eps, cc, R, kp, P, q, Hl * dq, dq, dn, Hl,
+                    &h->rope, pos, T, dyn ? pos : NULL, st),
         "kv_a_layernorm and rope");
     CUK(kc_mla_absorb_q(q, Hl * dq, dq, T, Hl, dn, dv, &L->kv_b, qlat, st), "absorb q");
-    CUK(kc_mla_attn(qlat, q + dn, Hl * dq, dq, cc, R, kp, P, olat, T, S, Hl, R, P, pos0,
-                    h->softmax_scale, st),
+    CUK(kc_mla_attn(qlat, q + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, olat, T, Sb, Hl, R, P,
+                    p0b, h->softmax_scale, dyn ? pos : NULL, st),
         "mla attention");
     CUK(kc_mla_absorb_v(olat, T, Hl, dn, dv, &L->kv_b, o, Hl * dv, st), "absorb v");
     CUK(kc_gemm(m->kc, o, Hl * dv, T, &L->o, out, H, accumulate, 0), "o_proj");
@@ -470,27 +482,32 @@ static int wait(cm_model *m, rt_comm *c, dsr1_err *err)
     return e == cudaSuccess ? 0 : cu_err(err, (int)e, "stream");
 }
 
-int cm_forward(cm_model *m, rt_comm *c, const int32_t *ids, size_t T, size_t pos0, size_t row0,
-               float *logits_h, dsr1_err *err)
+void cm_set_device_positions(cm_model *m, const int32_t *dpos, size_t s_plan)
+{
+    m->dpos = dpos;
+    m->s_plan = s_plan;
+}
+
+void cm_set_graphs(cm_model *m, int on)
+{
+    if (m->gexec)
+        cudaGraphExecDestroy(m->gexec);
+    m->gexec = NULL;
+    m->graphs = on;
+}
+
+/* Embedding (ids on the device) through the layers; on the last stage with want, the
+ * final norm and lm_head of rows [row0, T), all-gathered over TP into *all as
+ * [tp][T - row0][Vl]. Enqueues only: the caller waits. */
+static int forward_body(cm_model *m, rt_comm *c, const int32_t *dids, size_t T, size_t pos0,
+                        size_t row0, int want, float **all, dsr1_err *err)
 {
     rt_model *h = m->h;
     size_t H = h->hidden;
     int rc;
-    if (T == 0)
-        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "forward of zero tokens");
-    for (size_t t = 0; t < T; t++)
-        if (ids[t] < 0 || (uint32_t)ids[t] >= h->vocab)
-            return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
-                                "token id %d at position %zu is outside the vocabulary [0, %zu)",
-                                ids[t], t, h->vocab);
-    if ((rc = cm_reserve(m, T, err)))
-        return rc;
-    cm_scratch_reset(m);
     float *hb = (float *)cm_scratch(m, T * H * 4);
-    int32_t *dids = (int32_t *)cm_scratch(m, T * 4);
-    NEED(hb && dids);
+    NEED(hb);
     if (h->has_embed) {
-        CUK(cudaMemcpyAsync(dids, ids, T * 4, cudaMemcpyHostToDevice, m->st), "ids");
         CUK(kc_embed(&m->embed, h->embed_row0, dids, T, hb, H, m->st), "embed");
         if ((rc = tp_allreduce(m, c, hb, T * H, err)))
             return rc;
@@ -504,23 +521,128 @@ int cm_forward(cm_model *m, rt_comm *c, const int32_t *ids, size_t T, size_t pos
     if (!h->has_head)
         return rt_comm_send(c, hb, T * H * 4, rt_comm_group_member(c, RT_GROUP_PP, h->pp_stage + 1),
                             err);
-    if (!logits_h)
+    if (!want)
         return 0;
     size_t n = T - row0, Vl = h->lm_head.rows, tp = (size_t)h->tp;
     float *xn = (float *)cm_scratch(m, n * H * 4), *loc = (float *)cm_scratch(m, n * Vl * 4);
-    float *all = tp > 1 ? (float *)cm_scratch(m, tp * n * Vl * 4) : loc;
-    NEED(xn && loc && all);
+    float *a = tp > 1 ? (float *)cm_scratch(m, tp * n * Vl * 4) : loc;
+    NEED(xn && loc && a);
     CUK(kc_rmsnorm(hb + row0 * H, H, m->final_norm, xn, H, n, H, (float)h->cfg.rms_norm_eps, m->st),
         "final norm");
     CUK(kc_gemm(m->kc, xn, H, n, &m->lm_head, loc, Vl, 0, 0), "lm_head");
-    if (tp > 1 && (rc = rt_comm_allgather(c, RT_GROUP_TP, loc, n * Vl * 4, all, err)))
+    if (tp > 1 && (rc = rt_comm_allgather(c, RT_GROUP_TP, loc, n * Vl * 4, a, err)))
         return rc;
-    if ((rc = wait(m, c, err)))
+    *all = a;
+    return 0;
+}
+
+/* Wait for the step, then [tp][n][Vl] on the device -> logits_h [n][tp * Vl]. */
+static int logits_out(cm_model *m, rt_comm *c, const float *all, size_t n, float *logits_h,
+                      dsr1_err *err)
+{
+    size_t Vl = m->h->lm_head.rows, tp = (size_t)m->h->tp;
+    int rc = wait(m, c, err);
+    if (rc)
         return rc;
-    /* [tp][n][Vl] -> [n][tp * Vl] */
     for (size_t r = 0; r < tp; r++)
         CUK(cudaMemcpy2D(logits_h + r * Vl, tp * Vl * 4, all + r * n * Vl, Vl * 4, Vl * 4, n,
                          cudaMemcpyDeviceToHost),
             "logits");
     return 0;
+}
+
+/* Capture forward_body of the one-token step at m->dstep into m->gexec (nothing runs).
+ * 0, or -1 with the reason in why. */
+static int capture(cm_model *m, rt_comm *c, size_t pos0, float *all_eager, char *why, size_t cap)
+{
+    dsr1_err cerr;
+    dsr1_err_clear(&cerr);
+    cudaGraph_t g = NULL;
+    float *all = NULL;
+    cm_scratch_reset(m);
+    cudaError_t e = cudaStreamBeginCapture(m->st, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+        snprintf(why, cap, "begin capture: %s", cudaGetErrorString(e));
+        return -1;
+    }
+    int brc = forward_body(m, c, m->dstep, 1, pos0, 0, 1, &all, &cerr);
+    e = cudaStreamEndCapture(m->st, &g);
+    if (!brc && e == cudaSuccess && all == all_eager)
+        e = cudaGraphInstantiate(&m->gexec, g, 0);
+    if (g)
+        cudaGraphDestroy(g);
+    if (brc || e != cudaSuccess || all != all_eager) {
+        cudaGetLastError(); /* leave no capture error behind */
+        m->gexec = NULL;
+        snprintf(why, cap, "%.200s", brc ? cerr.msg : e != cudaSuccess ? cudaGetErrorString(e)
+                                                                   : "scratch moved");
+        return -1;
+    }
+    m->g_epoch = kc_alloc_epoch();
+    m->g_pool = m->pool;
+    m->g_all = all;
+    m->g_captures++;
+    return 0;
+}
+
+/* One decode token through a graph (see cm_set_graphs). */
+static int forward_graph(cm_model *m, rt_comm *c, int32_t id, size_t pos0, float *logits_h,
+                         dsr1_err *err)
+{
+    size_t s_plan = (pos0 + 1 + CM_GRAPH_KEYS - 1) / CM_GRAPH_KEYS * CM_GRAPH_KEYS;
+    s_plan = s_plan < m->cap ? s_plan : m->cap;
+    int32_t hv[2] = {id, (int32_t)pos0};
+    CUK(cudaMemcpyAsync(m->dstep, hv, sizeof hv, cudaMemcpyHostToDevice, m->st), "step ids");
+    if (m->gexec && (m->g_splan != s_plan || m->g_epoch != kc_alloc_epoch() || m->g_pool != m->pool))
+        cm_set_graphs(m, 1); /* another bucket, or its scratch moved: capture again */
+    if (m->gexec) {
+        CUK(cudaGraphLaunch(m->gexec, m->st), "graph launch");
+        m->g_replays++;
+        return logits_out(m, c, m->g_all, 1, logits_h, err);
+    }
+    /* this step eagerly (it allocates whatever the kernels need), then its capture */
+    cm_set_device_positions(m, m->dstep + 1, s_plan);
+    cm_scratch_reset(m);
+    float *all = NULL;
+    int rc = forward_body(m, c, m->dstep, 1, pos0, 0, 1, &all, err);
+    char why[256];
+    if (!rc && capture(m, c, pos0, all, why, sizeof why)) {
+        fprintf(stderr, "dsr1-serve: warning: CUDA graph capture failed (%s); decoding without "
+                        "graphs\n", why);
+        m->graphs = 0;
+    }
+    m->g_splan = s_plan;
+    cm_set_device_positions(m, NULL, 0);
+    return rc ? rc : logits_out(m, c, all, 1, logits_h, err);
+}
+
+int cm_forward(cm_model *m, rt_comm *c, const int32_t *ids, size_t T, size_t pos0, size_t row0,
+               float *logits_h, dsr1_err *err)
+{
+    rt_model *h = m->h;
+    int rc;
+    if (T == 0)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "forward of zero tokens");
+    for (size_t t = 0; t < T; t++)
+        if (ids[t] < 0 || (uint32_t)ids[t] >= h->vocab)
+            return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                                "token id %d at position %zu is outside the vocabulary [0, %zu)",
+                                ids[t], t, h->vocab);
+    if (pos0 + T > m->cap)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                            "sequence of %zu tokens exceeds the KV cache of %zu", pos0 + T, m->cap);
+    if ((rc = cm_reserve(m, T, err)))
+        return rc;
+    if (T == 1 && m->graphs && h->has_embed && h->has_head && logits_h)
+        return forward_graph(m, c, ids[0], pos0, logits_h, err);
+    cm_scratch_reset(m);
+    int32_t *dids = (int32_t *)cm_scratch(m, T * 4);
+    NEED(dids);
+    if (h->has_embed)
+        CUK(cudaMemcpyAsync(dids, ids, T * 4, cudaMemcpyHostToDevice, m->st), "ids");
+    float *all = NULL;
+    if ((rc = forward_body(m, c, dids, T, pos0, row0, logits_h != NULL, &all, err)) ||
+        !h->has_head || !logits_h)
+        return rc;
+    return logits_out(m, c, all, T - row0, logits_h, err);
 }

@@ -60,6 +60,18 @@ typedef struct cm_model {
     /* scratch, grown per forward */
     char *pool;
     size_t pool_cap, pool_used;
+    /* device positions of the step (cm_set_device_positions; NULL: host pos0) */
+    const int32_t *dpos;
+    size_t s_plan;
+    /* CUDA graphs of one-token decode steps (cm_set_graphs) */
+    int graphs;
+    int32_t *dstep; /* device [token id, position] a graph step reads */
+    cudaGraphExec_t gexec;
+    size_t g_splan;   /* key bound the graph's attention was planned for */
+    unsigned g_epoch; /* kc_alloc_epoch() at capture */
+    char *g_pool;     /* scratch pool at capture */
+    float *g_all;     /* where the graph leaves the step's logits */
+    unsigned long g_captures, g_replays;
 } cm_model;
 
 /* Load rank `rank` of manifest m (shard files in dir), upload it, make a cache of cap
@@ -75,6 +87,20 @@ void cm_free(cm_model *m);
  * synchronized (bounded through the comm when present). */
 int cm_forward(cm_model *m, rt_comm *comm, const int32_t *ids, size_t T, size_t pos0,
                size_t row0, float *logits_h, dsr1_err *err);
+
+/* One-token decode steps of cm_forward (last stage, embedding on this rank, logits
+ * wanted) replay a CUDA graph: the step's token id and position go to the device, one
+ * graph launch runs embedding through lm_head (and the TP collectives), instead of ~16
+ * launches a layer. A graph is captured (after the same step ran eagerly, which also
+ * gives that step's result) for every CM_GRAPH_KEYS keys of context and again when
+ * the scratch it points into was reallocated. If capture fails the model warns once
+ * on stderr and runs eagerly from then on. on = 0: always eager. */
+#define CM_GRAPH_KEYS 256
+void cm_set_graphs(cm_model *m, int on);
+/* While dpos != NULL, layers read their T positions from dpos (device, consecutive)
+ * instead of the pos0 argument, and attention plans its key splits for at most s_plan
+ * keys (for capturing a layer in a graph: benchmarks). */
+void cm_set_device_positions(cm_model *m, const int32_t *dpos, size_t s_plan);
 
 /* One decoder layer on device h [T, hidden] in place (benchmarks). */
 int cm_layer_forward(cm_model *m, rt_comm *comm, size_t li, float *h, size_t T, size_t pos0,

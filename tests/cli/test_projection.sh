@@ -41,6 +41,25 @@ PYEOF
 expect_out "batch 64 layer times are the rows' medians plus two all-reduces ($want)" "batch 64, measured TP8 rank \(synthetic routing\): $want"
 expect_out "every batch in the rows" 'batch 8, measured TP8 rank.* tok/s \([0-9.]+ tok/s per sequence\)'
 
+# rows with graph_us (bench-decode since session 10): the "in CUDA graphs" lines take
+# the graph column's medians plus two all-reduces; older rows without it print none
+G=docs/measurements/2026-11-29-session10/run2-bench-decode-1xh200.txt
+grep -v '^tp8' "$G" >"$T/g1.txt"
+grep '^tp8' "$G" >"$T/g8.txt"
+expect_exit "projection with graph_us rows" 0 python3 "$P" "$T/g1.txt" "$T/g8.txt"
+want=$(python3 - "$T/g8.txt" <<'PYEOF'
+import re, sys
+t = open(sys.argv[1]).read()
+med = lambda v: sorted(v)[len(v) // 2]
+rows = lambda k: [float(l.split()[11]) for l in t.splitlines() if re.match(rf"^tp8e2 +\d+ +{k} +1 ", l)]
+print(f"dense {med(rows('dense')) + 50:.0f} us, MoE {med(rows('moe')) + 50:.0f} us")
+PYEOF
+)
+expect_out "graph lines are the graph_us medians plus two all-reduces ($want)" "reads 2 experts, measured layers in CUDA graphs: $want"
+expect_exit "projection on rows without graph_us" 0 python3 "$P" "$T/decode.txt" "$M/decode-tp8-1xh100.txt"
+if grep -q 'in CUDA graphs' "$T/out"; then fail "rows without graph_us gave graph lines"; else
+  pass "no graph lines from rows without graph_us"; fi
+
 # without the TP8 file: the TP1-scaled estimate only; all-reduce assumed when absent
 expect_exit "projection from TP1 rows only" 0 python3 "$P" "$M/bench-decode-1xh100.txt"
 expect_out "no all-reduce rows: latency marked assumed" 'all-reduce latency 25\.0 us \(assumed; not measured\)'

@@ -288,7 +288,7 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
         kc_mla_set_mma(mma);
         t = time_ms([&] {
             kc_mla_attn(y, x + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, z, B, S, Hl, R, P,
-                        ctx, 0.1f, st);
+                        ctx, 0.1f, NULL, st);
         }, reps);
         printf("  %-22s %8.1f us  (S=%zu)\n", mma ? "mla_attn" : "mla_attn (fp32 FMA)", t * 1e3, S);
     }
@@ -464,10 +464,22 @@ int main(int argc, char **argv)
      * layer (no CUDA graphs): the floor of a step once the GPU work per layer shrinks
      * below it (e.g. at TP8). cold_us: enqueued with an idle GPU (the first launch's
      * latency included: how step_us was measured in the first 2026-11-28 H100 logs).
-     * nopdl_us: step_us with programmatic dependent launch off (kc_set_pdl(0)). */
+     * nopdl_us: step_us with programmatic dependent launch off (kc_set_pdl(0)).
+     * graph_us: the layer captured in a CUDA graph (positions on the device, as
+     * cm_forward's decode steps run it), one launch queued behind a spin; glaunch_us:
+     * the host time of that launch, which replaces host_us. */
     const int pdl = kc_pdl_on();
-    printf("\n%-6s %-5s %6s %10s %10s %12s %8s %9s %9s %9s\n", "layer", "kind", "batch",
-           "step_us", "MB_read", "roofline_us", "of_roof", "host_us", "cold_us", "nopdl_us");
+    int32_t *dpos;
+    {
+        std::vector<int32_t> hp(bmax);
+        for (size_t t = 0; t < bmax; t++)
+            hp[t] = (int32_t)(ctx + t);
+        CK(cudaMalloc(&dpos, bmax * 4));
+        CK(cudaMemcpy(dpos, hp.data(), bmax * 4, cudaMemcpyHostToDevice));
+    }
+    printf("\n%-6s %-5s %6s %10s %10s %12s %8s %9s %9s %9s %9s %10s\n", "layer", "kind", "batch",
+           "step_us", "MB_read", "roofline_us", "of_roof", "host_us", "cold_us", "nopdl_us",
+           "graph_us", "glaunch_us");
     for (size_t li = 0; li < m->n_layers; li++) {
         cm_layer *L = &m->L[li];
         const rt_layer *hl = L->h;
@@ -504,6 +516,44 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench-decode: layer %zu: %s\n", li, err.msg);
                 return 3;
             }
+            std::vector<double> gv, glv;
+            {
+                /* an eager run with device positions allocates what the kernels need
+                 * (nothing may grow while capturing), then the capture */
+                cm_set_device_positions(m, dpos, ctx + B);
+                cudaMemcpyAsync(hb, h0, B * H * 4, cudaMemcpyDeviceToDevice, st);
+                cm_scratch_reset(m);
+                rc = cm_layer_forward(m, NULL, li, hb, B, ctx, &err);
+                CK(cudaStreamSynchronize(st));
+                cudaGraph_t gr = NULL;
+                cudaGraphExec_t ge = NULL;
+                CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+                cm_scratch_reset(m);
+                rc |= cm_layer_forward(m, NULL, li, hb, B, ctx, &err);
+                CK(cudaStreamEndCapture(st, &gr));
+                CK(cudaGraphInstantiate(&ge, gr, 0));
+                cm_set_device_positions(m, NULL, 0);
+                if (rc) {
+                    fprintf(stderr, "bench-decode: layer %zu in a graph: %s\n", li, err.msg);
+                    return 3;
+                }
+                for (int k = 0; k < reps + 2; k++) {
+                    cudaMemcpyAsync(hb, h0, B * H * 4, cudaMemcpyDeviceToDevice, st);
+                    queue_ahead(st);
+                    cudaEventRecord(e0, st);
+                    double t0 = fu_now_s();
+                    CK(cudaGraphLaunch(ge, st));
+                    double tl = (fu_now_s() - t0) * 1e6;
+                    cudaEventRecord(e1, st);
+                    cudaEventSynchronize(e1);
+                    float ms;
+                    cudaEventElapsedTime(&ms, e0, e1);
+                    if (k >= 2)
+                        gv.push_back(ms), glv.push_back(tl);
+                }
+                cudaGraphExecDestroy(ge);
+                cudaGraphDestroy(gr);
+            }
             double bytes = attn + (double)(ctx + B) * (R + P) * 4;
             if (!hl->moe) {
                 bytes += wbytes(&L->gate) + wbytes(&L->up) + wbytes(&L->down);
@@ -523,9 +573,10 @@ int main(int argc, char **argv)
                 bytes += per * distinct.size();
             }
             double us = median(v) * 1000, roof = bytes / bw * 1e6;
-            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%% %9.1f %9.1f %9.1f\n", li,
-                   hl->moe ? "moe" : "dense", B, us, bytes / 1e6, roof, 100 * roof / us, median(hv),
-                   median(cv) * 1000, median(nv) * 1000);
+            printf("%-6zu %-5s %6zu %10.1f %10.1f %12.1f %7.0f%% %9.1f %9.1f %9.1f %9.1f %10.1f\n",
+                   li, hl->moe ? "moe" : "dense", B, us, bytes / 1e6, roof, 100 * roof / us,
+                   median(hv), median(cv) * 1000, median(nv) * 1000, median(gv) * 1000,
+                   median(glv));
         }
     }
     std::set<size_t> bb = {1, std::min<size_t>(8, bmax), bmax};

@@ -25,6 +25,7 @@ extern "C" {
 #include <unistd.h>
 
 static int g_pass, g_fail;
+static int g_mla_dyn_checked; /* MLA attention runs with the position on the device */
 static uint64_t g_rng = 0x1234567887654321ull;
 
 static uint64_t rnd(void)
@@ -228,12 +229,23 @@ static void test_mla_prep(void)
     float *dkva = up(kva), *dqv = up(q), *dw = up(w), *dc = up(c0), *dk = up(k0);
     int32_t *dp = up(pos);
     CK(kc_mla_prep(dkva, R + P, R, dw, 1e-6f, dc + p0 * R, R, dk + p0 * P, P, dqv, ldq, dq, dn, H,
-                   &r, dp, T, 0));
+                   &r, dp, T, NULL, 0));
     auto gc = down(dc, c.size()), gk = down(dk, kp.size()), gq = down(dqv, qr.size());
     double e = fmax(rel_err(gc.data(), c.data(), c.size()),
                     fmax(rel_err(gk.data(), kp.data(), kp.size()),
                          rel_err(gq.data(), qr.data(), qr.size())));
     report("mla prep: kv norm into the cache, rope k_pe and q_pe (20 heads)", e, 2e-5);
+    /* the cache row read on the device (CUDA graphs): the same bytes */
+    std::vector<int32_t> row0 = {(int32_t)p0};
+    int32_t *dr = up(row0);
+    float *dc2 = up(c0), *dk2 = up(k0), *dq2 = up(q);
+    CK(kc_mla_prep(dkva, R + P, R, dw, 1e-6f, dc2, R, dk2, P, dq2, ldq, dq, dn, H, &r, dp, T, dr, 0));
+    auto hc = down(dc2, c.size()), hk = down(dk2, kp.size()), hq = down(dq2, qr.size());
+    report("mla prep: cache row from the device equals the host offset", 
+           fmax(rel_err(hc.data(), gc.data(), c.size()),
+                fmax(rel_err(hk.data(), gk.data(), kp.size()), rel_err(hq.data(), gq.data(), q.size()))),
+           0.0);
+    cudaFree(dr), cudaFree(dc2), cudaFree(dk2), cudaFree(dq2);
 }
 
 static void test_embed(void)
@@ -915,7 +927,7 @@ static void test_attn(void)
         float *dq = up(q), *dc = up(c), *dk = up(kpe), *dql_ref = up(ql), *dol_ref = up(ol);
         float *dql = poisoned<float>(ql.size()), *dol = poisoned<float>(ol.size()),
               *dout = poisoned<float>(o.size());
-        char name[224];
+        char name[320];
         /* absorptions: tensor cores from 8 tokens where they apply (TF32 split in two,
          * ~fp32), then the CUDA-core kernels at every T */
         const bool tc = T >= 8 && R % 128 == 0 && cs.wt != K_W_F32;
@@ -943,13 +955,36 @@ static void test_attn(void)
         for (int mma = 1; mma >= 0; mma--) { /* tensor cores where they apply, then FMA */
             kc_mla_set_mma(mma);
             CK(kc_mla_attn(dql_ref, dq + dn, ldq, ldh, dc, cs.ldc, dk, cs.ldk, dol, T, S, H, R, P,
-                           pos0, scale, 0));
+                           pos0, scale, NULL, 0));
             auto gol = down(dol, ol.size());
             /* the tensor-core kernel (R1's shapes) rounds its operands to TF32 */
             bool tf32 = mma && R == 512 && P % 8 == 0 && cs.ldc % 4 == 0 && cs.ldk % 4 == 0;
             snprintf(name, sizeof name, "mla absorbed attention %s%s", tag,
                      tf32 ? " (TF32 tensor cores)" : " (fp32 FMA)");
             report(name, rel_err(gol.data(), ol.data(), ol.size()), tf32 ? 2e-3 : 2e-5);
+            if (S != pos0 + T || T * H == 0)
+                continue; /* device positions mean S = pos0 + T */
+            /* the position read on the device (CUDA graphs), the splits planned for the
+             * exact range (the same blocks: bit-identical) and for 333 keys more */
+            std::vector<int32_t> hp = {(int32_t)pos0};
+            int32_t *dp0 = up(hp);
+            for (size_t extra : {(size_t)0, (size_t)333}) {
+                cudaMemset(dol, 0xff, ol.size() * 4);
+                int rc = kc_mla_attn(dql_ref, dq + dn, ldq, ldh, dc, cs.ldc, dk, cs.ldk, dol, T,
+                                     S + extra, H, R, P, pos0 + extra, scale, dp0, 0);
+                if (rc == -1)
+                    break; /* the fallback kernel takes no device positions */
+                CK(rc);
+                auto gd = down(dol, ol.size());
+                snprintf(name, sizeof name, "mla attention %s%s, position on the device, planned "
+                         "for %zu more keys", tag, tf32 ? " (TF32)" : " (FMA)", extra);
+                if (extra)
+                    report(name, rel_err(gd.data(), ol.data(), ol.size()), tf32 ? 2e-3 : 2e-5);
+                else
+                    report(name, rel_err(gd.data(), gol.data(), ol.size()), 0.0);
+                g_mla_dyn_checked++;
+            }
+            cudaFree(dp0);
         }
         kc_mla_set_mma(1);
         float *bufs[] = {dq, dc, dk, dql_ref, dol_ref, dql, dol, dout};
@@ -1083,6 +1118,12 @@ int main(void)
     test_moe(ctx);
     test_router();
     test_attn();
+    {
+        char got[64];
+        snprintf(got, sizeof got, "%d runs", g_mla_dyn_checked);
+        check("mla attention with the position on the device ran on most decode shapes",
+              g_mla_dyn_checked >= 24, got);
+    }
     test_upload();
     kc_ctx_free(ctx);
     printf("%d passed, %d failed\n", g_pass, g_fail);

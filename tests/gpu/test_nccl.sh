@@ -190,5 +190,31 @@ if [ -f "$T/$P0-p0/logits.npy" ] &&
 else
   bad "$P0 prompt 0: logits with DSR1_PDL=0 differ (or the run failed: $(tail -c 300 "$L/err" 2>/dev/null))"
 fi
+# CUDA graphs: one-token decode steps replay a captured graph (cm_set_graphs; default on
+# for one-rank plans, DSR1_CUDA_GRAPHS=1 puts the NCCL collectives of several ranks in
+# it too). The first plan's prompt 0 with graphs on and off: the same kernels on the same
+# data except the attention's key splits, planned for the graph's bound (up to 256 keys
+# more), so logits within 1e-5 and tokens equal; and the graph run must have captured
+# once and replayed every later step (a silent fallback to eager launches fails here).
+set -- ${PLANS[0]}
+D=$T/shard-$1-$2-$3-$4 np=$(($1 * $3))
+set -- ${PROMPTS[0]}
+for g in 1 0; do
+  mkdir -p "$T/graphs$g"
+  DSR1_CUDA_GRAPHS=$g scripts/launch_local.sh "$np" --logdir "$T/graphs$g" -- "$BIN/dsr1-serve" \
+    generate --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" --max-new-tokens "$3" \
+    --logits-out "$T/graphs$g/logits.npy" --timeout 60 >"$T/graphs$g/out" 2>"$T/graphs$g/err"
+done
+line=$(grep -ho "CUDA graphs [a-z]*, [0-9]* captured, [0-9]* replayed" "$T/graphs1/rank0.err" | head -1)
+want="CUDA graphs on, 1 captured, $(($3 - 2)) replayed"
+r=$(logits_err "$T/graphs1/logits.npy" "$T/graphs0/logits.npy" 1e-5)
+rc=$?
+if [ "$line" = "$want" ] && [ $rc -eq 0 ] &&
+   [ "$(grep -E '^[0-9]+(,[0-9]+)*$' "$T/graphs1/out")" = "$2" ] &&
+   [ "$(grep -E '^[0-9]+(,[0-9]+)*$' "$T/graphs0/out")" = "$2" ]; then
+  ok "$P0 prompt 0 on $np rank(s): $line; logits against eager launches rel err $r <= 1e-5, tokens equal"
+else
+  bad "$P0 prompt 0 CUDA graphs: '$line' (want '$want'), logits rel err $r; $(tail -c 300 "$T/graphs1/rank0.err" | tr '\n' ' ')"
+fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
