@@ -124,6 +124,10 @@ void kc_moe_free(kc_moe_w *m);
 int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
            const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy,
            int accumulate);
+/* Chunks of kc_moe that went through per-expert GEMMs (prefill: from 128 tokens and
+ * DSR1_MOE_GEMM_MIN, default 32, tokens per active local expert; FP8 experts with FP8
+ * activations on), for tests. */
+unsigned long kc_moe_gemm_runs(void);
 /* One token: the down projections and the combine fused into one launch (1, default) or
  * per-slot launches and a combine (0); -1: DSR1_MOE_FUSE decides (unset: fused). */
 void kc_moe_set_fuse(int on);

@@ -560,7 +560,9 @@ static int scale_arrange(const float *src, size_t nb, size_t kb, int tr, int pad
 /* A weight's scale grid in the context's arrangement, made once per weight. */
 static const float *scale_transposed(kc_ctx *c, const float *src, size_t nb, size_t kb)
 {
-    if (!c->w_scale_tr && !c->w_pad)
+    /* untransposed with a block count already a multiple of 4: the padded arrangement is
+     * the checkpoint's own (every R1 weight), no copy */
+    if (!c->w_scale_tr && (!c->w_pad || kb % 4 == 0))
         return src;
     size_t h = ((uintptr_t)src >> 4) * 2654435761u;
     for (size_t i = 0; i < SCALE_MAP; i++) {
@@ -1066,9 +1068,7 @@ int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight 
     float *ub = (float *)kc_ctx_scratch(c, KC_SCRATCH_GLU, M * u->rows * sizeof(float));
     if (!ub)
         return (int)cudaErrorMemoryAllocation;
-    int rc = kc_gemm(c, x, ldx, M, g, h, ldh, 0, 0);
-    if (!rc)
-        rc = kc_gemm(c, x, ldx, M, u, ub, u->rows, 0, 0);
+    int rc = kc_gemm_pair(c, x, ldx, M, g, h, ldh, u, ub, u->rows);
     if (rc)
         return rc;
     glu_rows_kernel<<<kc_blocks(M * g->rows, 256), 256, 0, c->st>>>(h, ldh, ub, M, g->rows);

@@ -5,6 +5,7 @@
  * same two launches as one more expert that every token uses (its own launches cost
  * ~3 us more per MoE layer at TP8 on H100: small GEMVs do not fill the GPU). */
 #include <algorithm>
+#include <vector>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ struct kc_moe_w {
     /* device tables [n + 1]: data and scale pointers of gate, up, down; entry n is the
      * shared expert (when Is) */
     const void **tab;
+    k_weight *hw; /* host copies of the views: gate[n], up[n], down[n] (moe_gemm_run) */
     /* the same, when every routed expert's tensors lie at one stride (the shard writer
      * puts them so): expert e's are base + e * stride, and the shared expert's are sh */
     bool strided;
@@ -56,11 +58,16 @@ int kc_moe_prepare(kc_moe_w **out, size_t n, const k_weight *gate, const k_weigh
         return -1;
     const void **h = (const void **)calloc(T_N * N, sizeof *h);
     kc_moe_w *m = (kc_moe_w *)calloc(1, sizeof *m);
-    if (!h || !m) {
+    k_weight *hw = (k_weight *)calloc(3 * n, sizeof *hw);
+    if (!h || !m || !hw) {
         free(h);
         free(m);
+        free(hw);
         return -1;
     }
+    for (size_t e = 0; e < n; e++)
+        hw[e] = gate[e], hw[n + e] = up[e], hw[2 * n + e] = down[e];
+    m->hw = hw;
     for (size_t e = 0; e < N; e++) {
         const k_weight *g = e < n ? &gate[e] : &shared[0], *u = e < n ? &up[e] : &shared[1],
                        *d = e < n ? &down[e] : &shared[2];
@@ -85,6 +92,7 @@ int kc_moe_prepare(kc_moe_w **out, size_t n, const k_weight *gate, const k_weigh
     free(h);
     if (ce != cudaSuccess) {
         cudaFree(m->tab);
+        free(m->hw);
         free(m);
         return (int)ce;
     }
@@ -107,6 +115,7 @@ void kc_moe_free(kc_moe_w *m)
     if (!m)
         return;
     cudaFree(m->tab);
+    free(m->hw);
     free(m);
 }
 
@@ -682,6 +691,127 @@ __global__ void moe_combine_kernel(const float *out, const int32_t *idx, const f
 
 #define MOE_CHUNK 512 /* tokens per pass: bounds the scratch */
 
+/* Prefill: with tens of tokens per expert the tile kernels (16 weight rows against 8
+ * slots, the weights streamed again per slot tile) run at ~50 TFLOP/s (H200, 2048
+ * tokens). From DSR1_MOE_GEMM_MIN (default 32) tokens per active local expert, each
+ * expert's rows are gathered and go through kc_gemm_glu / kc_gemm: cuBLASLt's FP8
+ * block-scaled GEMM with the activations quantized 1x128 as the tile path does, and
+ * the GEMV kernels for an expert of 16 tokens or fewer. Deciding needs the counts on
+ * the host: one synchronization per chunk of up to MOE_GEMM_CHUNK tokens, from
+ * MOE_GEMM_MIN_T tokens only (decode steps, which graphs capture, never sync). */
+#define MOE_GEMM_MIN_T 128
+#define MOE_GEMM_CHUNK 4096
+enum { SCR_MOE_XG = 11, SCR_MOE_INV, SCR_MOE_HG, SCR_MOE_OG, SCR_MOE_MAP };
+
+static unsigned long g_moe_gemm_runs;
+unsigned long kc_moe_gemm_runs(void) { return g_moe_gemm_runs; }
+
+static int moe_gemm_min(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("DSR1_MOE_GEMM_MIN");
+        v = e && *e ? atoi(e) : 32;
+        v = v < 0 ? 0 : v;
+    }
+    return v;
+}
+
+/* Row r of the gathered layout: map[r] = plan index p (xg[r] = x[token of slot
+ * order[p]], inv[order[p]] = r) or -1 (a pad row: zeros). */
+__global__ void moe_gather_kernel(const float *x, size_t ldx, const int *order, const int *map,
+                                  size_t top_k, size_t D, float *xg, int *inv)
+{
+    size_t r = blockIdx.x;
+    kc_pdl_wait();
+    int p = map[r];
+    float4 *dst = (float4 *)(xg + r * D);
+    if (p < 0) {
+        for (size_t i = threadIdx.x; i < D / 4; i += blockDim.x)
+            dst[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        return;
+    }
+    int s = order[p];
+    if (threadIdx.x == 0)
+        inv[s] = (int)r;
+    const float4 *src = (const float4 *)(x + (size_t)s / top_k * ldx);
+    for (size_t i = threadIdx.x; i < D / 4; i += blockDim.x)
+        dst[i] = src[i];
+}
+
+/* moe_combine_kernel over rows gathered by expert: slot s's output is og[inv[s]] */
+__global__ void moe_combine_inv_kernel(const float *og, const int *inv, const int32_t *idx,
+                                       const float *w, size_t T, size_t K, size_t e0, size_t n,
+                                       size_t D, int accumulate, float *y, size_t ldy)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    kc_pdl_wait();
+    if (i >= T * D)
+        return;
+    size_t t = i / D, d = i % D;
+    float acc = 0.0f;
+    bool any = false;
+    for (size_t k = 0; k < K; k++) {
+        long e = (long)idx[t * K + k] - (long)e0;
+        if (e >= 0 && e < (long)n) {
+            acc += w[t * K + k] * og[(size_t)inv[t * K + k] * D + d];
+            any = true;
+        }
+    }
+    float v = accumulate ? y[t * ldy + d] : 0.0f;
+    if (any)
+        v += acc;
+    if (any || !accumulate)
+        y[t * ldy + d] = v;
+}
+
+/* The chunk's local slots (plan in io.order, counts mh = meta on the host) through
+ * per-expert GEMMs. Each expert's rows start on a multiple of 16 and are padded with
+ * zero rows to one, so every row takes the same FP8 path (cuBLASLt takes multiples of
+ * 16; a GEMM's 1-2-row tail would otherwise go to the W8A32 GEMV). */
+static int moe_gemm_run(kc_ctx *c, const kc_moe_w *m, const moe_io &io, const int *mh,
+                        size_t tn, size_t top_k, size_t e0, const int32_t *ci, size_t ldy,
+                        cudaStream_t st)
+{
+    const size_t n = m->n, D = m->D, I = m->I, N = n, S = tn * top_k;
+    const int na = mh[0], *act_start = mh + 1 + N, *act_cnt = mh + 1 + 2 * N;
+    std::vector<int> map;
+    std::vector<size_t> off(na);
+    for (int a = 0; a < na; a++) {
+        off[a] = map.size();
+        size_t cnt = (size_t)act_cnt[a], pad = (cnt + 15) / 16 * 16;
+        for (size_t r = 0; r < pad; r++)
+            map.push_back(r < cnt ? act_start[a] + (int)r : -1);
+    }
+    const size_t R = map.size();
+    float *xg = (float *)kc_ctx_scratch(c, SCR_MOE_XG, (R ? R : 1) * D * sizeof(float));
+    float *hg = (float *)kc_ctx_scratch(c, SCR_MOE_HG, (R ? R : 1) * I * sizeof(float));
+    float *og = (float *)kc_ctx_scratch(c, SCR_MOE_OG, (R ? R : 1) * D * sizeof(float));
+    int *inv = (int *)kc_ctx_scratch(c, SCR_MOE_INV, S * sizeof(int));
+    int *dmap = (int *)kc_ctx_scratch(c, SCR_MOE_MAP, (R ? R : 1) * sizeof(int));
+    if (!xg || !hg || !og || !inv || !dmap)
+        return (int)cudaErrorMemoryAllocation;
+    int rc = 0;
+    if (R) {
+        rc = (int)cudaMemcpyAsync(dmap, map.data(), R * sizeof(int), cudaMemcpyHostToDevice, st);
+        if (!rc)
+            rc = kc_launch(moe_gather_kernel, dim3((unsigned)R), dim3(256), 0, st, io.x, io.ldx,
+                           io.order, (const int *)dmap, top_k, D, xg, inv);
+    }
+    for (int a = 0; a < na && !rc; a++) {
+        size_t e = (size_t)mh[1 + a], o = off[a], M = (act_cnt[a] + 15) / 16 * 16;
+        rc = kc_gemm_glu(c, xg + o * D, D, M, &m->hw[e], &m->hw[n + e], hg + o * I, I);
+        if (!rc)
+            rc = kc_gemm(c, hg + o * I, I, M, &m->hw[2 * n + e], og + o * D, D, 0, 0);
+    }
+    if (!rc)
+        rc = kc_launch(moe_combine_inv_kernel, dim3(kc_blocks(tn * D, 256)), dim3(256), 0, st,
+                       (const float *)og, (const int *)inv, ci, io.wt, tn, top_k, e0, n, D,
+                       io.accumulate, io.y, ldy);
+    g_moe_gemm_runs += !rc;
+    return rc;
+}
+
 int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
            const int32_t *idx, const float *w, size_t top_k, size_t e0, float *y, size_t ldy,
            int accumulate)
@@ -695,8 +825,14 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
     a.strided = m->strided && moe_switch(MOE_SW_STRIDE);
     memcpy(a.base, m->base, sizeof a.base), memcpy(a.stride, m->stride, sizeof a.stride);
     memcpy(a.sh, m->sh, sizeof a.sh);
-    for (size_t t0 = 0; t0 < T; t0 += MOE_CHUNK) {
-        size_t tn = T - t0 < MOE_CHUNK ? T - t0 : MOE_CHUNK, S = tn * top_k;
+    /* the per-expert GEMM path takes FP8 experts of 128-multiple widths with FP8
+     * activations on (as the a8 tile path below) */
+    const bool gemm_ok = T >= MOE_GEMM_MIN_T && moe_gemm_min() > 0 && m->type == K_W_FP8 &&
+                         D % 128 == 0 && m->I % 128 == 0 && N == n && kc_gemv_a8_on() &&
+                         !kc_capturing(st);
+    const size_t chunk = gemm_ok ? MOE_GEMM_CHUNK : MOE_CHUNK;
+    for (size_t t0 = 0; t0 < T; t0 += chunk) {
+        size_t tn = T - t0 < chunk ? T - t0 : chunk, S = tn * top_k;
         size_t P = S + (N - n) * tn, A = (S < n ? S : n) + (N - n);
         moe_io io = {x + t0 * ldx, ldx, (int *)kc_ctx_scratch(c, 4, P * sizeof(int)),
                      (int *)kc_ctx_scratch(c, 5, (1 + 3 * N) * sizeof(int)),
@@ -718,6 +854,21 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
                                S, e0, n, N, tn, io.order, io.meta);
             if (rc)
                 return rc;
+            if (gemm_ok && tn >= MOE_GEMM_MIN_T) {
+                std::vector<int> mh(1 + 3 * N);
+                if ((rc = (int)cudaMemcpyAsync(mh.data(), io.meta, mh.size() * sizeof(int),
+                                               cudaMemcpyDeviceToHost, st)) ||
+                    (rc = (int)cudaStreamSynchronize(st)))
+                    return rc;
+                size_t local = 0;
+                for (int i = 0; i < mh[0]; i++)
+                    local += (size_t)mh[1 + 2 * N + i];
+                if (mh[0] > 0 && local >= (size_t)moe_gemm_min() * (size_t)mh[0]) {
+                    if ((rc = moe_gemm_run(c, m, io, mh.data(), tn, top_k, e0, ci, ldy, st)))
+                        return rc;
+                    continue;
+                }
+            }
         }
         /* more than 16 tokens on FP8 weights: FP8 activations on tensor cores, as the
          * dense layers (not with the shared expert in the launch: only up to 2 tokens) */
