@@ -99,6 +99,12 @@ int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight 
  * -1 when no cuBLASLt arrangement verified. */
 int kc_gemm_fp8_prep(kc_ctx *c, const float *x, size_t ldx, size_t M, size_t K);
 int kc_gemm_fp8_prepped(kc_ctx *c, size_t M, const k_weight *w, float *y, size_t ldy);
+/* Column-major C_i [m, n] = op(A_i) op(B_i) for i < batch (cuBLAS conventions: ta/tb
+ * transpose, ld and batch strides in elements), fp32 in and out on TF32 tensor cores
+ * (~1e-3 relative). */
+int kc_gemm_f32_batched(kc_ctx *c, int ta, int tb, size_t m, size_t n, size_t k, const float *A,
+                        size_t lda, long long sa, const float *B, size_t ldb, long long sb,
+                        float *C, size_t ldc, long long sc, size_t batch);
 /* cuBLASLt BF16 GEMM y[M,N] = a[M,K] b[N,K]^T with bf16 inputs, fp32 output (peaks). */
 int kc_gemm_bf16_lt(kc_ctx *c, const uint16_t *a, size_t M, const uint16_t *b, size_t N,
                     size_t K, float *y);
@@ -158,6 +164,19 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
                 cudaStream_t st);
 int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv,
                     const k_weight *wkv_b, float *o, size_t ldo, cudaStream_t st);
+/* ---- attn_prefill.cu ---- MLA in the decompressed (naive) form for prefill: the
+ * keys' latents c [S, R] (row stride ldc) go through kv_b (dequantized exactly to fp32)
+ * into k_nope and v per head; k = [k_nope, kpe_s]; that product, the scores and p v on
+ * TF32 tensor cores (~1e-3), heads batched; softmax fp32, causal (query t at pos0 + t).
+ * q: vector (t, h) at q + t*ldq + h*(dn + P); out [T, H*dv] row stride ldo. Scratch
+ * grows with S. */
+int kc_mla_prefill(kc_ctx *c, const float *q, size_t ldq, const float *cache, size_t ldc,
+                   const float *kpe, size_t ldk, const k_weight *wkv_b, float *out, size_t ldo,
+                   size_t T, size_t S, size_t H, size_t dn, size_t dv, size_t R, size_t P,
+                   size_t pos0, float scale);
+/* Bytes of fp32 scores one head group may take (default 1 GiB; 0: back to it; tests use
+ * small values to run several groups). Process-wide. */
+void kc_mla_prefill_set_score_bytes(size_t n);
 /* kc_mla_attn's score and value products run on tensor cores (single-pass TF32, ~1e-3
  * from fp32) at R = 512 with P a multiple of 8 (R1's MLA); 0 forces the fp32 FMA kernel
  * (comparison in tests and bench-decode). Process-wide, not thread-safe. */

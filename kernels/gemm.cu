@@ -35,6 +35,17 @@ typedef struct lt_plan {
     cublasLtMatmulAlgo_t algo;
 } lt_plan;
 
+/* a strided-batched fp32 (TF32 tensor cores) matmul's descriptor and algorithm */
+typedef struct lt_bplan {
+    int used, ta, tb;
+    size_t m, n, k, lda, ldb, ldc, batch;
+    long long sa, sb, sc;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} lt_bplan;
+#define BPLAN_CACHE 16
+
 typedef struct scale_tr {
     const float *src;
     float *dst;
@@ -56,6 +67,8 @@ struct kc_ctx {
     void *buf[KC_SCRATCH_N];
     size_t cap[KC_SCRATCH_N];
     lt_plan plans[PLAN_CACHE];
+    lt_bplan bplans[BPLAN_CACHE];
+    int next_bplan;
     int next_plan;
     scale_tr *smap; /* weight scale -> transposed copy, open addressing */
 };
@@ -139,6 +152,13 @@ void kc_ctx_free(kc_ctx *c)
 {
     if (!c)
         return;
+    for (int i = 0; i < BPLAN_CACHE; i++)
+        if (c->bplans[i].used) {
+            cublasLtMatmulDescDestroy(c->bplans[i].desc);
+            cublasLtMatrixLayoutDestroy(c->bplans[i].la);
+            cublasLtMatrixLayoutDestroy(c->bplans[i].lb);
+            cublasLtMatrixLayoutDestroy(c->bplans[i].lc);
+        }
     for (int i = 0; i < PLAN_CACHE; i++)
         if (c->plans[i].used) {
             cublasLtMatmulDescDestroy(c->plans[i].desc);
@@ -1074,4 +1094,86 @@ int kc_gemm_glu(kc_ctx *c, const float *x, size_t ldx, size_t M, const k_weight 
     glu_rows_kernel<<<kc_blocks(M * g->rows, 256), 256, 0, c->st>>>(h, ldh, ub, M, g->rows);
     KC_LAUNCH_CHECK();
     return 0;
+}
+
+/* ---- strided-batched fp32 matmul on TF32 tensor cores (MLA prefill) ---- */
+
+static int f32_layout(cublasLtMatrixLayout_t *l, size_t rows, size_t cols, size_t ld,
+                      size_t batch, long long stride)
+{
+    int32_t b = (int32_t)batch;
+    if (cublasLtMatrixLayoutCreate(l, CUDA_R_32F, rows, cols, ld) != CUBLAS_STATUS_SUCCESS)
+        return -1;
+    if (cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &b, sizeof b) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                         sizeof stride) != CUBLAS_STATUS_SUCCESS)
+        return -1;
+    return 0;
+}
+
+int kc_gemm_f32_batched(kc_ctx *c, int ta, int tb, size_t m, size_t n, size_t k, const float *A,
+                        size_t lda, long long sa, const float *B, size_t ldb, long long sb,
+                        float *C, size_t ldc, long long sc, size_t batch)
+{
+    if (!m || !n || !batch)
+        return 0;
+    lt_bplan *p = NULL;
+    for (int i = 0; i < BPLAN_CACHE && !p; i++) {
+        lt_bplan *q = &c->bplans[i];
+        if (q->used && q->ta == ta && q->tb == tb && q->m == m && q->n == n && q->k == k &&
+            q->lda == lda && q->ldb == ldb && q->ldc == ldc && q->sa == sa && q->sb == sb &&
+            q->sc == sc && q->batch == batch)
+            p = q;
+    }
+    if (!p) {
+        p = &c->bplans[c->next_bplan];
+        c->next_bplan = (c->next_bplan + 1) % BPLAN_CACHE;
+        if (p->used) {
+            cublasLtMatmulDescDestroy(p->desc);
+            cublasLtMatrixLayoutDestroy(p->la);
+            cublasLtMatrixLayoutDestroy(p->lb);
+            cublasLtMatrixLayoutDestroy(p->lc);
+        }
+        memset(p, 0, sizeof *p);
+        cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, ob = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasLtMatmulPreference_t pref = NULL;
+        cublasLtMatmulHeuristicResult_t hr;
+        int nr = 0;
+        size_t wsb = WS_BYTES;
+        int bad =
+            cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F) ||
+            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa) ||
+            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob) ||
+            f32_layout(&p->la, ta ? k : m, ta ? m : k, lda, batch, sa) ||
+            f32_layout(&p->lb, tb ? n : k, tb ? k : n, ldb, batch, sb) ||
+            f32_layout(&p->lc, m, n, ldc, batch, sc) || cublasLtMatmulPreferenceCreate(&pref) ||
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &wsb, sizeof wsb) ||
+            cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1,
+                                           &hr, &nr) ||
+            nr == 0;
+        if (pref)
+            cublasLtMatmulPreferenceDestroy(pref);
+        if (bad) {
+            if (p->desc)
+                cublasLtMatmulDescDestroy(p->desc);
+            if (p->la)
+                cublasLtMatrixLayoutDestroy(p->la);
+            if (p->lb)
+                cublasLtMatrixLayoutDestroy(p->lb);
+            if (p->lc)
+                cublasLtMatrixLayoutDestroy(p->lc);
+            memset(p, 0, sizeof *p);
+            return -1000 - (int)CUBLAS_STATUS_NOT_SUPPORTED;
+        }
+        p->algo = hr.algo;
+        p->used = 1, p->ta = ta, p->tb = tb, p->m = m, p->n = n, p->k = k;
+        p->lda = lda, p->ldb = ldb, p->ldc = ldc, p->sa = sa, p->sb = sb, p->sc = sc;
+        p->batch = batch;
+    }
+    float alpha = 1.0f, beta = 0.0f;
+    cublasStatus_t st = cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C,
+                                       p->lc, C, p->lc, &p->algo, c->ws, WS_BYTES, c->st);
+    return st == CUBLAS_STATUS_SUCCESS ? 0 : -1000 - (int)st;
 }

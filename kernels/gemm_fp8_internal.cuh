@@ -13,8 +13,9 @@ int kc_act_quant_strided(const float *x, size_t ldx, size_t M, size_t K, uint8_t
 
 /* Scratch buffer `i` (< KC_SCRATCH_N) of at least n bytes, owned by the context
  * (grow-only; the stream is drained before a reallocation so no queued kernel still
- * uses the old buffer). Slots 0-3: gemm.cu; 4-7, 9-15: mlp.cu; 8: kc_gemm_glu. */
-#define KC_SCRATCH_N 16
+ * uses the old buffer). Slots 0-3: gemm.cu; 4-7, 9-15: mlp.cu; 8: kc_gemm_glu; 16-19:
+ * attn_prefill.cu. */
+#define KC_SCRATCH_N 20
 #define KC_SCRATCH_GLU 8
 struct kc_ctx;
 void *kc_ctx_scratch(struct kc_ctx *c, int i, size_t n);

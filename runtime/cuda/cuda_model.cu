@@ -359,6 +359,19 @@ static int tp_allreduce(cm_model *m, rt_comm *c, float *buf, size_t n, dsr1_err 
                                 "cuda: activation scratch exhausted (%s)", #p);   \
     } while (0)
 
+/* Tokens from which a step's attention runs decompressed (kc_mla_prefill) instead of
+ * absorbed over the latent cache: env DSR1_MLA_PREFILL_MIN, 0 = never. */
+static size_t prefill_min(void)
+{
+    static long v = -1;
+    if (v < 0) {
+        const char *e = getenv("DSR1_MLA_PREFILL_MIN");
+        v = e && *e ? atol(e) : CM_PREFILL_MIN;
+        v = v < 0 ? 0 : v;
+    }
+    return v ? (size_t)v : (size_t)-1;
+}
+
 /* out (=, or += when accumulate) o_proj of the attention of x */
 static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t T, size_t pos0,
                      float *out, int accumulate, dsr1_err *err)
@@ -387,6 +400,13 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
     CUK(kc_mla_prep(kva, R + P, R, L->kv_a_norm, eps, cc, R, kp, P, q, Hl * dq, dq, dn, Hl,
                     &h->rope, pos, T, dyn ? pos : NULL, st),
         "kv_a_layernorm and rope");
+    if (T >= prefill_min() && !dyn) { /* decompressed attention (attn_prefill.cu) */
+        CUK(kc_mla_prefill(m->kc, q, Hl * dq, m->c[li], R, m->kpe[li], P, &L->kv_b, o, Hl * dv, T,
+                           S, Hl, dn, dv, R, P, pos0, h->softmax_scale),
+            "mla prefill attention");
+        CUK(kc_gemm(m->kc, o, Hl * dv, T, &L->o, out, H, accumulate, 0), "o_proj");
+        return 0;
+    }
     CUK(kc_mla_absorb_q(q, Hl * dq, dq, T, Hl, dn, dv, &L->kv_b, qlat, st), "absorb q");
     CUK(kc_mla_attn(qlat, q + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, olat, T, Sb, Hl, R, P,
                     p0b, h->softmax_scale, dyn ? pos : NULL, st),

@@ -10,8 +10,9 @@
  * The forward pass follows rt_model_forward step by step (same layer order, same TP
  * all-reduce points, same PP send/recv and vocab-parallel embed/lm_head), with
  * kernels/cuda_kernels.h in place of the CPU kernels and comm on device buffers.
- * Attention always uses the absorbed form over the latent cache (RT_ATTN_AUTO and
- * RT_ATTN_ABSORB; the CPU tests show both forms agree).
+ * Attention uses the absorbed form over the latent cache, except steps of
+ * CM_PREFILL_MIN tokens or more, which run it decompressed (kc_mla_prefill) as the CPU
+ * backend's prefill does (the CPU tests show both forms agree).
  *
  * Lifetimes: cm_model owns the rt_model, the arena and all device buffers; the
  * manifest must outlive it.
@@ -96,6 +97,10 @@ int cm_forward(cm_model *m, rt_comm *comm, const int32_t *ids, size_t T, size_t 
  * the scratch it points into was reallocated. If capture fails the model warns once
  * on stderr and runs eagerly from then on. on = 0: always eager. */
 #define CM_GRAPH_KEYS 256
+/* Steps of at least this many tokens run attention decompressed (kc_mla_prefill: kv_b
+ * applied to the cached latents, TF32 matmuls) rather than absorbed; env
+ * DSR1_MLA_PREFILL_MIN overrides (0: always absorbed). */
+#define CM_PREFILL_MIN 128
 void cm_set_graphs(cm_model *m, int on);
 /* While dpos != NULL, layers read their T positions from dpos (device, consecutive)
  * instead of the pos0 argument, and attention plans its key splits for at most s_plan

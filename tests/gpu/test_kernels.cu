@@ -1027,6 +1027,54 @@ static void test_attn(void)
     }
 }
 
+/* kc_mla_prefill against the CPU runtime's prefill: kv_b on the cached latents in fp32
+ * (k_gemm), k = [k_nope, kpe], k_attn_naive; the GPU's matmuls are TF32: 2e-3. FP8 and
+ * BF16 kv_b; score groups of 1 and 3 heads (several matmul pairs) and all at once. */
+static void test_mla_prefill(kc_ctx *ctx)
+{
+    struct {
+        size_t T, pos0, H;
+        k_wtype wt;
+    } cases[] = {{37, 20, 4, K_W_FP8}, {80, 0, 5, K_W_FP8}, {3, 40, 2, K_W_FP8}, {50, 7, 3, K_W_BF16}};
+    const size_t dn = 128, dv = 128, R = 512, P = 64, dq = dn + P;
+    const float scale = 0.1352338f;
+    for (auto &cs : cases) {
+        const size_t T = cs.T, pos0 = cs.pos0, H = cs.H, S = pos0 + T, NW = H * (dn + dv);
+        W wkv = make_w(cs.wt, NW, R);
+        auto c = randv(S * R), kpe = randv(S * P), q = randv(T * H * dq);
+        std::vector<float> kvb(S * NW), kf(S * H * dq), vf(S * H * dv), ref(T * H * dv);
+        k_gemm(c.data(), R, S, &wkv.h, kvb.data(), NW, 0);
+        for (size_t j = 0; j < S; j++)
+            for (size_t h = 0; h < H; h++) {
+                memcpy(&kf[(j * H + h) * dq], &kvb[j * NW + h * (dn + dv)], dn * 4);
+                memcpy(&kf[(j * H + h) * dq + dn], &kpe[j * P], P * 4);
+                memcpy(&vf[(j * H + h) * dv], &kvb[j * NW + h * (dn + dv) + dn], dv * 4);
+            }
+        k_attn_naive(q.data(), H * dq, kf.data(), H * dq, vf.data(), H * dv, ref.data(), H * dv, T,
+                     S, H, dq, dv, pos0, scale);
+        float *dc = up(c), *dk = up(kpe), *dqv = up(q);
+        for (size_t gb : {(size_t)T * S * 4, (size_t)3 * T * S * 4, (size_t)0}) {
+                kc_mla_prefill_set_score_bytes(gb);
+                float *dout = poisoned<float>(T * H * dv);
+                CK(kc_mla_prefill(ctx, dqv, H * dq, dc, R, dk, P, &wkv.d, dout, H * dv, T, S, H, dn,
+                                  dv, R, P, pos0, scale));
+                auto got = down(dout, ref.size());
+                cudaFree(dout);
+                char name[200];
+                snprintf(name, sizeof name,
+                         "mla prefill (decompressed, TF32) T=%zu pos0=%zu H=%zu %s kv_b, %s heads a group",
+                         T, pos0, H, cs.wt == K_W_FP8 ? "fp8" : "bf16",
+                         gb ? (gb > (size_t)T * S * 4 ? "3" : "1") : "all");
+                report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-3);
+            }
+        kc_mla_prefill_set_score_bytes(0);
+        cudaFree(dc), cudaFree(dk), cudaFree(dqv);
+        cudaFree((void *)wkv.d.data);
+        if (wkv.d.scale)
+            cudaFree((void *)wkv.d.scale);
+    }
+}
+
 static void check(const char *name, bool ok, const char *detail)
 {
     printf("%s %s%s%s\n", ok ? "PASS" : "FAIL", name, detail && *detail ? ": " : "",
@@ -1149,6 +1197,7 @@ int main(void)
     test_moe(ctx);
     test_router();
     test_attn();
+    test_mla_prefill(ctx);
     {
         char got[64];
         snprintf(got, sizeof got, "%d runs", g_mla_dyn_checked);
