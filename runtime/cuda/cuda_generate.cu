@@ -359,6 +359,11 @@ out:
      * below from returning: bound it, ending with this rank's own error. */
     rt_watchdog *wd = rc && comm ? rt_watchdog_arm(10, dsr1_err_exit_code(err), "%s", err->msg)
                                  : NULL;
+    /* a decode graph holds NCCL work of the communicators: release it first (2 x H200,
+     * DSR1_CUDA_GRAPHS=1: every step ran from the graph, then the ranks did not exit
+     * with the communicators freed before it; this order is not yet run there) */
+    if (cm)
+        cm_set_graphs(cm, 0);
     rt_comm_free(comm);
     cm_free(cm);
     rt_boot_close(boot);
