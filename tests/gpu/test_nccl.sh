@@ -226,7 +226,8 @@ D=$T/shard-$1-$2-$3-$4 np=$(($1 * $3))
 set -- ${PROMPTS[0]}
 for g in 1 0; do
   mkdir -p "$T/graphs$g"
-  DSR1_CUDA_GRAPHS=$g scripts/launch_local.sh "$np" --logdir "$T/graphs$g" -- "$BIN/dsr1-serve" \
+  # timeout: on 2 x H200 a graph run once decoded every step and then did not exit
+  DSR1_CUDA_GRAPHS=$g timeout 120 scripts/launch_local.sh "$np" --logdir "$T/graphs$g" -- "$BIN/dsr1-serve" \
     generate --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" --max-new-tokens "$3" \
     --logits-out "$T/graphs$g/logits.npy" --timeout 60 >"$T/graphs$g/out" 2>"$T/graphs$g/err"
 done
