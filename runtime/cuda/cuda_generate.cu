@@ -332,6 +332,8 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
          * not been run on several GPUs yet: DSR1_CUDA_GRAPHS=1 turns it on there. */
         const char *cgv = getenv("DSR1_CUDA_GRAPHS");
         cm_set_graphs(cm, cgv ? strcmp(cgv, "1") == 0 : id.world_size == 1);
+        if (a->attn == RT_ATTN_ABSORB) /* --attn absorb: the prompt too */
+            cm->prefill_min = (size_t)-1;
         gen_state g = {a, cm, comm, st, dtok, NULL, wd_s};
         if (comm) /* exit 3: DSR1_E_IO, as the polled timeouts; run() names each step */
             g.wd = rt_watchdog_arm(wd_s, 3, "rank %d: generation made no progress within "

@@ -78,6 +78,15 @@ static void *hash_main(void *p)
     return NULL;
 }
 
+/* Tokens from which a step's attention runs decompressed (kc_mla_prefill) instead of
+ * absorbed over the latent cache: env DSR1_MLA_PREFILL_MIN, 0 = never. */
+static size_t prefill_min_env(void)
+{
+    const char *e = getenv("DSR1_MLA_PREFILL_MIN");
+    long v = e && *e ? atol(e) : CM_PREFILL_MIN;
+    return v > 0 ? (size_t)v : (size_t)-1;
+}
+
 int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, size_t cap,
             const rt_upload_opts *up, int verify_full, cudaStream_t st, dsr1_err *err)
 {
@@ -232,6 +241,7 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
         goto fail;
     }
     m->cap = cap;
+    m->prefill_min = prefill_min_env();
     m->c = (float **)calloc(m->n_layers + 1, sizeof(float *));
     m->kpe = (float **)calloc(m->n_layers + 1, sizeof(float *));
     if (!m->c || !m->kpe) {
@@ -359,18 +369,6 @@ static int tp_allreduce(cm_model *m, rt_comm *c, float *buf, size_t n, dsr1_err 
                                 "cuda: activation scratch exhausted (%s)", #p);   \
     } while (0)
 
-/* Tokens from which a step's attention runs decompressed (kc_mla_prefill) instead of
- * absorbed over the latent cache: env DSR1_MLA_PREFILL_MIN, 0 = never. */
-static size_t prefill_min(void)
-{
-    static long v = -1;
-    if (v < 0) {
-        const char *e = getenv("DSR1_MLA_PREFILL_MIN");
-        v = e && *e ? atol(e) : CM_PREFILL_MIN;
-        v = v < 0 ? 0 : v;
-    }
-    return v ? (size_t)v : (size_t)-1;
-}
 
 /* out (=, or += when accumulate) o_proj of the attention of x */
 static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t T, size_t pos0,
@@ -400,7 +398,7 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
     CUK(kc_mla_prep(kva, R + P, R, L->kv_a_norm, eps, cc, R, kp, P, q, Hl * dq, dq, dn, Hl,
                     &h->rope, pos, T, dyn ? pos : NULL, st),
         "kv_a_layernorm and rope");
-    if (T >= prefill_min() && !dyn) { /* decompressed attention (attn_prefill.cu) */
+    if (T >= m->prefill_min && !dyn) { /* decompressed attention (attn_prefill.cu) */
         CUK(kc_mla_prefill(m->kc, q, Hl * dq, m->c[li], R, m->kpe[li], P, &L->kv_b, o, Hl * dv, T,
                            S, Hl, dn, dv, R, P, pos0, h->softmax_scale),
             "mla prefill attention");

@@ -61,6 +61,9 @@ typedef struct cm_model {
     /* scratch, grown per forward */
     char *pool;
     size_t pool_cap, pool_used;
+    /* steps of at least this many tokens run attention decompressed (CM_PREFILL_MIN or
+     * DSR1_MLA_PREFILL_MIN at load; SIZE_MAX: always absorbed) */
+    size_t prefill_min;
     /* device positions of the step (cm_set_device_positions; NULL: host pos0) */
     const int32_t *dpos;
     size_t s_plan;
