@@ -148,24 +148,29 @@ int kc_ctx_create(kc_ctx **out, cudaStream_t st)
     return 0;
 }
 
+/* A plan's descriptor and layouts (NULL members skipped), cleared after. */
+static void lt_free(cublasLtMatmulDesc_t *d, cublasLtMatrixLayout_t *la, cublasLtMatrixLayout_t *lb,
+                    cublasLtMatrixLayout_t *lc)
+{
+    if (*d)
+        cublasLtMatmulDescDestroy(*d);
+    cublasLtMatrixLayout_t *l[3] = {la, lb, lc};
+    for (int i = 0; i < 3; i++)
+        if (*l[i])
+            cublasLtMatrixLayoutDestroy(*l[i]);
+    *d = NULL, *la = *lb = *lc = NULL;
+}
+
 void kc_ctx_free(kc_ctx *c)
 {
     if (!c)
         return;
     for (int i = 0; i < BPLAN_CACHE; i++)
-        if (c->bplans[i].used) {
-            cublasLtMatmulDescDestroy(c->bplans[i].desc);
-            cublasLtMatrixLayoutDestroy(c->bplans[i].la);
-            cublasLtMatrixLayoutDestroy(c->bplans[i].lb);
-            cublasLtMatrixLayoutDestroy(c->bplans[i].lc);
-        }
+        if (c->bplans[i].used)
+            lt_free(&c->bplans[i].desc, &c->bplans[i].la, &c->bplans[i].lb, &c->bplans[i].lc);
     for (int i = 0; i < PLAN_CACHE; i++)
-        if (c->plans[i].used) {
-            cublasLtMatmulDescDestroy(c->plans[i].desc);
-            cublasLtMatrixLayoutDestroy(c->plans[i].la);
-            cublasLtMatrixLayoutDestroy(c->plans[i].lb);
-            cublasLtMatrixLayoutDestroy(c->plans[i].lc);
-        }
+        if (c->plans[i].used)
+            lt_free(&c->plans[i].desc, &c->plans[i].la, &c->plans[i].lb, &c->plans[i].lc);
     for (int i = 0; i < KC_SCRATCH_N; i++)
         cudaFree(c->buf[i]);
     if (c->smap) {
@@ -623,10 +628,7 @@ static lt_plan *plan_get(kc_ctx *c, size_t M, size_t N, size_t K, size_t ldy, in
     lt_plan *p = &c->plans[c->next_plan];
     c->next_plan = (c->next_plan + 1) % PLAN_CACHE;
     if (p->used) {
-        cublasLtMatmulDescDestroy(p->desc);
-        cublasLtMatrixLayoutDestroy(p->la);
-        cublasLtMatrixLayoutDestroy(p->lb);
-        cublasLtMatrixLayoutDestroy(p->lc);
+        lt_free(&p->desc, &p->la, &p->lb, &p->lc);
         p->used = 0;
     }
     cublasStatus_t s;
@@ -689,14 +691,7 @@ static lt_plan *plan_get(kc_ctx *c, size_t M, size_t N, size_t K, size_t ldy, in
     p->dbf16 = dbf16;
     return p;
 fail:
-    if (p->desc)
-        cublasLtMatmulDescDestroy(p->desc);
-    if (p->la)
-        cublasLtMatrixLayoutDestroy(p->la);
-    if (p->lb)
-        cublasLtMatrixLayoutDestroy(p->lb);
-    if (p->lc)
-        cublasLtMatrixLayoutDestroy(p->lc);
+    lt_free(&p->desc, &p->la, &p->lb, &p->lc);
     *status = -1000 - (int)s;
     return NULL;
 }
@@ -1129,12 +1124,8 @@ int kc_gemm_f32_batched(kc_ctx *c, int ta, int tb, size_t m, size_t n, size_t k,
     if (!p) {
         p = &c->bplans[c->next_bplan];
         c->next_bplan = (c->next_bplan + 1) % BPLAN_CACHE;
-        if (p->used) {
-            cublasLtMatmulDescDestroy(p->desc);
-            cublasLtMatrixLayoutDestroy(p->la);
-            cublasLtMatrixLayoutDestroy(p->lb);
-            cublasLtMatrixLayoutDestroy(p->lc);
-        }
+        if (p->used)
+            lt_free(&p->desc, &p->la, &p->lb, &p->lc);
         memset(p, 0, sizeof *p);
         cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, ob = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
         cublasLtMatmulPreference_t pref = NULL;
@@ -1156,14 +1147,7 @@ int kc_gemm_f32_batched(kc_ctx *c, int ta, int tb, size_t m, size_t n, size_t k,
         if (pref)
             cublasLtMatmulPreferenceDestroy(pref);
         if (bad) {
-            if (p->desc)
-                cublasLtMatmulDescDestroy(p->desc);
-            if (p->la)
-                cublasLtMatrixLayoutDestroy(p->la);
-            if (p->lb)
-                cublasLtMatrixLayoutDestroy(p->lb);
-            if (p->lc)
-                cublasLtMatrixLayoutDestroy(p->lc);
+            lt_free(&p->desc, &p->la, &p->lb, &p->lc);
             memset(p, 0, sizeof *p);
             return -1000 - (int)CUBLAS_STATUS_NOT_SUPPORTED;
         }

@@ -659,12 +659,13 @@ static int moe_a8_run(kc_ctx *c, const moe_io &io, size_t tn, const moe_k &a, si
     return rc;
 }
 
-/* y[t, d] (+)= sum_k w[t,k] out[t*K+k, d] over local slots, in k order; then the shared
- * expert's out[S + t, d] (sh), added after the routed sum as a separate MLP would be.
- * Without accumulate y is overwritten (zero where nothing is local). */
-__global__ void moe_combine_kernel(const float *out, const int32_t *idx, const float *w,
-                                   size_t T, size_t K, size_t e0, size_t n, size_t D, int sh,
-                                   int accumulate, float *y, size_t ldy)
+/* y[t, d] (+)= sum_k w[t,k] out[row(t*K+k), d] over local slots, in k order; then the
+ * shared expert's out[S + t, d] (sh), added after the routed sum as a separate MLP would
+ * be. row(s) = s, or inv[s] for rows gathered by expert (moe_gemm_run). Without
+ * accumulate y is overwritten (zero where nothing is local). */
+__global__ void moe_combine_kernel(const float *out, const int *inv, const int32_t *idx,
+                                   const float *w, size_t T, size_t K, size_t e0, size_t n,
+                                   size_t D, int sh, int accumulate, float *y, size_t ldy)
 {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     kc_pdl_wait();
@@ -676,7 +677,8 @@ __global__ void moe_combine_kernel(const float *out, const int32_t *idx, const f
     for (size_t k = 0; k < K; k++) {
         long e = (long)idx[t * K + k] - (long)e0;
         if (e >= 0 && e < (long)n) {
-            acc += w[t * K + k] * out[(t * K + k) * D + d];
+            size_t r = inv ? (size_t)inv[t * K + k] : t * K + k;
+            acc += w[t * K + k] * out[r * D + d];
             any = true;
         }
     }
@@ -739,32 +741,6 @@ __global__ void moe_gather_kernel(const float *x, size_t ldx, const int *order, 
         dst[i] = src[i];
 }
 
-/* moe_combine_kernel over rows gathered by expert: slot s's output is og[inv[s]] */
-__global__ void moe_combine_inv_kernel(const float *og, const int *inv, const int32_t *idx,
-                                       const float *w, size_t T, size_t K, size_t e0, size_t n,
-                                       size_t D, int accumulate, float *y, size_t ldy)
-{
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    kc_pdl_wait();
-    if (i >= T * D)
-        return;
-    size_t t = i / D, d = i % D;
-    float acc = 0.0f;
-    bool any = false;
-    for (size_t k = 0; k < K; k++) {
-        long e = (long)idx[t * K + k] - (long)e0;
-        if (e >= 0 && e < (long)n) {
-            acc += w[t * K + k] * og[(size_t)inv[t * K + k] * D + d];
-            any = true;
-        }
-    }
-    float v = accumulate ? y[t * ldy + d] : 0.0f;
-    if (any)
-        v += acc;
-    if (any || !accumulate)
-        y[t * ldy + d] = v;
-}
-
 /* The chunk's local slots (plan in io.order, counts mh = meta on the host) through
  * per-expert GEMMs. Each expert's rows start on a multiple of 16 and are padded with
  * zero rows to one, so every row takes the same FP8 path (cuBLASLt takes multiples of
@@ -774,7 +750,7 @@ static int moe_gemm_run(kc_ctx *c, const kc_moe_w *m, const moe_io &io, const in
                         cudaStream_t st)
 {
     const size_t n = m->n, D = m->D, I = m->I, N = n, S = tn * top_k;
-    const int na = mh[0], *act_start = mh + 1 + N, *act_cnt = mh + 1 + 2 * N;
+    const int na = mh[0], *act_e = mh + 1, *act_start = mh + 1 + N, *act_cnt = mh + 1 + 2 * N;
     std::vector<int> map;
     std::vector<size_t> off(na);
     for (int a = 0; a < na; a++) {
@@ -799,14 +775,14 @@ static int moe_gemm_run(kc_ctx *c, const kc_moe_w *m, const moe_io &io, const in
                            io.order, (const int *)dmap, top_k, D, xg, inv);
     }
     for (int a = 0; a < na && !rc; a++) {
-        size_t e = (size_t)mh[1 + a], o = off[a], M = (act_cnt[a] + 15) / 16 * 16;
+        size_t e = (size_t)act_e[a], o = off[a], M = (act_cnt[a] + 15) / 16 * 16;
         rc = kc_gemm_glu(c, xg + o * D, D, M, &m->hw[e], &m->hw[n + e], hg + o * I, I);
         if (!rc)
             rc = kc_gemm(c, hg + o * I, I, M, &m->hw[2 * n + e], og + o * D, D, 0, 0);
     }
     if (!rc)
-        rc = kc_launch(moe_combine_inv_kernel, dim3(kc_blocks(tn * D, 256)), dim3(256), 0, st,
-                       (const float *)og, (const int *)inv, ci, io.wt, tn, top_k, e0, n, D,
+        rc = kc_launch(moe_combine_kernel, dim3(kc_blocks(tn * D, 256)), dim3(256), 0, st,
+                       (const float *)og, (const int *)inv, ci, io.wt, tn, top_k, e0, n, D, 0,
                        io.accumulate, io.y, ldy);
     g_moe_gemm_runs += !rc;
     return rc;
@@ -883,7 +859,8 @@ int kc_moe(kc_ctx *c, const kc_moe_w *m, const float *x, size_t ldx, size_t T,
         if (io.fuse)
             continue; /* moe_down1_kernel wrote y */
         rc = kc_launch(moe_combine_kernel, dim3(kc_blocks(tn * D, 256)), dim3(256), 0, st, io.out,
-                       ci, io.wt, tn, top_k, e0, n, D, (int)(N > n), accumulate, io.y, ldy);
+                       (const int *)NULL, ci, io.wt, tn, top_k, e0, n, D, (int)(N > n), accumulate,
+                       io.y, ldy);
         if (rc)
             return rc;
     }

@@ -77,6 +77,13 @@ def step(d, mo):
     d, mo = d + 2 * t_ar, mo + 2 * t_ar
     return d, mo, 3 * d + 58 * mo + h_us
 
+def report(ne, label, d, mo, layer="", head=""):
+    """One batch-1 line: the busiest GPU's layer times -> the 61-layer token rate."""
+    d, mo, tot = step(d, mo)
+    print(f"  busiest GPU reads {ne} experts, {label}: dense{layer} {d:.0f} us, MoE{layer} {mo:.0f} us, "
+          f"lm_head {h_us:.0f} us{head} -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
+          f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
+
 print(f"\nprojection: DeepSeek-R1 61 layers (3 dense + 58 MoE), 8 GPUs TP8/EP8, batch 1")
 meas, graph = {}, {}
 for m in re.finditer(r"^tp8e(\d) +\d+\s+(dense|moe)\s+1\s+([\d.]+)(.*)", tp8, re.M):
@@ -93,16 +100,10 @@ if meas:
         mo = meas.get((ne, "moe"))
         if not d or not mo:
             continue
-        d, mo, tot = step(med(d), med(mo))
-        print(f"  busiest GPU reads {ne} experts, measured layers: dense {d:.0f} us, MoE {mo:.0f} us, "
-              f"lm_head {h_us:.0f} us (estimated) -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
-              f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
+        report(ne, "measured layers", med(d), med(mo), head=" (estimated)")
         gd, gm = graph.get((ne, "dense")) or graph.get((2, "dense")), graph.get((ne, "moe"))
         if gd and gm:  # the layer replayed from a CUDA graph: no per-kernel host enqueue
-            d, mo, tot = step(med(gd), med(gm))
-            print(f"  busiest GPU reads {ne} experts, measured layers in CUDA graphs: dense {d:.0f} us, "
-                  f"MoE {mo:.0f} us, lm_head {h_us:.0f} us -> {tot/1000:.2f} ms/token = "
-                  f"{1e6/tot:.0f} tok/s (SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
+            report(ne, "measured layers in CUDA graphs", med(gd), med(gm))
     print("  upper bound, scaled from the TP1 layers (bytes / (bandwidth x TP1 efficiency); the\n"
           "  measured TP8 rank above does not reach TP1 efficiency: small kernels, launch gaps):")
 print(f"  efficiency measured on {dev} at batch 1: dense {e_dense:.0%}, MoE {e_moe:.0%} of roofline")
@@ -119,10 +120,7 @@ for ne in (2, 3):
     for label, d, mo in (("GPU-bound", gd, gm), ("enqueue floor", max(gd, h_dense), max(gm, h_moe))):
         if label != "GPU-bound" and not host:
             continue
-        d, mo, tot = step(d, mo)
-        print(f"  busiest GPU reads {ne} experts, {label}: dense layer {d:.0f} us, MoE layer {mo:.0f} us, "
-              f"lm_head {h_us:.0f} us -> {tot/1000:.2f} ms/token = {1e6/tot:.0f} tok/s "
-              f"(SGLang, Dec 2024: ~30 tok/s on 8 x H200)")
+        report(ne, label, d, mo, layer=" layer")
 
 # Batched decode: B sequences a step on the measured TP8 rank (layers as its router
 # routed them; R1's router may load the busiest rank more), two all-reduces per layer

@@ -22,7 +22,8 @@ TEST(envcheck_valid_switches_pass)
     char *env[] = {"PATH=/bin", "DSR1_UPLOAD=pread", "DSR1_UPLOAD_THREADS=8", "DSR1_HASH_THREADS=4",
                    "DSR1_PDL=0", "DSR1_GEMV_MAX_M=100000", "DSR1_MOE_KS=2,4", "DSR1_GEMV_KS=8",
                    "DSR1_ABS_MMA_MIN=0", "DSR1_LT_FP8=1", "DSR1_GPUS_PER_NODE=anything",
-                   "DSR1_TEST_FAULT=1:init", "DSR1_CUDA_GRAPHS=0", NULL};
+                   "DSR1_TEST_FAULT=1:init", "DSR1_CUDA_GRAPHS=0",
+                   "DSR1_MLA_PREFILL_MIN=0", "DSR1_MOE_GEMM_MIN=64", NULL};
     char *w = NULL;
     dsr1_err err;
     CHECK_EQ_INT(check_env(env, &w, &err), 0);
@@ -47,6 +48,8 @@ TEST(envcheck_malformed_values_name_the_switch)
         {"DSR1_ABS_MMA_MIN=-1", "not an integer in [0,"},
         {"DSR1_MLA_SPLITS=65", "not an integer in [0, 64]"},
         {"DSR1_CUDA_GRAPHS=on", "DSR1_CUDA_GRAPHS=\"on\" is not one of 0|1"},
+        {"DSR1_MLA_PREFILL_MIN=-5", "DSR1_MLA_PREFILL_MIN=\"-5\" is not an integer in [0,"},
+        {"DSR1_MOE_GEMM_MIN=lots", "DSR1_MOE_GEMM_MIN=\"lots\" is not an integer in [0,"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *env[] = {"DSR1_PDL=1", (char *)cases[i].var, NULL};
