@@ -215,53 +215,6 @@ int kc_attn_naive(const float *q, size_t ldq, const float *k, size_t ldk, const 
 #define MLA_RS 40       /* red row stride there: float2 fragment stores conflict-free */
 #define MLA_PS 24       /* pT row stride there: fragment loads conflict-free */
 
-__device__ __forceinline__ void mla_cp16(float *dst, const float *src)
-{
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void mla_cp4(float *dst, const float *src)
-{
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void mla_commit(void)
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void mla_wait(void)
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-/* Tensor-core products for the attention kernel: m16n8k8 TF32 MMAs with fp32
- * accumulation, each operand rounded to TF32 (10-bit mantissa, round to nearest) once.
- * That is finer than the BF16 (7-bit mantissa) attention DeepSeek's reference runs
- * and about 1e-3 off fp32 (measured against the CPU reference in test-gpu). The 3xTF32
- * split (hi*hi + hi*lo + lo*hi, about fp32) it replaced made the kernel issue-bound:
- * 3 MMAs and 4 conversions per product (H200, TP1 ctx 1024: 26.3 us). Fragments (lane =
- * 4 * gid + tig): A[16x8] a0 (gid, tig), a1 (gid + 8, tig), a2 (gid, tig + 4), a3 (gid +
- * 8, tig + 4); B[8x8] b0 (k = tig, n = gid), b1 (k = tig + 4, n = gid); D[16x8] d0 (gid,
- * 2 tig), d1 (gid, 2 tig + 1), d2 (gid + 8, 2 tig), d3 (gid + 8, 2 tig + 1). */
-__device__ __forceinline__ uint32_t mla_tf32(float x)
-{
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-}
-
-__device__ __forceinline__ void mla_mma(float *d, const uint32_t *a, const uint32_t *b)
-{
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 /* Pieces shared by the two absorbed-attention kernels below (NT threads a block).
  *
  * Shared memory (floats; CS = row stride, (Rp+Pp)/4 rounded to odd quads so rows at the
@@ -344,7 +297,7 @@ __device__ __forceinline__ void mla_load_q(float *sQ, const float *q_lat, const 
             size_t h = h0 + g;
             float *d = sQ + g * m.CS + 4 * qd;
             if (h < H)
-                mla_cp16(d, qd < m.Rq ? q_lat + (t * H + h) * m.R + 4 * qd
+                kc_cp16(d, qd < m.Rq ? q_lat + (t * H + h) * m.R + 4 * qd
                                       : q_pe + t * ldqp + h * ldhp + 4 * (qd - m.Rq));
             else
                 *(float4 *)d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -383,7 +336,7 @@ __device__ __forceinline__ void mla_issue_tile(float *dst, const mla_tile &m, in
         if (VEC) {
             for (int qd = lane; qd < m.D4; qd += 32) {
                 if (k < cn)
-                    mla_cp16(d + 4 * qd, qd < m.Rq ? cr + 4 * qd : kr + 4 * (qd - m.Rq));
+                    kc_cp16(d + 4 * qd, qd < m.Rq ? cr + 4 * qd : kr + 4 * (qd - m.Rq));
                 else
                     *(float4 *)(d + 4 * qd) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
@@ -392,13 +345,13 @@ __device__ __forceinline__ void mla_issue_tile(float *dst, const mla_tile &m, in
             for (int col = lane; col < m.R + m.P; col += 32) {
                 float *dc = d + (col < m.R ? col : Rp + (col - m.R));
                 if (k < cn)
-                    mla_cp4(dc, col < m.R ? cr + col : kr + (col - m.R));
+                    kc_cp4(dc, col < m.R ? cr + col : kr + (col - m.R));
                 else
                     *dc = 0.0f;
             }
         }
     }
-    mla_commit();
+    kc_cp_commit();
 }
 
 /* Top of tile it's iteration: issue tile it + 1 into the other buffer (double
@@ -409,9 +362,9 @@ __device__ __forceinline__ const float *mla_tile_ready(const mla_block &b, int n
     const size_t tile = (size_t)MLA_BK * b.mt.CS;
     if (nbuf == 2 && it + 1 < b.ntiles) {
         mla_issue_tile<NT, VEC>(b.sC + (size_t)((it + 1) % 2) * tile, b.mt, it + 1);
-        mla_wait<1>();
+        kc_cp_wait<1>();
     } else {
-        mla_wait<0>();
+        kc_cp_wait<0>();
     }
     __syncthreads();
     return b.sC + (size_t)(it % nbuf) * tile;
@@ -440,11 +393,11 @@ __device__ __forceinline__ void mla_prologue(float *sQ, float *sC, const mla_til
     kc_pdl_wait();
     mla_load_q<NT>(sQ, q_lat, q_pe, ldqp, ldhp, t, h0, H, m, qvec);
     if (qvec)
-        mla_commit();
+        kc_cp_commit();
     if (ntiles > 0 && !early)
         mla_issue_tile<NT, VEC>(sC, m, 0);
     if (ntiles == 0)
-        mla_wait<0>();
+        kc_cp_wait<0>();
 }
 
 /* Online softmax of head g over the tile: x = the sum of the 8 feature-slice partials of
@@ -466,7 +419,7 @@ __device__ __forceinline__ void mla_softmax_head(const float *red, int RS, float
     float corr = m == -INFINITY ? 0.0f : expf(m - mn);
     float p = x == -INFINITY ? 0.0f : expf(x - mn);
     if (TF32)
-        p = __uint_as_float(mla_tf32(p));
+        p = __uint_as_float(kc_tf32(p));
     l = l * corr + kc_warp_sum(p);
     m = mn;
     pT[lane * PS + g] = p;
@@ -723,10 +676,10 @@ __global__ void __launch_bounds__(NT, 1)
             for (int i = 0; i < MLA_QSTEPS; i++) {
                 const int k0 = 8 * fs + 64 * i;
                 if (k0 < F) {
-                    qf[i][0] = mla_tf32(qa[k0 + tig]);
-                    qf[i][1] = mla_tf32(qb[k0 + tig]);
-                    qf[i][2] = mla_tf32(qa[k0 + tig + 4]);
-                    qf[i][3] = mla_tf32(qb[k0 + tig + 4]);
+                    qf[i][0] = kc_tf32(qa[k0 + tig]);
+                    qf[i][1] = kc_tf32(qb[k0 + tig]);
+                    qf[i][2] = kc_tf32(qa[k0 + tig + 4]);
+                    qf[i][3] = kc_tf32(qb[k0 + tig + 4]);
                 }
             }
         }
@@ -746,9 +699,9 @@ __global__ void __launch_bounds__(NT, 1)
                 if (k0 < F) {
 #pragma unroll
                     for (int nt = 0; nt < 2; nt++) {
-                        uint32_t bf[2] = {mla_tf32(cb[8 * nt * CS + k0 + tig]),
-                                          mla_tf32(cb[8 * nt * CS + k0 + tig + 4])};
-                        mla_mma(d[nt], qf[i], bf);
+                        uint32_t bf[2] = {kc_tf32(cb[8 * nt * CS + k0 + tig]),
+                                          kc_tf32(cb[8 * nt * CS + k0 + tig + 4])};
+                        kc_mma_tf32(d[nt], qf[i], bf);
                     }
                 }
             }
@@ -780,8 +733,8 @@ __global__ void __launch_bounds__(NT, 1)
                 const float *c0p = C + (8 * ks + tig) * CS + 8 * warp + gid;
 #pragma unroll
                 for (int j = 0; j < OJ; j++) {
-                    uint32_t bf[2] = {mla_tf32(c0p[128 * j]), mla_tf32(c0p[4 * CS + 128 * j])};
-                    mla_mma(acc[j], pf, bf);
+                    uint32_t bf[2] = {kc_tf32(c0p[128 * j]), kc_tf32(c0p[4 * CS + 128 * j])};
+                    kc_mma_tf32(acc[j], pf, bf);
                 }
             }
         }
@@ -1431,15 +1384,15 @@ __device__ __forceinline__ void abm_mma128(float (*acc)[4], const float *As, con
         uint32_t hi[4], lo[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            hi[i] = mla_tf32(x[i]);
-            lo[i] = mla_tf32(x[i] - __uint_as_float(hi[i]));
+            hi[i] = kc_tf32(x[i]);
+            lo[i] = kc_tf32(x[i] - __uint_as_float(hi[i]));
         }
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             const float *b = Bs + (8 * nt + gid) * bn;
             uint32_t bf[2] = {__float_as_uint(b[(k0 + tig) * bk]), __float_as_uint(b[(k0 + tig + 4) * bk])};
-            mla_mma(acc[nt], hi, bf);
-            mla_mma(acc[nt], lo, bf);
+            kc_mma_tf32(acc[nt], hi, bf);
+            kc_mma_tf32(acc[nt], lo, bf);
         }
     }
 }

@@ -175,4 +175,52 @@ __device__ __forceinline__ float kc_wget(int type, const void *data, const float
     return ((const float *)data)[r * cols + c];
 }
 
+/* cp.async copies (16 bytes: .cg, global to shared bypassing L1; 4 bytes: .ca) */
+__device__ __forceinline__ void kc_cp16(float *dst, const float *src)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void kc_cp4(float *dst, const float *src)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void kc_cp_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void kc_cp_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Tensor-core products for the attention kernels: m16n8k8 TF32 MMAs with fp32
+ * accumulation, each operand rounded to TF32 (10-bit mantissa, round to nearest) once.
+ * That is finer than the BF16 (7-bit mantissa) attention DeepSeek's reference runs
+ * and about 1e-3 off fp32 (measured against the CPU reference in test-gpu). The 3xTF32
+ * split (hi*hi + hi*lo + lo*hi, about fp32) it replaced made the kernel issue-bound:
+ * 3 MMAs and 4 conversions per product (H200, TP1 ctx 1024: 26.3 us). Fragments (lane =
+ * 4 * gid + tig): A[16x8] a0 (gid, tig), a1 (gid + 8, tig), a2 (gid, tig + 4), a3 (gid +
+ * 8, tig + 4); B[8x8] b0 (k = tig, n = gid), b1 (k = tig + 4, n = gid); D[16x8] d0 (gid,
+ * 2 tig), d1 (gid, 2 tig + 1), d2 (gid + 8, 2 tig), d3 (gid + 8, 2 tig + 1). */
+__device__ __forceinline__ uint32_t kc_tf32(float x)
+{
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ void kc_mma_tf32(float *d, const uint32_t *a, const uint32_t *b)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 #endif

@@ -30,7 +30,21 @@ case $N in ''|*[!0-9]*) usage ;; esac
 PER=$((N / NODES))
 [ -n "$LOGDIR" ] || LOGDIR=$(mktemp -d /tmp/dsr1-launch-XXXXXX)
 mkdir -p "$LOGDIR"
-PORT=${MASTER_PORT:-$(( 20000 + RANDOM % 20000 ))}
+# A rendezvous port below the kernel's ephemeral range (which NCCL's own sockets and
+# every outgoing connection draw from: a port there can be taken between runs), and not
+# bound by any socket now (/proc/net/tcp*).
+free_port() {
+  local lo=32768 hi p i used
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  [ "$lo" -gt 11024 ] || lo=32768
+  used=$(awk 'NR > 1 { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+  for ((i = 0; i < 64; i++)); do
+    p=$(( 10000 + (RANDOM * 32768 + RANDOM) % (lo - 10000) ))
+    grep -qx "$(printf %04X "$p")" <<<"$used" || { echo "$p"; return; }
+  done
+  echo "$p"
+}
+PORT=${MASTER_PORT:-$(free_port)}
 export NCCL_NVLS_ENABLE=0
 pids=()
 for ((r = 0; r < N; r++)); do

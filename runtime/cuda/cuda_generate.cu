@@ -328,8 +328,9 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
          * more precise messages, report first. */
         double wd_s = timeout + 10;
         /* CUDA graphs for one-token decode steps (cm_set_graphs): on for a one-rank
-         * plan. With several ranks the graph holds the NCCL collectives too, which has
-         * not been run on several GPUs yet: DSR1_CUDA_GRAPHS=1 turns it on there. */
+         * plan. With several ranks the graph holds the NCCL collectives too: run on 2
+         * GPUs (same logits, clean exit), but how a peer's death mid-replay is handled
+         * is not yet tested there, so DSR1_CUDA_GRAPHS=1 turns it on. */
         const char *cgv = getenv("DSR1_CUDA_GRAPHS");
         cm_set_graphs(cm, cgv ? strcmp(cgv, "1") == 0 : id.world_size == 1);
         if (a->attn == RT_ATTN_ABSORB) /* --attn absorb: the prompt too */
@@ -361,9 +362,8 @@ out:
      * below from returning: bound it, ending with this rank's own error. */
     rt_watchdog *wd = rc && comm ? rt_watchdog_arm(10, dsr1_err_exit_code(err), "%s", err->msg)
                                  : NULL;
-    /* a decode graph holds NCCL work of the communicators: release it first (2 x H200,
-     * DSR1_CUDA_GRAPHS=1: every step ran from the graph, then the ranks did not exit
-     * with the communicators freed before it; this order is not yet run there) */
+    /* a decode graph holds NCCL work of the communicators: release it first (2 x H200:
+     * with the communicators freed before it the ranks did not exit) */
     if (cm)
         cm_set_graphs(cm, 0);
     rt_comm_free(comm);

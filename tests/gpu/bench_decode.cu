@@ -325,6 +325,59 @@ static void breakdown(cm_model *m, size_t li, size_t B, size_t ctx, int reps)
     cudaFree(x), cudaFree(y), cudaFree(z);
 }
 
+/* Prefill attention (kc_mla_prefill, decompression of the cached latents included) of
+ * layer 0's local heads from position 0: the fused kernel against the materializing
+ * path, with the causal products' rate next to cuBLAS TF32 on a 4096^3 matmul (the
+ * tensor-core rate both paths are built on). */
+static void prefill_attention(cm_model *m, int reps)
+{
+    rt_model *h = m->h;
+    const size_t Hl = h->heads, R = h->kv_lora, P = h->dr, dn = h->dn, dv = h->dv, dq = dn + P;
+    const size_t tmax = 4096;
+    float *q, *c, *kpe, *o;
+    CK(cudaMalloc(&q, tmax * Hl * dq * 4));
+    CK(cudaMalloc(&c, tmax * R * 4));
+    CK(cudaMalloc(&kpe, tmax * P * 4));
+    CK(cudaMalloc(&o, tmax * Hl * dv * 4));
+    fill(q, tmax * Hl * dq, 7, 1.0f);
+    fill(c, tmax * R, 8, 1.0f);
+    fill(kpe, tmax * P, 9, 1.0f);
+    printf("\nprefill attention, %zu heads (dq %zu, dv %zu), from position 0: ms; TFLOP/s of the "
+           "causal products (2 H (dq + dv) T (T + 1) / 2)\n", Hl, dq, dv);
+    printf("%6s %12s %12s %9s %14s\n", "T", "fused_ms", "materialized", "speedup", "fused_TFLOPs");
+    for (size_t T : {512, 2048, 4096}) {
+        double t[2] = {-1, -1};
+        for (int f = 1; f >= 0; f--) {
+            kc_mla_prefill_set_flash(f);
+            auto run = [&] {
+                kc_mla_prefill(m->kc, q, Hl * dq, c, R, kpe, P, &m->L[0].kv_b, o, Hl * dv, T, T, Hl,
+                               dn, dv, R, P, 0, h->softmax_scale);
+            };
+            run();
+            if (cudaDeviceSynchronize() != cudaSuccess || cudaGetLastError() != cudaSuccess)
+                continue;
+            t[f] = time_ms(run, reps);
+        }
+        kc_mla_prefill_set_flash(1);
+        double fl = 2.0 * Hl * (dq + dv) * T * (T + 1) / 2;
+        printf("%6zu %12.3f %12.3f %8.2fx %14.1f\n", T, t[1], t[0], t[0] / t[1], fl / t[1] / 1e9);
+    }
+    size_t n = 4096;
+    float *a, *b, *y;
+    CK(cudaMalloc(&a, n * n * 4));
+    CK(cudaMalloc(&b, n * n * 4));
+    CK(cudaMalloc(&y, n * n * 4));
+    fill(a, n * n, 10, 1.0f);
+    fill(b, n * n, 11, 1.0f);
+    auto mm = [&] { kc_gemm_f32_batched(m->kc, 1, 0, n, n, n, a, n, 0, b, n, 0, y, n, 0, 1); };
+    mm();
+    CK(cudaDeviceSynchronize());
+    double tm = time_ms(mm, reps);
+    printf("cuBLAS TF32 4096^3: %.1f TFLOP/s\n", 2.0 * n * n * n / tm / 1e9);
+    for (float *p : {q, c, kpe, o, a, b, y})
+        CK(cudaFree(p));
+}
+
 int main(int argc, char **argv)
 {
     const char *manifest = NULL;
@@ -588,6 +641,7 @@ int main(int argc, char **argv)
         if (li == 0 || (m->L[li].h->moe && (li == 0 || !m->L[li - 1].h->moe)))
             for (size_t B : bb)
                 breakdown(m, li, B, ctx, reps);
+    prefill_attention(m, reps);
     if (quick)
         return 0;
     /* prefill GEMMs at the model's shapes: our path (quantize + cuBLASLt) vs cuBLASLt alone */

@@ -1029,17 +1029,25 @@ static void test_attn(void)
 
 /* kc_mla_prefill against the CPU runtime's prefill: kv_b on the cached latents in fp32
  * (k_gemm), k = [k_nope, kpe], k_attn_naive; the GPU's matmuls are TF32: 2e-3. FP8 and
- * BF16 kv_b; score groups of 1 and 3 heads (several matmul pairs) and all at once. */
+ * BF16 kv_b. The fused kernel (R1's head shape and the golden model's; several 64-row
+ * query tiles, prefixes not a multiple of its 32-key tile, a prompt shorter than a
+ * warp's 16 rows) and the materializing path (score groups of 1 and 3 heads, and all
+ * at once); a shape outside the fused kernel's falls back to the latter. */
 static void test_mla_prefill(kc_ctx *ctx)
 {
     struct {
-        size_t T, pos0, H;
+        size_t T, pos0, H, dn, dv;
         k_wtype wt;
-    } cases[] = {{37, 20, 4, K_W_FP8}, {80, 0, 5, K_W_FP8}, {3, 40, 2, K_W_FP8}, {50, 7, 3, K_W_BF16}};
-    const size_t dn = 128, dv = 128, R = 512, P = 64, dq = dn + P;
+    } cases[] = {{37, 20, 4, 128, 128, K_W_FP8}, {80, 0, 5, 128, 128, K_W_FP8},
+                 {3, 40, 2, 128, 128, K_W_FP8},  {50, 7, 3, 128, 128, K_W_BF16},
+                 {200, 33, 2, 128, 128, K_W_FP8}, {130, 5, 3, 64, 64, K_W_BF16},
+                 {21, 0, 2, 96, 64, K_W_FP8}};
+    const size_t R = 512, P = 64;
     const float scale = 0.1352338f;
     for (auto &cs : cases) {
-        const size_t T = cs.T, pos0 = cs.pos0, H = cs.H, S = pos0 + T, NW = H * (dn + dv);
+        const size_t T = cs.T, pos0 = cs.pos0, H = cs.H, S = pos0 + T, dn = cs.dn, dv = cs.dv,
+                     dq = dn + P, NW = H * (dn + dv);
+        const bool fused = (dq == 192 && dv == 128) || (dq == 128 && dv == 64);
         W wkv = make_w(cs.wt, NW, R);
         auto c = randv(S * R), kpe = randv(S * P), q = randv(T * H * dq);
         std::vector<float> kvb(S * NW), kf(S * H * dq), vf(S * H * dv), ref(T * H * dv);
@@ -1053,20 +1061,28 @@ static void test_mla_prefill(kc_ctx *ctx)
         k_attn_naive(q.data(), H * dq, kf.data(), H * dq, vf.data(), H * dv, ref.data(), H * dv, T,
                      S, H, dq, dv, pos0, scale);
         float *dc = up(c), *dk = up(kpe), *dqv = up(q);
-        for (size_t gb : {(size_t)T * S * 4, (size_t)3 * T * S * 4, (size_t)0}) {
-                kc_mla_prefill_set_score_bytes(gb);
+        /* gb = 1: the fused kernel; else the materializing path with score groups */
+        for (size_t gb : {(size_t)1, (size_t)T * S * 4, (size_t)3 * T * S * 4, (size_t)0}) {
+                if (gb == 1 && !fused)
+                    continue;
+                kc_mla_prefill_set_flash(gb == 1);
+                kc_mla_prefill_set_score_bytes(gb == 1 ? 0 : gb);
                 float *dout = poisoned<float>(T * H * dv);
                 CK(kc_mla_prefill(ctx, dqv, H * dq, dc, R, dk, P, &wkv.d, dout, H * dv, T, S, H, dn,
                                   dv, R, P, pos0, scale));
                 auto got = down(dout, ref.size());
                 cudaFree(dout);
-                char name[200];
+                char name[220];
                 snprintf(name, sizeof name,
-                         "mla prefill (decompressed, TF32) T=%zu pos0=%zu H=%zu %s kv_b, %s heads a group",
-                         T, pos0, H, cs.wt == K_W_FP8 ? "fp8" : "bf16",
-                         gb ? (gb > (size_t)T * S * 4 ? "3" : "1") : "all");
+                         "mla prefill (decompressed, TF32) T=%zu pos0=%zu H=%zu dq=%zu dv=%zu %s kv_b, %s",
+                         T, pos0, H, dq, dv, cs.wt == K_W_FP8 ? "fp8" : "bf16",
+                         gb == 1 ? "fused kernel"
+                                 : gb == 0 ? "scores of all heads at once"
+                                           : gb > (size_t)T * S * 4 ? "scores of 3 heads a group"
+                                                                    : "scores of 1 head a group");
                 report(name, rel_err(got.data(), ref.data(), ref.size()), 2e-3);
             }
+        kc_mla_prefill_set_flash(1);
         kc_mla_prefill_set_score_bytes(0);
         cudaFree(dc), cudaFree(dk), cudaFree(dqv);
         cudaFree((void *)wkv.d.data);
