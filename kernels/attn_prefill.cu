@@ -103,7 +103,8 @@ void kc_mla_prefill_set_flash(int on) { g_flash = on; }
  *     column n of lane gid in value tile n is column 32 (n / 4) + 4 gid + n % 4 (float4
  *     loads of V, float4 stores of the output).
  * Row strides (floats): KS = 16 mod 32 and VS = 4 mod 32 make those loads conflict-free.
- * K and V tiles are double-buffered: the next tile's copy runs under this one's MMAs. */
+ * K and V tiles are double-buffered: the next tile's copy runs under this one's MMAs
+ * (two barriers a tile: after the copy lands, after its TF32 rounding). */
 template <int DQ, int DV>
 struct fa_shape {
     enum { KS = DQ + 16, VS = DV + 4, FLOATS = 2 * FA_BN * KS + 2 * FA_BN * VS };
@@ -189,12 +190,13 @@ __global__ void __launch_bounds__(32 * FA_WARPS) pf_flash_kernel(const float *q,
     for (int kt = 0; kt < ntk; kt++) {
         const int s0 = kt * FA_BN;
         float *sk = skb + (kt & 1) * FA_BN * KS, *sv = svb + (kt & 1) * FA_BN * VS;
-        if (kt + 1 < ntk) /* the next tile into the other buffer, freed at the loop's end */
+        kc_cp_wait<0>(); /* tile kt, the one group in flight */
+        __syncthreads(); /* ... visible to all; and every warp is done with tile kt - 1 */
+        if (kt + 1 < ntk) { /* so the next tile can go into that buffer */
             fa_load_tile<DQ, DV>(skb + ((kt + 1) & 1) * FA_BN * KS, svb + ((kt + 1) & 1) * FA_BN * VS,
                                  kt + 1, nkeys, kvd, W, hoff, kpe, ldk, dn);
-        kc_cp_commit(); /* possibly empty: the wait below always leaves one group */
-        kc_cp_wait<1>();
-        __syncthreads();
+            kc_cp_commit();
+        }
         /* round the tile to TF32 once for all the warps (rows as fa_load_tile) */
         for (int r = warp; r < FA_BN; r += FA_WARPS) {
 #pragma unroll
@@ -273,7 +275,6 @@ __global__ void __launch_bounds__(32 * FA_WARPS) pf_flash_kernel(const float *q,
                 }
             }
         }
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
     float inv[2];
 #pragma unroll
