@@ -151,16 +151,7 @@ static size_t g_part_cap;
 /* Splits so that about 8 blocks per SM are busy, at least 64 keys each, at most 64. */
 static int att_splits(size_t TH, size_t S, size_t dv, float **part, cudaStream_t st)
 {
-    int sms = 132;
-    static int dev_sms = 0;
-    if (!dev_sms) {
-        int d = 0;
-        cudaGetDevice(&d);
-        cudaDeviceGetAttribute(&dev_sms, cudaDevAttrMultiProcessorCount, d);
-        if (dev_sms <= 0)
-            dev_sms = 132;
-    }
-    sms = dev_sms;
+    const int sms = kc_sm_count();
     size_t want = (8 * (size_t)sms + TH - 1) / TH;
     size_t maxs = (S + 63) / 64;
     size_t ns = want < maxs ? want : maxs;
@@ -864,6 +855,11 @@ static int mla_dev_attr(cudaDeviceAttr a, int dflt)
             break;
         }
     return v;
+}
+
+int kc_sm_count(void)
+{
+    return mla_dev_attr(cudaDevAttrMultiProcessorCount, 132);
 }
 
 typedef void (*mla_kfn)(const float *, const float *, size_t, size_t, const float *, size_t,

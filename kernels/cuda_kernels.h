@@ -168,8 +168,9 @@ int kc_mla_absorb_v(const float *o_lat, size_t T, size_t H, size_t dn, size_t dv
  * keys' latents c [S, R] (row stride ldc) go through kv_b (dequantized exactly to fp32)
  * into k_nope and v per head; k = [k_nope, kpe_s]; that product, the scores and p v on
  * TF32 tensor cores (~1e-3); softmax fp32, causal (query t at pos0 + t). At (dn + P,
- * dv) = (192, 128) or (128, 64) one fused kernel (online softmax, no scores stored);
- * otherwise score matrices per head group. q: vector (t, h) at q + t*ldq + h*(dn + P);
+ * dv) = (192, 128) or (128, 64), with enough rows and heads to fill half the SMs, one
+ * fused kernel (online softmax, no scores stored); otherwise score matrices per head
+ * group. q: vector (t, h) at q + t*ldq + h*(dn + P);
  * out [T, H*dv] row stride ldo. Scratch grows with S (S * H * (dn + dv) floats). */
 int kc_mla_prefill(kc_ctx *c, const float *q, size_t ldq, const float *cache, size_t ldc,
                    const float *kpe, size_t ldk, const k_weight *wkv_b, float *out, size_t ldo,
@@ -178,9 +179,10 @@ int kc_mla_prefill(kc_ctx *c, const float *q, size_t ldq, const float *cache, si
 /* Bytes of fp32 scores one head group may take (default 1 GiB; 0: back to it; tests use
  * small values to run several groups). Process-wide. */
 void kc_mla_prefill_set_score_bytes(size_t n);
-/* 0: the materializing path even at the fused kernel's shapes (tests, bench-decode);
- * 1: back to the default. Process-wide. */
-void kc_mla_prefill_set_flash(int on);
+/* 0: the materializing path even at the fused kernel's shapes; 2: the fused kernel
+ * even where its grid is narrow (tests, bench-decode); 1: back to the default (fused
+ * from half as many blocks as SMs). Process-wide. */
+void kc_mla_prefill_set_flash(int mode);
 /* kc_mla_attn's score and value products run on tensor cores (single-pass TF32, ~1e-3
  * from fp32) at R = 512 with P a multiple of 8 (R1's MLA); 0 forces the fp32 FMA kernel
  * (comparison in tests and bench-decode). Process-wide, not thread-safe. */
@@ -200,6 +202,8 @@ void kc_set_pdl(int on);
 /* Changes whenever a kernel's cached scratch is reallocated: a CUDA graph captured
  * before holds freed addresses and must be captured again. */
 unsigned kc_alloc_epoch(void);
+/* multiprocessors of the current device (cached per device; 132 if it cannot be read) */
+int kc_sm_count(void);
 int kc_copy_f32_from_bf16(const uint16_t *in, float *out, size_t n, cudaStream_t st);
 int kc_f32_to_bf16(const float *in, uint16_t *out, size_t n, cudaStream_t st);
 /* "cuda: <what>: <error string>" for a status returned above (static buffer). */

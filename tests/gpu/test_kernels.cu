@@ -1029,9 +1029,9 @@ static void test_attn(void)
 
 /* kc_mla_prefill against the CPU runtime's prefill: kv_b on the cached latents in fp32
  * (k_gemm), k = [k_nope, kpe], k_attn_naive; the GPU's matmuls are TF32: 2e-3. FP8 and
- * BF16 kv_b. The fused kernel (R1's head shape and the golden model's; several 64-row
- * query tiles, prefixes not a multiple of its 32-key tile, a prompt shorter than a
- * warp's 16 rows) and the materializing path (score groups of 1 and 3 heads, and all
+ * BF16 kv_b. The fused kernel (R1's head shape and the golden model's; 1 to 5 query
+ * tiles of 128 rows, which a block takes in pairs, odd counts included; prefixes not a
+ * multiple of its 32-key tile; a prompt shorter than a warp's 16 rows) and the materializing path (score groups of 1 and 3 heads, and all
  * at once); a shape outside the fused kernel's falls back to the latter. */
 static void test_mla_prefill(kc_ctx *ctx)
 {
@@ -1041,6 +1041,7 @@ static void test_mla_prefill(kc_ctx *ctx)
     } cases[] = {{37, 20, 4, 128, 128, K_W_FP8}, {80, 0, 5, 128, 128, K_W_FP8},
                  {3, 40, 2, 128, 128, K_W_FP8},  {50, 7, 3, 128, 128, K_W_BF16},
                  {200, 33, 2, 128, 128, K_W_FP8}, {130, 5, 3, 64, 64, K_W_BF16},
+                 {300, 0, 2, 128, 128, K_W_FP8}, {520, 9, 1, 128, 128, K_W_FP8},
                  {21, 0, 2, 96, 64, K_W_FP8}};
     const size_t R = 512, P = 64;
     const float scale = 0.1352338f;
@@ -1063,10 +1064,11 @@ static void test_mla_prefill(kc_ctx *ctx)
         float *dc = up(c), *dk = up(kpe), *dqv = up(q);
         /* gb = 1: the fused kernel; else the materializing path with score groups */
         for (size_t gb : {(size_t)1, (size_t)T * S * 4, (size_t)3 * T * S * 4, (size_t)0}) {
-                if (gb == 1 && !fused)
+                const bool f = gb == 1;
+                if (f && !fused)
                     continue;
-                kc_mla_prefill_set_flash(gb == 1);
-                kc_mla_prefill_set_score_bytes(gb == 1 ? 0 : gb);
+                kc_mla_prefill_set_flash(f ? 2 : 0); /* 2: even at these narrow grids */
+                kc_mla_prefill_set_score_bytes(f ? 0 : gb);
                 float *dout = poisoned<float>(T * H * dv);
                 CK(kc_mla_prefill(ctx, dqv, H * dq, dc, R, dk, P, &wkv.d, dout, H * dv, T, S, H, dn,
                                   dv, R, P, pos0, scale));
