@@ -972,7 +972,7 @@ int kc_mla_attn(const float *q_lat, const float *q_pe, size_t ldqp, size_t ldhp,
      * fewer splits. */
     size_t groups = (H + G - 1) / G;
     size_t ntile = (att_visible(T - 1, S, pos0) + BK - 1) / BK;
-    size_t slots = (size_t)mla_dev_attr(cudaDevAttrMultiProcessorCount, 132) * bps;
+    size_t slots = (size_t)kc_sm_count() * bps;
     size_t tps = ntile ? ntile : 1, ns = 1;
     double best = -1;
     static int forced = -1; /* DSR1_MLA_SPLITS: a fixed split count, for measuring */

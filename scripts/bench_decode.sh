@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # bench_decode.sh [WORKDIR]: per-layer decode step time vs the HBM roofline at batch 1,
-# 8 and 64, prefill GEMM TFLOP/s vs cuBLASLt, on the one-rank shard bench_load.sh makes
+# 8 and 64, prefill GEMM TFLOP/s vs cuBLASLt and prefill attention (fused against
+# materialized), on the one-rank shard bench_load.sh makes
 # (made here if missing); then one rank of a TP8/EP8 plan of the same checkpoint run
 # alone at batch 1 with 2 and 3 of its experts routed (the busiest GPU of an 8-GPU
-# deployment, collectives skipped) and at batch 8 and 64 as its router routes; all-reduce
+# deployment, collectives skipped; its prefill attention once) and at batch 8 and 64 as
+# its router routes; all-reduce
 # latency when several GPUs are visible;
 # and the projection for the 61-layer model on 8 GPUs (make bench-decode).
 set -eu
@@ -24,8 +26,10 @@ fi
 : >"$W/decode-tp8.txt"
 if [ -f "$W/shard8/manifest.json" ]; then
   for n in 2 3; do
+    # the rank's prefill attention (16 heads) once, with the first
+    pa=""; [ "$n" = 2 ] && pa=--prefill-attn
     "$BIN/bench-decode-gpu" --manifest "$W/shard8/manifest.json" --rank 0 --local-experts "$n" \
-      --batches 1 --quick --ctx "${CTX:-1024}" | sed "s/^/tp8e$n /" |
+      --batches 1 --quick $pa --ctx "${CTX:-1024}" | sed "s/^/tp8e$n /" |
       tee -a "$W/decode-tp8.txt"
   done
   # batched steps on the same rank, routed by the synthetic checkpoint's router (its

@@ -3,7 +3,10 @@
  *
  *   bench-decode-gpu --manifest DIR/manifest.json [--ctx N] [--batches 1,8,64]
  *                    [--reps N] [--prefill-m M] [--rank R] [--local-experts N] [--quick]
- *                    [--profile LAYER:BATCH]   (one step for ncu; tests/gpu/profile_decode.sh)
+ *                    [--prefill-attn] [--profile LAYER:BATCH]   (one step for ncu;
+ *                    tests/gpu/profile_decode.sh)
+ * --quick leaves out the prefill tables (GEMMs, attention); --prefill-attn keeps the
+ * attention table in a quick run.
  *   bench-decode-gpu --allreduce [--hidden 7168]     (one process per GPU, torchrun env)
  *
  * Decode: one rank of the plan (--rank; alone, collectives skipped). The latent cache is filled
@@ -383,7 +386,7 @@ int main(int argc, char **argv)
 {
     const char *manifest = NULL;
     size_t ctx = 1024, pm = 4096, hidden = 7168;
-    int reps = 10, allreduce = 0, rank = 0, local_experts = -1, quick = 0, prof_layer = -1;
+    int reps = 10, allreduce = 0, rank = 0, local_experts = -1, quick = 0, pattn = 0, prof_layer = -1;
     size_t prof_batch = 1;
     std::vector<size_t> batches = {1, 8, 64};
     for (int i = 1; i < argc; i++) {
@@ -405,6 +408,8 @@ int main(int argc, char **argv)
             local_experts = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1;
+        else if (!strcmp(argv[i], "--prefill-attn"))
+            pattn = 1;
         else if (!strcmp(argv[i], "--profile") && i + 1 < argc &&
                  sscanf(argv[i + 1], "%d:%zu", &prof_layer, &prof_batch) == 2)
             i++;
@@ -415,7 +420,8 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr, "usage: bench-decode-gpu --manifest DIR/manifest.json [--ctx N] "
                             "[--batches 1,8,64] [--reps N] [--prefill-m M] [--rank R] "
-                            "[--local-experts N] [--quick (no prefill table)] [--profile LAYER:BATCH] | "
+                            "[--local-experts N] [--quick (no prefill tables)] [--prefill-attn] "
+                            "[--profile LAYER:BATCH] | "
                             "--allreduce\n");
             return 2;
         }
@@ -642,7 +648,8 @@ int main(int argc, char **argv)
         if (li == 0 || (m->L[li].h->moe && (li == 0 || !m->L[li - 1].h->moe)))
             for (size_t B : bb)
                 breakdown(m, li, B, ctx, reps);
-    prefill_attention(m, reps);
+    if (!quick || pattn)
+        prefill_attention(m, reps);
     if (quick)
         return 0;
     /* prefill GEMMs at the model's shapes: our path (quantize + cuBLASLt) vs cuBLASLt alone */
