@@ -12,8 +12,15 @@ void rt_generate_args_init(rt_generate_args *a)
     a->sampling.temperature = 0.0f;
     a->sampling.top_p = 1.0f;
     a->attn = RT_ATTN_AUTO;
+    a->prefill_chunk = RT_PREFILL_CHUNK;
     a->rank = a->world_size = a->local_rank = a->gpus_per_node = -1;
     a->master_port = -1;
+}
+
+size_t rt_chunk_len(const rt_generate_args *a, size_t p, size_t len)
+{
+    size_t n = len - p;
+    return a->prefill_chunk && n > a->prefill_chunk ? a->prefill_chunk : n;
 }
 
 void rt_generate_result_free(rt_generate_result *r)

@@ -57,6 +57,9 @@ typedef struct rt_generate_args {
     int verify_full;              /* hash every tensor at load (LD_HASH) */
     rt_attn_mode attn;
     int no_cache;                 /* recompute the whole sequence for every new token */
+    size_t prefill_chunk;         /* a forward pass takes at most this many prompt tokens
+                                     (chunked prefill: activation memory bounded by the
+                                     chunk, not the prompt); 0 = the whole prompt at once */
     int threads;                  /* CPU: OpenMP threads per rank (0 = default) */
     /* identity for the CUDA backend; -1 / NULL = take from the environment */
     int rank, world_size, local_rank, gpus_per_node;
@@ -74,7 +77,15 @@ typedef struct rt_generate_result {
     size_t rows, vocab;
 } rt_generate_result;
 
-/* Defaults: greedy, top_p 1, attn AUTO, identity fields -1. */
+/* Default --prefill-chunk: H200, a real-dims 4-layer model (docs/cuda.md, chunked
+ * prefill) */
+#define RT_PREFILL_CHUNK 4096
+
+/* The forward passes of one step: tokens [from, len) in chunks of at most a->prefill_chunk
+ * (0: one pass). *T of the chunk starting at p. */
+size_t rt_chunk_len(const rt_generate_args *a, size_t p, size_t len);
+
+/* Defaults: greedy, top_p 1, attn AUTO, prefill_chunk RT_PREFILL_CHUNK, identity fields -1. */
 void rt_generate_args_init(rt_generate_args *a);
 void rt_generate_result_free(rt_generate_result *r); /* frees members; NULL is a no-op */
 

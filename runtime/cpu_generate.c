@@ -55,8 +55,9 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
     int out_rank = mdl->has_head && mdl->tp_rank == 0;
     int mtp = a->keep_mtp_logits && mdl->has_head;
     int rc = 0;
-    /* one forward pass covers the prompt, then one token (all of them with --no-cache) */
-    size_t rows_max = a->no_cache ? cap : n0;
+    /* the prompt in chunks of at most --prefill-chunk tokens, then one token a step (the
+     * whole sequence, chunked, with --no-cache) */
+    size_t rows_max = rt_chunk_len(a, 0, a->no_cache ? cap : n0);
     float *logits = mdl->has_head ? malloc(rows_max * V * sizeof(float)) : NULL;
     float *hid = mtp ? malloc(rows_max * mdl->hidden * sizeof(float)) : NULL;
     float *mlog = mtp ? malloc(rows_max * V * sizeof(float)) : NULL;
@@ -80,37 +81,42 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
     rt_sampler smp;
     rt_sampler_init(&smp, &a->sampling);
     for (size_t step = 0; step < N; step++) {
-        size_t T = 1, pos0 = len - 1;
-        if (step == 0 || a->no_cache)
-            T = len, pos0 = 0;
-        if ((rc = rt_model_forward(mdl, c, kv, seq + pos0, T, pos0, a->attn, logits, mtp ? hid : NULL, err)))
-            goto out;
+        size_t T = 1, pos0 = len - 1, first = step == 0 || a->no_cache ? 0 : len - 1;
         int32_t tok = 0;
-        if (out_rank) {
-            const float *last = logits + (T - 1) * V;
-            if (a->keep_logits) {
-                size_t from = step == 0 ? 0 : T - 1;
+        /* the step's forward passes: rows kept from every chunk of the prompt's (step
+         * 0), else the last row of the last chunk */
+        for (pos0 = first; pos0 < len; pos0 += T) {
+            T = rt_chunk_len(a, pos0, len);
+            int last = pos0 + T == len;
+            if ((rc = rt_model_forward(mdl, c, kv, seq + pos0, T, pos0, a->attn, logits, mtp ? hid : NULL, err)))
+                goto out;
+            size_t from = step == 0 ? 0 : last ? T - 1 : T;
+            if (out_rank && a->keep_logits) {
                 memcpy(res->logits + rows * V, logits + from * V, (T - from) * V * sizeof(float));
                 rows += T - from;
             }
-            tok = rt_sample(&smp, last, V);
-            if (tok < 0) {
-                rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
-                goto out;
+            if (last && out_rank) {
+                tok = rt_sample(&smp, logits + (T - 1) * V, V);
+                if (tok < 0) {
+                    rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+                    goto out;
+                }
+                res->tokens[step] = tok;
             }
-            res->tokens[step] = tok;
-        }
-        if (mdl->has_head && mdl->tp > 1 && (rc = rt_comm_broadcast(c, RT_GROUP_TP, &tok, sizeof tok, 0, err)))
-            goto out;
-        if (mtp) {
-            /* draft of position pos0 + t + 2 from hidden t and the token at pos0 + t + 1 */
-            seq[len] = tok;
-            if ((rc = rt_model_mtp_forward(mdl, c, kv, hid, seq + pos0 + 1, T, pos0, a->attn, mlog, err)))
+            if (last && mdl->has_head && mdl->tp > 1 &&
+                (rc = rt_comm_broadcast(c, RT_GROUP_TP, &tok, sizeof tok, 0, err)))
                 goto out;
-            if (out_rank) {
-                size_t from = step == 0 ? 0 : T - 1;
-                memcpy(res->mtp_logits + (mrows * V), mlog + from * V, (T - from) * V * sizeof(float));
-                mrows += T - from;
+            if (mtp) {
+                /* draft of position pos0 + t + 2 from hidden t and the token at pos0 + t + 1
+                 * (within the prompt but for the last chunk's last row: the new token) */
+                if (last)
+                    seq[len] = tok;
+                if ((rc = rt_model_mtp_forward(mdl, c, kv, hid, seq + pos0 + 1, T, pos0, a->attn, mlog, err)))
+                    goto out;
+                if (out_rank) {
+                    memcpy(res->mtp_logits + (mrows * V), mlog + from * V, (T - from) * V * sizeof(float));
+                    mrows += T - from;
+                }
             }
         }
         if (mdl->pp > 1 && (rc = rt_comm_broadcast(c, RT_GROUP_PP, &tok, sizeof tok, mdl->pp - 1, err)))

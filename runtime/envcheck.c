@@ -35,6 +35,7 @@ static const ev_spec specs[] = {
     {"DSR1_ABS_MMA_MIN", EV_INT, 0, 1 << 30, NULL},
     {"DSR1_MLA_SPLITS", EV_INT, 0, 64, NULL},
     {"DSR1_MLA_PREFILL_MIN", EV_INT, 0, 1 << 30, NULL},
+    {"DSR1_MLA_FLASH", EV_ONE_OF, 0, 0, "0|1|2"},
     {"DSR1_MOE_KS", EV_PAIR, 0, 0, "0|1|2|4|8"},
     {"DSR1_MOE_GEMM_MIN", EV_INT, 0, 1 << 30, NULL},
     {"DSR1_MOE_EARLY", EV_ONE_OF, 0, 0, "0|1"},

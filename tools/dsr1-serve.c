@@ -23,6 +23,7 @@ static const char usage_text[] =
     "                  [--backend cpu|cuda] [--max-new-tokens N] [--logits-out FILE.npy]\n"
     "                  [--mtp-logits-out FILE.npy] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
     "                  [--verify header|full] [--attn auto|absorb|naive] [--no-cache]\n"
+    "                  [--prefill-chunk N]\n"
     "                  [--threads N] [--rank R --world-size W --local-rank L\n"
     "                   --gpus-per-node G --master-addr HOST --master-port PORT --timeout S]\n";
 
@@ -49,6 +50,9 @@ static void help(void)
           "                       against the manifest; full: also hash every tensor\n"
           "  --attn MODE          auto (default: naive prefill, absorbed decode), absorb, naive\n"
           "  --no-cache           recompute the whole sequence for every token (for checks)\n"
+          "  --prefill-chunk N    run the prompt through the model N tokens at a time, so\n"
+          "                       activation memory follows N, not the prompt (default 4096;\n"
+          "                       0 = the whole prompt in one pass)\n"
           "  --threads N          CPU: OpenMP threads per rank (default: cores / ranks)\n"
           "  --rank ... --timeout identity and rendezvous of the CUDA backend (default: the\n"
           "                       torchrun / Kubernetes environment; see docs/runtime.md)\n"
@@ -121,7 +125,7 @@ static int cmd_generate(int argc, char **argv)
 {
     enum { O_MANIFEST = 256, O_PROMPT, O_BACKEND, O_MAXNEW, O_LOGITS, O_TEMP, O_TOPP, O_TOPK, O_SEED,
            O_VERIFY, O_ATTN, O_NOCACHE, O_THREADS, O_RANK, O_WORLD, O_LOCAL, O_GPN, O_ADDR, O_PORT,
-           O_TIMEOUT, O_MTP };
+           O_TIMEOUT, O_MTP, O_CHUNK };
     static const struct option opts[] = {
         {"manifest", required_argument, 0, O_MANIFEST}, {"prompt-ids", required_argument, 0, O_PROMPT},
         {"backend", required_argument, 0, O_BACKEND},   {"max-new-tokens", required_argument, 0, O_MAXNEW},
@@ -133,7 +137,7 @@ static int cmd_generate(int argc, char **argv)
         {"world-size", required_argument, 0, O_WORLD},  {"local-rank", required_argument, 0, O_LOCAL},
         {"gpus-per-node", required_argument, 0, O_GPN}, {"master-addr", required_argument, 0, O_ADDR},
         {"master-port", required_argument, 0, O_PORT},  {"timeout", required_argument, 0, O_TIMEOUT},
-        {"mtp-logits-out", required_argument, 0, O_MTP},
+        {"mtp-logits-out", required_argument, 0, O_MTP}, {"prefill-chunk", required_argument, 0, O_CHUNK},
         {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
     rt_generate_args a;
     rt_generate_args_init(&a);
@@ -198,6 +202,12 @@ static int cmd_generate(int argc, char **argv)
                 return usage("--attn: auto, absorb or naive, got \"%s\"", optarg);
             break;
         case O_NOCACHE: a.no_cache = 1; break;
+        case O_CHUNK:
+            if (cli_parse_u64(optarg, 0, 1u << 20, &u) != CLI_OK)
+                return usage("--prefill-chunk: tokens in [0, 1048576] (0 = the whole prompt), got \"%s\"",
+                             optarg);
+            a.prefill_chunk = (size_t)u;
+            break;
         case O_THREADS:
             if (cli_parse_u64(optarg, 1, 1024, &u) != CLI_OK)
                 return usage("--threads: an integer in [1, 1024], got \"%s\"", optarg);

@@ -56,18 +56,29 @@ typedef struct gen_state {
     double wd_s;
 } gen_state;
 
-/* Move the progress deadline to now + wd_s, naming the step that must finish by then. */
-static void progress_deadline(gen_state *g, size_t step)
+/* Move the progress deadline to now + wd_s, naming the step (and the prompt chunk of
+ * positions [p, p + T)) that must finish by then. */
+static void progress_deadline(gen_state *g, size_t step, size_t p, size_t T)
 {
     if (!g->wd) /* multi-rank runs only (g->comm set) */
         return;
-    char what[48] = "prefill";
-    if (step > 0)
+    char what[96];
+    if (step > 0 && T == 1)
         snprintf(what, sizeof what, "decode step %zu", step);
+    else
+        snprintf(what, sizeof what, "%s of positions %zu..%zu", step ? "recompute" : "prefill", p,
+                 p + T - 1);
     rt_watchdog_rearm(g->wd, g->wd_s,
                       "rank %d: %s made no progress within %.0f s (blocked in NCCL or CUDA: a "
                       "peer rank died or stalled); exiting",
                       g->comm->rank, what, g->wd_s);
+}
+
+/* Device memory in use now (GiB), for the prefill line. */
+static double dev_used_gib(void)
+{
+    size_t fr = 0, tot = 0;
+    return cudaMemGetInfo(&fr, &tot) == cudaSuccess ? (tot - fr) / 1073741824.0 : 0.0;
 }
 
 static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *err)
@@ -76,9 +87,13 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
     rt_model *mdl = g->cm->h;
     size_t V = mdl->vocab, n0 = a->n_prompt, N = (size_t)a->max_new_tokens, cap = n0 + N;
     int rc = 0;
-    float *logits = mdl->has_head ? (float *)malloc(cap * V * sizeof(float)) : NULL;
+    /* host rows of one forward pass: every row of a prompt chunk when they are kept,
+     * else the one row sampled from */
+    size_t rows_max = a->keep_logits ? rt_chunk_len(a, 0, n0) : 1;
+    float *logits = mdl->has_head ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
     int32_t *seq = (int32_t *)malloc(cap * sizeof(int32_t));
-    size_t rows = 0;
+    size_t rows = 0, chunks = 0;
+    double mem_prefill = 0;
     if (out_rank) {
         res->tokens = (int32_t *)malloc(N * sizeof(int32_t));
         if (a->keep_logits)
@@ -96,24 +111,38 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
         rt_sampler_init(&smp, &a->sampling);
         double t0 = fu_now_s(), t1 = t0;
         for (size_t step = 0; step < N; step++) {
-            if (step == 1)
+            if (step == 1) {
                 t1 = fu_now_s();
-            size_t T = 1, pos0 = len - 1;
-            if (step == 0 || a->no_cache)
-                T = len, pos0 = 0;
-            size_t row0 = (a->keep_logits && step == 0) ? 0 : T - 1;
+                mem_prefill = dev_used_gib();
+            }
             if (step == 1 && g->comm && rt_test_fault(g->comm->rank, "exit-decode"))
                 _exit(9); /* a peer dying mid-generation (tests/gpu/test_nccl.sh) */
-            progress_deadline(g, step);
-            if ((rc = cm_forward(g->cm, g->comm, seq + pos0, T, pos0, row0, logits, err)))
-                goto out;
-            int32_t tok = 0;
-            if (out_rank) {
-                size_t nrows = T - row0;
-                if (a->keep_logits) {
+            /* the step's forward passes (the prompt, or with --no-cache the sequence, in
+             * chunks of at most --prefill-chunk): logits of every prompt row when kept
+             * (step 0), else of the last chunk's last row; earlier chunks skip the head
+             * and are waited for, so each has its own progress deadline */
+            size_t T = 1, pos0 = step == 0 || a->no_cache ? 0 : len - 1, nrows = 0;
+            for (; pos0 < len; pos0 += T) {
+                T = rt_chunk_len(a, pos0, len);
+                int last = pos0 + T == len, all = a->keep_logits && step == 0;
+                size_t row0 = all ? 0 : T - 1;
+                nrows = T - row0;
+                progress_deadline(g, step, pos0, T);
+                if ((rc = cm_forward(g->cm, g->comm, seq + pos0, T, pos0, row0,
+                                     last || all ? logits : NULL, err)) ||
+                    (!last && !(all && logits) && (rc = cm_wait(g->cm, g->comm, err))))
+                    goto out;
+                if (all && out_rank) {
                     memcpy(res->logits + rows * V, logits, nrows * V * sizeof(float));
                     rows += nrows;
+                } else if (last && out_rank && a->keep_logits) {
+                    memcpy(res->logits + rows * V, logits, V * sizeof(float));
+                    rows++;
                 }
+                chunks += step == 0;
+            }
+            int32_t tok = 0;
+            if (out_rank) {
                 tok = rt_sample(&smp, logits + (nrows - 1) * V, V);
                 if (tok < 0) {
                     rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
@@ -144,14 +173,17 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             }
             seq[len++] = tok;
         }
+        if (N == 1)
+            mem_prefill = dev_used_gib();
         if (out_rank) { /* what a user measures a deployment by */
             double t2 = fu_now_s(), pre = (N > 1 ? t1 : t2) - t0, dec = N > 1 ? t2 - t1 : 0;
             fprintf(stderr,
-                    "dsr1-serve: rank %d: prefill of %zu tokens %.1f ms; %zu decode steps "
-                    "%.1f ms (%.1f tokens/s; CUDA graphs %s, %lu captured, %lu replayed)\n",
-                    g->comm ? g->comm->rank : 0, n0, pre * 1e3, N - 1, dec * 1e3,
-                    dec > 0 ? (N - 1) / dec : 0.0, g->cm->graphs ? "on" : "off",
-                    g->cm->g_captures, g->cm->g_replays);
+                    "dsr1-serve: rank %d: prefill of %zu tokens %.1f ms (%zu chunk%s, device "
+                    "memory in use %.2f GiB); %zu decode steps %.1f ms (%.1f tokens/s; CUDA "
+                    "graphs %s, %lu captured, %lu replayed)\n",
+                    g->comm ? g->comm->rank : 0, n0, pre * 1e3, chunks, chunks == 1 ? "" : "s",
+                    mem_prefill, N - 1, dec * 1e3, dec > 0 ? (N - 1) / dec : 0.0,
+                    g->cm->graphs ? "on" : "off", g->cm->g_captures, g->cm->g_replays);
         }
     }
     if (out_rank) {

@@ -103,7 +103,24 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
     const st_file *f = ld_file((const ld_shard *)m->h->shard);
     m->base = (const char *)st_base(f);
     m->arena_bytes = st_file_size(f);
-    cudaError_t e = cudaMalloc((void **)&m->arena, m->arena_bytes);
+    cudaError_t e = cudaSuccess;
+    {
+        /* past the trained context the positions mean nothing (as the CPU backend):
+         * refused before the cache is sized for them */
+        uint32_t mp = m->h->cfg.max_position_embeddings;
+        if (mp && cap > mp) {
+            rc = dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                              "%zu positions (prompt + --max-new-tokens) exceed the model's "
+                              "context (max_position_embeddings %u)", cap, mp);
+            goto fail;
+        }
+        /* DSR1_MLA_FLASH: the fused prefill attention 0 never, 1 where its grid is wide
+         * enough (default), 2 always (tests) */
+        const char *fl = getenv("DSR1_MLA_FLASH");
+        if (fl && *fl)
+            kc_mla_prefill_set_flash(atoi(fl));
+    }
+    e = cudaMalloc((void **)&m->arena, m->arena_bytes);
     if (e != cudaSuccess) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
                           "cuda: cannot allocate %.2f GiB for the shard of rank %d: %s",
@@ -326,7 +343,7 @@ void *cm_scratch(cm_model *m, size_t n)
     return p;
 }
 
-int cm_reserve(cm_model *m, size_t T, dsr1_err *err)
+int cm_reserve(cm_model *m, size_t T, size_t nlog, dsr1_err *err)
 {
     rt_model *h = m->h;
     size_t H = h->hidden, Hl = h->heads, R = h->kv_lora, P = h->dr, dq = h->dn + h->dr;
@@ -338,9 +355,12 @@ int cm_reserve(cm_model *m, size_t T, dsr1_err *err)
         I = L->sh_gate.rows > I ? L->sh_gate.rows : I;
     }
     size_t Vl = h->has_head ? h->lm_head.rows : 0, tp = (size_t)h->tp;
-    size_t per = 4 * (4 * H + h->q_lora + Hl * dq + (R + P) + 2 * Hl * R + Hl * h->dv + E + 2 * K +
-                      3 * I + Vl * (1 + tp) + 1);
-    size_t need = T * per + 64 * 256 + 4096;
+    /* per token: residual, norms, projections, router, experts' hidden; the absorbed
+     * attention's latent q and output only for steps that take that path; the head's
+     * rows (final norm, local and gathered logits) only for the rows asked for */
+    size_t lat = T < m->prefill_min ? 2 * Hl * R : 0;
+    size_t per = 4 * (4 * H + h->q_lora + Hl * dq + (R + P) + lat + Hl * h->dv + E + 2 * K + 3 * I + 1);
+    size_t need = T * per + nlog * 4 * (H + Vl * (1 + tp)) + 64 * 256 + 4096;
     if (need <= m->pool_cap)
         return 0;
     cudaStreamSynchronize(m->st);
@@ -383,8 +403,7 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
                             "sequence of %zu tokens exceeds the KV cache of %zu", S, m->cap);
     float *qa = (float *)cm_scratch(m, T * ql * 4), *q = (float *)cm_scratch(m, T * Hl * dq * 4);
     float *kva = (float *)cm_scratch(m, T * (R + P) * 4), *o = (float *)cm_scratch(m, T * Hl * dv * 4);
-    float *qlat = (float *)cm_scratch(m, T * Hl * R * 4), *olat = (float *)cm_scratch(m, T * Hl * R * 4);
-    NEED(qa && q && kva && o && qlat && olat);
+    NEED(qa && q && kva && o);
     /* device positions (graphs): the cache rows and the key range are found on the
      * device; the splits are planned for s_plan keys */
     const int dyn = m->dpos != NULL;
@@ -405,6 +424,8 @@ static int attention(cm_model *m, cm_layer *L, size_t li, const float *x, size_t
         CUK(kc_gemm(m->kc, o, Hl * dv, T, &L->o, out, H, accumulate, 0), "o_proj");
         return 0;
     }
+    float *qlat = (float *)cm_scratch(m, T * Hl * R * 4), *olat = (float *)cm_scratch(m, T * Hl * R * 4);
+    NEED(qlat && olat);
     CUK(kc_mla_absorb_q(q, Hl * dq, dq, T, Hl, dn, dv, &L->kv_b, qlat, st), "absorb q");
     CUK(kc_mla_attn(qlat, q + dn, Hl * dq, dq, m->c[li], R, m->kpe[li], P, olat, T, Sb, Hl, R, P,
                     p0b, h->softmax_scale, dyn ? pos : NULL, st),
@@ -492,7 +513,7 @@ out:
     return rc;
 }
 
-static int wait(cm_model *m, rt_comm *c, dsr1_err *err)
+int cm_wait(cm_model *m, rt_comm *c, dsr1_err *err)
 {
     if (c && strcmp(c->ops->name, "nccl") == 0)
         return rt_comm_nccl_wait(c, err);
@@ -559,7 +580,7 @@ static int logits_out(cm_model *m, rt_comm *c, const float *all, size_t n, float
                       dsr1_err *err)
 {
     size_t Vl = m->h->lm_head.rows, tp = (size_t)m->h->tp;
-    int rc = wait(m, c, err);
+    int rc = cm_wait(m, c, err);
     if (rc)
         return rc;
     for (size_t r = 0; r < tp; r++)
@@ -649,7 +670,7 @@ int cm_forward(cm_model *m, rt_comm *c, const int32_t *ids, size_t T, size_t pos
     if (pos0 + T > m->cap)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
                             "sequence of %zu tokens exceeds the KV cache of %zu", pos0 + T, m->cap);
-    if ((rc = cm_reserve(m, T, err)))
+    if ((rc = cm_reserve(m, T, logits_h && h->has_head ? T - row0 : 0, err)))
         return rc;
     if (T == 1 && m->graphs && h->has_embed && h->has_head && logits_h)
         return forward_graph(m, c, ids[0], pos0, logits_h, err);

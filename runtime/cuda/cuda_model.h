@@ -88,7 +88,9 @@ void cm_free(cm_model *m);
 /* Run T tokens (host ids) at positions pos0.. through this rank's layers; comm may be
  * NULL when the plan has one rank. On the last stage, when logits_h != NULL, rows
  * [row0, T) of the logits go to logits_h [(T - row0), vocab] (host) and the stream is
- * synchronized (bounded through the comm when present). */
+ * synchronized (bounded through the comm when present); with logits_h NULL the head is
+ * skipped and the pass is only enqueued (cm_wait). A prompt may come in chunks: calls
+ * with consecutive pos0 extend the cache. */
 int cm_forward(cm_model *m, rt_comm *comm, const int32_t *ids, size_t T, size_t pos0,
                size_t row0, float *logits_h, dsr1_err *err);
 
@@ -113,9 +115,13 @@ void cm_set_device_positions(cm_model *m, const int32_t *dpos, size_t s_plan);
 /* One decoder layer on device h [T, hidden] in place (benchmarks). */
 int cm_layer_forward(cm_model *m, rt_comm *comm, size_t li, float *h, size_t T, size_t pos0,
                      dsr1_err *err);
-/* Make room for a forward of T tokens before any buffer is handed out (a reallocation
- * waits for the stream, so no queued kernel still uses the old pool). */
-int cm_reserve(cm_model *m, size_t T, dsr1_err *err);
+/* Make room for a forward of T tokens with nlog rows of logits before any buffer is
+ * handed out (a reallocation waits for the stream, so no queued kernel still uses the
+ * old pool). */
+int cm_reserve(cm_model *m, size_t T, size_t nlog, dsr1_err *err);
+/* Wait for the work enqueued on the model's stream (through the comm's bounded wait
+ * when it is NCCL's). */
+int cm_wait(cm_model *m, rt_comm *c, dsr1_err *err);
 /* Device scratch of n bytes valid until the next cm_forward / cm_layer_forward. */
 void *cm_scratch(cm_model *m, size_t n);
 void cm_scratch_reset(cm_model *m);

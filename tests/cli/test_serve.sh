@@ -28,14 +28,19 @@ import json; p = json.load(open("tests/golden/ref/goldens.json"))["prompts"][1]
 print(",".join(map(str, p["prompt"])), ",".join(map(str, p["tokens"])), p["new_tokens"])')
 gen() { "$S" generate --manifest "$D/manifest.json" --prompt-ids "$IDS" --max-new-tokens "$N" "$@"; }
 
-expect_exit "greedy default" 0 gen --logits-out "$T/ref.npy"
+expect_exit "greedy default" 0 gen --logits-out "$T/ref.npy" --prefill-chunk 0
 if [ "$(cat "$T/out")" = "$TOKS" ]; then pass "greedy tokens = golden"; else fail "greedy tokens $(cat "$T/out") != $TOKS"; fi
 "$PY" -c 'import numpy as np, sys; a = np.load(sys.argv[1]); sys.exit(0 if a.shape == (int(sys.argv[2]), 1024) and a.dtype == np.float32 else 1)' \
   "$T/ref.npy" $(( $(tr ',' '\n' <<<"$IDS" | wc -l) + N - 1 )) && pass "logits-out shape [T + N - 1, vocab] float32" || fail "logits-out shape"
 
 # Decode with the latent cache equals recomputing the whole sequence every step, and
-# absorbed / naive attention agree in prefill and decode.
-for mode in "--no-cache" "--attn absorb" "--attn naive" "--attn absorb --no-cache"; do
+# absorbed / naive attention agree in prefill and decode. A prompt in chunks (one token,
+# 3 tokens, a chunk one short of the prompt) extends the cache chunk by chunk: the same
+# logits for every prompt row.
+n0=$(tr ',' '\n' <<<"$IDS" | wc -l)
+for mode in "--no-cache" "--attn absorb" "--attn naive" "--attn absorb --no-cache" \
+            "--prefill-chunk 1" "--prefill-chunk 3" "--prefill-chunk $((n0 - 1))" \
+            "--prefill-chunk 3 --no-cache" "--prefill-chunk 2 --attn absorb"; do
   # shellcheck disable=SC2086
   expect_exit "generate $mode" 0 gen --logits-out "$T/mode.npy" $mode
   if [ "$(cat "$T/out")" = "$TOKS" ]; then pass "$mode greedy tokens"; else fail "$mode tokens: $(cat "$T/out")"; fi
@@ -76,14 +81,18 @@ for p in "1 1" "2 2"; do
   expect_exit "shard synth --mtp tp$1 pp$2" 0 "$BIN/dsr1-shard" run "$T/syn" --out "$T/syn$1" --tp $1 --pp $2 --mtp --quiet
   expect_exit "mtp generate tp$1 pp$2" 0 "$S" generate --manifest "$T/syn$1/manifest.json" --prompt-ids 0,5,77,300,1000 \
     --max-new-tokens 5 --logits-out "$T/syn$1.npy" --mtp-logits-out "$T/synm$1.npy"
+  expect_exit "mtp generate tp$1 pp$2, prompt in chunks of 2" 0 "$S" generate --manifest "$T/syn$1/manifest.json" \
+    --prompt-ids 0,5,77,300,1000 --max-new-tokens 5 --prefill-chunk 2 --logits-out "$T/sync$1.npy" \
+    --mtp-logits-out "$T/syncm$1.npy"
 done
 if "$PY" -c '
 import sys, numpy as np
 l1, l2, m1, m2 = (np.load(sys.argv[1] + x) for x in ("syn1.npy", "syn2.npy", "synm1.npy", "synm2.npy"))
-e = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in ((l2, l1), (m2, m1)))
+c1, c2, n1, n2 = (np.load(sys.argv[1] + x) for x in ("sync1.npy", "sync2.npy", "syncm1.npy", "syncm2.npy"))
+e = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in ((l2, l1), (m2, m1), (c1, l1), (c2, l1), (n1, m1), (n2, m1)))
 print(f"rel {e:.3g}")
 sys.exit(0 if e <= 1e-5 and m1.shape == l1.shape == (9, 1024) and not np.allclose(m1, l1) else 1)' "$T/" >"$T/cmp" 2>&1
-then pass "mtp logits agree across plans ($(cat "$T/cmp"))"; else fail "mtp logits across plans: $(cat "$T/cmp")"; fi
+then pass "mtp logits agree across plans and prompt chunks ($(cat "$T/cmp"))"; else fail "mtp logits across plans / chunks: $(cat "$T/cmp")"; fi
 
 # Shards that must be refused at load, each with exit 1 and a message naming the file.
 SH=$(ls "$D"/model-pp01-tp01-*.safetensors)

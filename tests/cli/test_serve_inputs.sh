@@ -27,10 +27,12 @@ expect_exit "--max-new-tokens 0: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 0
 expect_exit "--max-new-tokens past the flag range: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 1048577
 expect_exit "prompt + new tokens past max_position_embeddings ($C): exit 2" 2 gen --prompt-ids 1,2 --max-new-tokens $((C - 1))
 expect_err "  names the context" "2 prompt tokens \+ --max-new-tokens $((C - 1)) = $((C + 1)) positions.*max_position_embeddings $C"
-for bad in "--top-p 0" "--top-p 2" "--top-p nan" "--temperature -1" "--temperature inf" "--top-k -1" "--seed -1"; do
+for bad in "--top-p 0" "--top-p 2" "--top-p nan" "--temperature -1" "--temperature inf" "--top-k -1" "--seed -1" \
+           "--prefill-chunk -1" "--prefill-chunk 2k" "--prefill-chunk 1048577"; do
   # shellcheck disable=SC2086
   expect_exit "$bad: exit 2" 2 gen --prompt-ids 1 $bad
 done
+expect_err "  --prefill-chunk names its range" 'prefill-chunk: tokens in \[0, 1048576\] \(0 = the whole prompt\), got "1048577"'
 # the DSR1_* switches (runtime/envcheck.h): checked before loading anything
 expect_exit "DSR1_UPLOAD_THREADS=abc: exit 2" 2 env DSR1_UPLOAD_THREADS=abc "$S" generate --manifest "$M" --prompt-ids 1
 expect_err "  names the switch and its range" 'environment DSR1_UPLOAD_THREADS="abc" is not an integer in \[1, 1024\]; unset it'
@@ -38,6 +40,7 @@ expect_exit "DSR1_UPLOAD=mmap: exit 2" 2 env DSR1_UPLOAD=mmap "$S" generate --ma
 expect_err "  lists the values" 'is not one of copy\|pread\|register'
 expect_exit "a misspelt switch only warns" 0 env DSR1_UPLOAD_THRADS=4 "$S" generate --manifest "$M" --prompt-ids 1 --max-new-tokens 1
 expect_err "  the warning names it" 'warning: environment DSR1_UPLOAD_THRADS is not a switch of any dsr1 program'
+expect_exit "DSR1_MLA_FLASH=3: exit 2" 2 env DSR1_MLA_FLASH=3 "$S" generate --manifest "$M" --prompt-ids 1
 expect_exit "valid switches pass" 0 env DSR1_MOE_KS=2,4 DSR1_PDL=0 "$S" generate --manifest "$M" --prompt-ids 1 --max-new-tokens 1
 expect_exit "--manifest DIR works as DIR/manifest.json" 0 "$S" generate --manifest "$T/s" --prompt-ids 1,2 --max-new-tokens 2
 expect_exit "--manifest of a missing file: exit 3" 3 "$S" generate --manifest "$T/s/none.json" --prompt-ids 1

@@ -488,7 +488,10 @@ int main(int argc, char **argv)
         fill(m->c[i], ctx * R, 100 + (uint32_t)i, 1.0f);
         fill(m->kpe[i], ctx * P, 200 + (uint32_t)i, 1.0f);
     }
-    if (cm_reserve(m, bmax, &err)) {
+    /* the pool only grows: room for bmax tokens, and for the most that still take the
+     * absorbed path (its latent buffers) */
+    size_t babs = m->prefill_min - 1 < bmax ? m->prefill_min - 1 : bmax;
+    if (cm_reserve(m, bmax, 0, &err) || cm_reserve(m, babs, 0, &err)) {
         fprintf(stderr, "bench-decode: %s\n", err.msg);
         return 3;
     }
