@@ -3,6 +3,7 @@
  * backend (every rank of the plan in this process) or the CUDA backend (this process
  * is one rank). */
 #include <getopt.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <signal.h>
@@ -33,7 +34,8 @@ static void help(void)
     fputs("\nGenerate tokens from a prompt of token ids and print the generated ids\n"
           "(comma-separated, one line) on stdout.\n\n"
           "  --manifest PATH      manifest.json written by dsr1-shard; shards are read from its dir\n"
-          "  --prompt-ids LIST    prompt token ids, comma-separated\n"
+          "  --prompt-ids LIST    prompt token ids, comma-separated; @FILE reads them from FILE\n"
+          "                       (separated by commas or whitespace; for long prompts)\n"
           "  --backend NAME       cpu (default): all ranks of the plan as threads of this process,\n"
           "                       fp32 math; cuda: this process is one rank (CUDA builds)\n"
           "  --max-new-tokens N   tokens to generate (default 16)\n"
@@ -71,44 +73,76 @@ static int usage(const char *fmt, const char *arg)
     return 2;
 }
 
-static int parse_ids(const char *s, int32_t **out, size_t *n)
+/* Token ids separated by commas (and, with ws, also by whitespace: a file's lines).
+ * 0, or -1 with *n = the index of the entry that is not an id in [0, 2^31). */
+static int parse_ids(const char *s, int ws, int32_t **out, size_t *n)
 {
+    const char *sp = ws ? " \t\r\n" : "", *end = ws ? ", \t\r\n" : ",";
     size_t cap = 16, k = 0;
     int32_t *v = malloc(cap * sizeof *v);
-    if (!v)
-        return -1;
-    const char *p = s;
-    for (;;) {
-        const char *e = strchr(p, ',');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
+    const char *p = s + strspn(s, sp);
+    for (; v;) {
+        size_t len = strcspn(p, end);
         char buf[32];
         uint64_t x;
-        if (len == 0 || len >= sizeof buf) {
-            free(v);
-            return -1;
-        }
+        if (len == 0 || len >= sizeof buf)
+            break;
         memcpy(buf, p, len);
         buf[len] = 0;
-        if (cli_parse_u64(buf, 0, INT32_MAX, &x) != CLI_OK) {
-            free(v);
-            return -1;
-        }
+        if (cli_parse_u64(buf, 0, INT32_MAX, &x) != CLI_OK)
+            break;
         if (k == cap) {
             int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
-            if (!nv) {
-                free(v);
-                return -1;
-            }
+            if (!nv)
+                break;
             v = nv;
         }
         v[k++] = (int32_t)x;
-        if (!e)
+        p += len;
+        size_t gap = strspn(p, sp);
+        if (!p[gap]) {
+            *out = v;
+            *n = k;
+            return 0;
+        }
+        if (p[gap] == ',')
+            gap += 1 + strspn(p + gap + 1, sp);
+        else if (!gap)
             break;
-        p = e + 1;
+        p += gap;
     }
-    *out = v;
+    free(v);
     *n = k;
-    return 0;
+    return -1;
+}
+
+/* --prompt-ids @FILE: the file's text (at most 64 MiB), NUL-terminated; NULL on error
+ * with the reason in why. */
+static char *read_ids_file(const char *path, char *why, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(why, cap, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t max = (size_t)64 << 20, n = 0;
+    char *b = malloc(max + 1);
+    if (b)
+        n = fread(b, 1, max + 1, f);
+    int bad = !b || ferror(f) || n > max;
+    fclose(f);
+    if (bad) {
+        snprintf(why, cap, "%s: %s", path, !b ? "out of memory" : n > max ? "larger than 64 MiB" : "read failed");
+        free(b);
+        return NULL;
+    }
+    b[n] = 0;
+    if (strlen(b) != n) {
+        snprintf(why, cap, "%s: holds a NUL byte (not a text list of token ids)", path);
+        free(b);
+        return NULL;
+    }
+    return b;
 }
 
 static int parse_float(const char *s, double lo, double hi, double *out)
@@ -237,8 +271,21 @@ static int cmd_generate(int argc, char **argv)
         return usage("%s", "--manifest is required");
     if (!prompt_arg)
         return usage("%s", "--prompt-ids is required");
-    if (parse_ids(prompt_arg, &ids, &a.n_prompt) != 0)
+    if (prompt_arg[0] == '@') { /* a file: long prompts exceed one argument's 128 KiB */
+        char why[512];
+        char *text = read_ids_file(prompt_arg + 1, why, sizeof why);
+        if (!text)
+            return usage("--prompt-ids @FILE: %s", why);
+        int prc = parse_ids(text, 1, &ids, &a.n_prompt);
+        free(text);
+        if (prc) {
+            snprintf(why, sizeof why, "%s: entry %zu is not a token id in [0, 2^31) (ids are separated by "
+                     "commas or whitespace)", prompt_arg + 1, a.n_prompt);
+            return usage("--prompt-ids @FILE: %s", why);
+        }
+    } else if (parse_ids(prompt_arg, 0, &ids, &a.n_prompt) != 0) {
         return usage("--prompt-ids: expected comma-separated token ids, got \"%s\"", prompt_arg);
+    }
     a.prompt = ids;
     a.keep_logits = logits_out != NULL;
     a.keep_mtp_logits = mtp_out != NULL;

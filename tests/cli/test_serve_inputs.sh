@@ -23,6 +23,19 @@ expect_exit "negative id: exit 2" 2 gen --prompt-ids 1,-1
 expect_exit "empty list: exit 2" 2 gen --prompt-ids ""
 expect_exit "trailing comma: exit 2" 2 gen --prompt-ids 1,
 expect_exit "id above int32: exit 2" 2 gen --prompt-ids 4294967296
+# --prompt-ids @FILE: a long prompt does not fit one argument (128 KiB)
+printf '3, 4\n5\n' >"$T/ids.txt"
+expect_exit "--prompt-ids @FILE (commas, spaces, lines)" 0 gen --prompt-ids @"$T/ids.txt" --max-new-tokens 3
+cp "$T/out" "$T/ids.out"
+expect_exit "  same prompt as a list" 0 gen --prompt-ids 3,4,5 --max-new-tokens 3
+cmp -s "$T/out" "$T/ids.out" && pass "  same tokens from the file and the list" || fail "  file $(cat "$T/ids.out") vs list $(cat "$T/out")"
+printf '3 4 x 5' >"$T/ids.bad"
+expect_exit "--prompt-ids @FILE with a bad entry: exit 2" 2 gen --prompt-ids @"$T/ids.bad"
+expect_err "  names the file and the entry" 'ids.bad: entry 2 is not a token id'
+printf '3,,4' >"$T/ids.bad"
+expect_exit "--prompt-ids @FILE with an empty entry: exit 2" 2 gen --prompt-ids @"$T/ids.bad"
+expect_exit "--prompt-ids @missing: exit 2" 2 gen --prompt-ids @"$T/none.txt"
+expect_err "  names the file" 'none.txt: No such file'
 expect_exit "--max-new-tokens 0: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 0
 expect_exit "--max-new-tokens past the flag range: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 1048577
 expect_exit "prompt + new tokens past max_position_embeddings ($C): exit 2" 2 gen --prompt-ids 1,2 --max-new-tokens $((C - 1))

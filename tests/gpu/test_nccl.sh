@@ -191,29 +191,41 @@ else
   bad "$P0 prompt 0: logits with DSR1_PDL=0 differ (or the run failed: $(tail -c 300 "$L/err" 2>/dev/null))"
 fi
 # Decompressed (naive) prefill attention (kc_mla_prefill, from CM_PREFILL_MIN = 128
-# tokens by default, beyond the golden prompts): every golden prompt of the first plan
-# with DSR1_MLA_PREFILL_MIN=2, so each prefill runs it and the decode steps stay
-# absorbed, against the same fp32 goldens (kv_b W8A32 here; the matmuls TF32).
+# tokens by default, beyond the golden prompts) and chunked prefill, against the same
+# fp32 goldens (kv_b W8A32 here; the matmuls TF32), every golden prompt of the first plan:
+#   DSR1_MLA_PREFILL_MIN=2: each prefill runs it (at these narrow grids the materializing
+#     path), the decode steps stay absorbed;
+#   + DSR1_MLA_FLASH=2: the fused kernel (attn_prefill.cu) at the golden head shape;
+#   + --prefill-chunk 4: the prompt 4 tokens a pass, the fused kernel over the keys of
+#     the earlier chunks (pos0 > 0) too;
+#   --prefill-chunk 3 alone: chunks on the absorbed path.
 set -- ${PLANS[0]}
 P0="tp$1-ep$2-pp$3-$4" D=$T/shard-$1-$2-$3-$4 np=$(($1 * $3)) dt=$4
-i=0
-for p in "${PROMPTS[@]}"; do
-  set -- $p
-  L=$T/naive-p$i
-  mkdir -p "$L"
-  if DSR1_MLA_PREFILL_MIN=2 scripts/launch_local.sh "$np" --logdir "$L" -- "$BIN/dsr1-serve" \
-       generate --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" --max-new-tokens "$3" \
-       --logits-out "$L/logits.npy" --timeout 60 >"$L/out" 2>"$L/err"; then
-    got=$(grep -E '^[0-9]+(,[0-9]+)*$' "$L/out" | head -1)
-    r=$(logits_err "$L/logits.npy" "tests/golden/ref/p${i}_${dt}.npy" 2e-2)
-    rc=$?
-    [ $rc -eq 0 ] && [ "$got" = "$2" ] \
-      && ok "$P0 prompt $i, decompressed prefill attention: logits rel err $r <= 2e-2, tokens equal" \
-      || bad "$P0 prompt $i, decompressed prefill attention: logits rel err $r, tokens $got (golden $2)"
-  else
-    bad "$P0 prompt $i, decompressed prefill attention: dsr1-serve failed: $(tr '\n' ' ' <"$L/err" | head -c 600)"
-  fi
-  i=$((i + 1))
+for v in "DSR1_MLA_PREFILL_MIN=2;;decompressed prefill attention" \
+         "DSR1_MLA_PREFILL_MIN=2 DSR1_MLA_FLASH=2;;fused prefill attention" \
+         "DSR1_MLA_PREFILL_MIN=2 DSR1_MLA_FLASH=2;--prefill-chunk 4;fused prefill attention, chunks of 4" \
+         "DSR1_MLA_FLASH=1;--prefill-chunk 3;absorbed prefill in chunks of 3"; do
+  IFS=';' read -r venv vflag vname <<<"$v"
+  i=0
+  for p in "${PROMPTS[@]}"; do
+    set -- $p
+    L=$T/naive-$i-${vname// /_}
+    mkdir -p "$L"
+    # shellcheck disable=SC2086
+    if env $venv scripts/launch_local.sh "$np" --logdir "$L" -- "$BIN/dsr1-serve" \
+         generate --backend cuda --manifest "$D/manifest.json" --prompt-ids "$1" --max-new-tokens "$3" \
+         --logits-out "$L/logits.npy" --timeout 60 $vflag >"$L/out" 2>"$L/err"; then
+      got=$(grep -E '^[0-9]+(,[0-9]+)*$' "$L/out" | head -1)
+      r=$(logits_err "$L/logits.npy" "tests/golden/ref/p${i}_${dt}.npy" 2e-2)
+      rc=$?
+      [ $rc -eq 0 ] && [ "$got" = "$2" ] \
+        && ok "$P0 prompt $i, $vname: logits rel err $r <= 2e-2, tokens equal" \
+        || bad "$P0 prompt $i, $vname: logits rel err $r, tokens $got (golden $2)"
+    else
+      bad "$P0 prompt $i, $vname: dsr1-serve failed: $(tr '\n' ' ' <"$L/err" | head -c 600)"
+    fi
+    i=$((i + 1))
+  done
 done
 # CUDA graphs: one-token decode steps replay a captured graph (cm_set_graphs; default on
 # for one-rank plans, DSR1_CUDA_GRAPHS=1 puts the NCCL collectives of several ranks in
