@@ -54,6 +54,8 @@ typedef struct rt_generate_args {
                                      the MTP module's draft logits for position i + 2, from
                                      the hidden state at i and the token at i + 1; same rows
                                      as logits */
+    int speculative;              /* CUDA, greedy: the MTP module drafts one token a step,
+                                     verified in the next step's forward pass */
     int verify_full;              /* hash every tensor at load (LD_HASH) */
     rt_attn_mode attn;
     int no_cache;                 /* recompute the whole sequence for every new token */

@@ -181,6 +181,10 @@ int rt_cpu_generate(const rt_generate_args *a, rt_generate_result *res, dsr1_err
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "empty prompt");
     if (a->max_new_tokens < 1)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "max_new_tokens must be >= 1");
+    if (a->speculative)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                            "--speculative runs on the CUDA backend (--backend cuda); the CPU backend "
+                            "gives the MTP drafts with --mtp-logits-out");
     mf_manifest *m = NULL;
     int rc = mf_load(&m, a->manifest_path, err);
     if (rc)

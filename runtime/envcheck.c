@@ -44,6 +44,7 @@ static const ev_spec specs[] = {
     {"DSR1_MOE_STRIDE", EV_ONE_OF, 0, 0, "0|1"},
     /* tests' fault hooks, other programs' switches, scripts */
     {"DSR1_TEST_FAULT", EV_SKIP, 0, 0, NULL},
+    {"DSR1_TEST_DRAFTS", EV_SKIP, 0, 0, NULL},
     {"DSR1_PROGRESS_INTERVAL", EV_SKIP, 0, 0, NULL},
     {"DSR1_SHARD_TEST_STALL_BATCHES", EV_SKIP, 0, 0, NULL},
     {"DSR1_VENV", EV_SKIP, 0, 0, NULL},

@@ -24,7 +24,7 @@ static const char usage_text[] =
     "                  [--backend cpu|cuda] [--max-new-tokens N] [--logits-out FILE.npy]\n"
     "                  [--mtp-logits-out FILE.npy] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
     "                  [--verify header|full] [--attn auto|absorb|naive] [--no-cache]\n"
-    "                  [--prefill-chunk N]\n"
+    "                  [--prefill-chunk N] [--speculative]\n"
     "                  [--threads N] [--rank R --world-size W --local-rank L\n"
     "                   --gpus-per-node G --master-addr HOST --master-port PORT --timeout S]\n";
 
@@ -55,6 +55,9 @@ static void help(void)
           "  --prefill-chunk N    run the prompt through the model N tokens at a time, so\n"
           "                       activation memory follows N, not the prompt (default 4096;\n"
           "                       0 = the whole prompt in one pass)\n"
+          "  --speculative        CUDA, greedy, shards made with --mtp: the MTP module drafts\n"
+          "                       the next token, verified by the next step (1-2 tokens a step,\n"
+          "                       the same tokens as without it)\n"
           "  --threads N          CPU: OpenMP threads per rank (default: cores / ranks)\n"
           "  --rank ... --timeout identity and rendezvous of the CUDA backend (default: the\n"
           "                       torchrun / Kubernetes environment; see docs/runtime.md)\n"
@@ -159,7 +162,7 @@ static int cmd_generate(int argc, char **argv)
 {
     enum { O_MANIFEST = 256, O_PROMPT, O_BACKEND, O_MAXNEW, O_LOGITS, O_TEMP, O_TOPP, O_TOPK, O_SEED,
            O_VERIFY, O_ATTN, O_NOCACHE, O_THREADS, O_RANK, O_WORLD, O_LOCAL, O_GPN, O_ADDR, O_PORT,
-           O_TIMEOUT, O_MTP, O_CHUNK };
+           O_TIMEOUT, O_MTP, O_CHUNK, O_SPEC };
     static const struct option opts[] = {
         {"manifest", required_argument, 0, O_MANIFEST}, {"prompt-ids", required_argument, 0, O_PROMPT},
         {"backend", required_argument, 0, O_BACKEND},   {"max-new-tokens", required_argument, 0, O_MAXNEW},
@@ -172,6 +175,7 @@ static int cmd_generate(int argc, char **argv)
         {"gpus-per-node", required_argument, 0, O_GPN}, {"master-addr", required_argument, 0, O_ADDR},
         {"master-port", required_argument, 0, O_PORT},  {"timeout", required_argument, 0, O_TIMEOUT},
         {"mtp-logits-out", required_argument, 0, O_MTP}, {"prefill-chunk", required_argument, 0, O_CHUNK},
+        {"speculative", no_argument, 0, O_SPEC},
         {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
     rt_generate_args a;
     rt_generate_args_init(&a);
@@ -236,6 +240,7 @@ static int cmd_generate(int argc, char **argv)
                 return usage("--attn: auto, absorb or naive, got \"%s\"", optarg);
             break;
         case O_NOCACHE: a.no_cache = 1; break;
+        case O_SPEC: a.speculative = 1; break;
         case O_CHUNK:
             if (cli_parse_u64(optarg, 0, 1u << 20, &u) != CLI_OK)
                 return usage("--prefill-chunk: tokens in [0, 1048576] (0 = the whole prompt), got \"%s\"",

@@ -81,30 +81,160 @@ static double dev_used_gib(void)
     return cudaMemGetInfo(&fr, &tot) == cudaSuccess ? (tot - fr) / 1073741824.0 : 0.0;
 }
 
+/* n ints (n <= 16) from the sampling rank to every rank: over the last stage's TP group
+ * from its rank 0, then along every PP group from the last stage (as the sampled token). */
+static int share_ints(gen_state *g, int32_t *v, size_t n, dsr1_err *err)
+{
+    rt_model *mdl = g->cm->h;
+    int bt = mdl->has_head && mdl->tp > 1, bp = mdl->pp > 1;
+    if (!bt && !bp)
+        return 0;
+    int rc;
+    cudaError_t e = cudaMemcpyAsync(g->dtok, v, n * 4, cudaMemcpyHostToDevice, g->st);
+    if (e != cudaSuccess)
+        return cuda_fail(err, e, "token");
+    if ((bt && (rc = rt_comm_broadcast(g->comm, RT_GROUP_TP, g->dtok, n * 4, 0, err))) ||
+        (bp && (rc = rt_comm_broadcast(g->comm, RT_GROUP_PP, g->dtok, n * 4, mdl->pp - 1, err))) ||
+        (rc = rt_comm_nccl_wait(g->comm, err)))
+        return rc;
+    e = cudaMemcpy(v, g->dtok, n * 4, cudaMemcpyDeviceToHost);
+    return e == cudaSuccess ? 0 : cuda_fail(err, e, "token");
+}
+
+/* DSR1_TEST_DRAFTS=ID,ID,...: the speculative draft of token k is the k-th id instead of
+ * the MTP module's argmax (tests: right and wrong drafts on purpose). */
+static int32_t test_draft(size_t k, int32_t draft)
+{
+    const char *e = getenv("DSR1_TEST_DRAFTS");
+    for (size_t i = 0; e && *e; i++) {
+        if (i == k)
+            return (int32_t)atol(e);
+        e = strchr(e, ',');
+        e = e ? e + 1 : NULL;
+    }
+    return draft;
+}
+
+typedef struct run_io {
+    float *logits, *mlog; /* host rows of one pass: main and MTP logits */
+    int32_t *seq;
+    size_t rows, mrows;   /* rows kept in res */
+    rt_sampler greedy;
+} run_io;
+
+/* The MTP module over the rows of the last forward pass (positions p.., T rows; the
+ * next tokens in seq), keeping rows [from, T) of its logits when asked; *draft (may be
+ * NULL) = the argmax of its last row. */
+static int mtp_rows(gen_state *g, run_io *io, rt_generate_result *res, int out_rank, size_t p,
+                    size_t T, size_t from, int32_t *draft, dsr1_err *err)
+{
+    size_t V = g->cm->h->vocab, row0 = from < T ? from : T - 1;
+    int rc = cm_mtp_forward(g->cm, g->comm, io->seq + p + 1, T, p, 0, row0, io->mlog, err);
+    if (rc)
+        return rc;
+    if (out_rank && g->a->keep_mtp_logits && from < T) {
+        memcpy(res->mtp_logits + io->mrows * V, io->mlog, (T - from) * V * sizeof(float));
+        io->mrows += T - from;
+    }
+    if (draft)
+        *draft = rt_sample(&io->greedy, io->mlog + (T - row0 - 1) * V, V);
+    return 0;
+}
+
+/* Speculative decode after the prefill (token 0 and the first draft known): each step
+ * runs the last token and the draft (two positions) through the model; the draft is
+ * accepted when it is the argmax of the first row, and then the second row gives one
+ * more token: 1 or 2 tokens a step, always the plain greedy ones. The MTP module then
+ * drafts the next token from the last accepted position. Rows of --logits-out are one
+ * per token, as without speculation. */
+static int run_speculative(gen_state *g, run_io *io, rt_generate_result *res, int out_rank,
+                           int32_t draft, size_t *drafts, size_t *accepted, dsr1_err *err)
+{
+    const rt_generate_args *a = g->a;
+    rt_model *mdl = g->cm->h;
+    size_t V = mdl->vocab, N = (size_t)a->max_new_tokens, len = a->n_prompt + 1, ntok = 1;
+    int rc;
+    while (ntok < N) {
+        progress_deadline(g, ntok, len - 1, 1);
+        io->seq[len] = draft;
+        if ((rc = cm_forward(g->cm, g->comm, io->seq + len - 1, 2, len - 1, 0, io->logits, err)))
+            return rc;
+        int32_t v[4] = {0, 0, 0, 0}; /* tokens this step, the two tokens, the next draft */
+        if (mdl->has_head) {
+            int32_t t0 = rt_sample(&io->greedy, io->logits, V);
+            *accepted += t0 == draft; /* (the last token of all takes one, even if right) */
+            v[0] = t0 == draft && ntok + 1 < N ? 2 : 1;
+            v[1] = t0;
+            if (v[0] == 2)
+                v[2] = rt_sample(&io->greedy, io->logits + V, V);
+            if (out_rank && a->keep_logits) {
+                memcpy(res->logits + io->rows * V, io->logits, (size_t)v[0] * V * sizeof(float));
+                io->rows += (size_t)v[0];
+            }
+            io->seq[len] = v[1];
+            io->seq[len + 1] = v[2];
+            if ((rc = mtp_rows(g, io, res, 0, len - 1, (size_t)v[0], (size_t)v[0] - 1, &v[3], err)))
+                return rc;
+            v[3] = test_draft(ntok + (size_t)v[0], v[3]);
+            if (v[1] < 0 || v[2] < 0 || v[3] < 0)
+                return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+        }
+        if ((rc = share_ints(g, v, 4, err)))
+            return rc;
+        for (int k = 0; k < v[0]; k++) {
+            io->seq[len++] = v[1 + k];
+            if (out_rank)
+                res->tokens[ntok] = v[1 + k];
+            ntok++;
+        }
+        (*drafts)++;
+        draft = v[3];
+    }
+    return 0;
+}
+
 static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *err)
 {
     const rt_generate_args *a = g->a;
     rt_model *mdl = g->cm->h;
     size_t V = mdl->vocab, n0 = a->n_prompt, N = (size_t)a->max_new_tokens, cap = n0 + N;
-    int rc = 0;
+    int rc = 0, spec = a->speculative;
+    /* ranks that run the MTP module: the last stage's */
+    int mtp = (a->keep_mtp_logits || spec) && mdl->has_head;
     /* host rows of one forward pass: every row of a prompt chunk when they are kept,
-     * else the one row sampled from */
-    size_t rows_max = a->keep_logits ? rt_chunk_len(a, 0, n0) : 1;
-    float *logits = mdl->has_head ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
-    int32_t *seq = (int32_t *)malloc(cap * sizeof(int32_t));
-    size_t rows = 0, chunks = 0;
+     * else the one row sampled from (two: a speculative step) */
+    size_t most = rt_chunk_len(a, 0, a->no_cache ? cap : n0);
+    size_t rows_max = a->keep_logits || a->keep_mtp_logits ? most : 2;
+    run_io io;
+    memset(&io, 0, sizeof io);
+    {
+        rt_sampling gp;
+        memset(&gp, 0, sizeof gp);
+        gp.top_p = 1.0f;
+        rt_sampler_init(&io.greedy, &gp);
+    }
+    io.logits = mdl->has_head ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
+    io.mlog = mtp ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
+    io.seq = (int32_t *)malloc((cap + 1) * sizeof(int32_t));
+    size_t chunks = 0, drafts = 0, accepted = 0;
+    int32_t draft = 0;
     double mem_prefill = 0;
     if (out_rank) {
         res->tokens = (int32_t *)malloc(N * sizeof(int32_t));
         if (a->keep_logits)
             res->logits = (float *)malloc((n0 + N - 1) * V * sizeof(float));
+        if (a->keep_mtp_logits)
+            res->mtp_logits = (float *)malloc((n0 + N - 1) * V * sizeof(float));
     }
-    if ((mdl->has_head && !logits) || !seq ||
-        (out_rank && (!res->tokens || (a->keep_logits && !res->logits)))) {
+    if ((mdl->has_head && !io.logits) || !io.seq || (mtp && !io.mlog) ||
+        (out_rank && (!res->tokens || (a->keep_logits && !res->logits) ||
+                      (a->keep_mtp_logits && !res->mtp_logits)))) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory for %zu tokens", cap);
         goto out;
     }
-    memcpy(seq, a->prompt, n0 * sizeof(int32_t));
+    if (mtp && (rc = cm_keep_hidden(g->cm, most > 2 ? most : 2, err)))
+        goto out;
+    memcpy(io.seq, a->prompt, n0 * sizeof(int32_t));
     {
         size_t len = n0;
         rt_sampler smp;
@@ -120,30 +250,36 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             /* the step's forward passes (the prompt, or with --no-cache the sequence, in
              * chunks of at most --prefill-chunk): logits of every prompt row when kept
              * (step 0), else of the last chunk's last row; earlier chunks skip the head
-             * and are waited for, so each has its own progress deadline */
-            size_t T = 1, pos0 = step == 0 || a->no_cache ? 0 : len - 1, nrows = 0;
+             * and are waited for, so each has its own progress deadline. The MTP module
+             * follows each chunk (the last one's once its next token is sampled). */
+            size_t T = 1, pos0 = step == 0 || a->no_cache ? 0 : len - 1, nrows = 0, from = 0;
             for (; pos0 < len; pos0 += T) {
                 T = rt_chunk_len(a, pos0, len);
                 int last = pos0 + T == len, all = a->keep_logits && step == 0;
                 size_t row0 = all ? 0 : T - 1;
+                from = step == 0 ? 0 : last ? T - 1 : T;
                 nrows = T - row0;
                 progress_deadline(g, step, pos0, T);
-                if ((rc = cm_forward(g->cm, g->comm, seq + pos0, T, pos0, row0,
-                                     last || all ? logits : NULL, err)) ||
-                    (!last && !(all && logits) && (rc = cm_wait(g->cm, g->comm, err))))
+                if ((rc = cm_forward(g->cm, g->comm, io.seq + pos0, T, pos0, row0,
+                                     last || all ? io.logits : NULL, err)) ||
+                    (!last && !(all && io.logits) && (rc = cm_wait(g->cm, g->comm, err))))
                     goto out;
                 if (all && out_rank) {
-                    memcpy(res->logits + rows * V, logits, nrows * V * sizeof(float));
-                    rows += nrows;
+                    memcpy(res->logits + io.rows * V, io.logits, nrows * V * sizeof(float));
+                    io.rows += nrows;
                 } else if (last && out_rank && a->keep_logits) {
-                    memcpy(res->logits + rows * V, logits, V * sizeof(float));
-                    rows++;
+                    memcpy(res->logits + io.rows * V, io.logits, V * sizeof(float));
+                    io.rows++;
                 }
                 chunks += step == 0;
+                if (last)
+                    break;
+                if (mtp && (rc = mtp_rows(g, &io, res, out_rank, pos0, T, from, NULL, err)))
+                    goto out;
             }
             int32_t tok = 0;
             if (out_rank) {
-                tok = rt_sample(&smp, logits + (nrows - 1) * V, V);
+                tok = rt_sample(&smp, io.logits + (nrows - 1) * V, V);
                 if (tok < 0) {
                     rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
                                       "out of memory while sampling");
@@ -151,50 +287,51 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
                 }
                 res->tokens[step] = tok;
             }
-            int bt = mdl->has_head && mdl->tp > 1, bp = mdl->pp > 1;
-            if (bt || bp) {
-                cudaError_t e = cudaMemcpyAsync(g->dtok, &tok, sizeof tok, cudaMemcpyHostToDevice,
-                                                g->st);
-                if (e != cudaSuccess) {
-                    rc = cuda_fail(err, e, "token");
+            if ((rc = share_ints(g, &tok, 1, err)))
+                goto out;
+            io.seq[len] = tok;
+            if (mtp && (rc = mtp_rows(g, &io, res, out_rank, pos0, T, from, spec ? &draft : NULL,
+                                      err)))
+                goto out;
+            len++;
+            if (spec) {
+                if (mdl->has_head)
+                    draft = test_draft(1, draft);
+                if ((rc = share_ints(g, &draft, 1, err)) ||
+                    (N > 1 && (t1 = fu_now_s(), mem_prefill = dev_used_gib(),
+                               rc = run_speculative(g, &io, res, out_rank, draft, &drafts,
+                                                    &accepted, err))))
                     goto out;
-                }
-                if ((bt && (rc = rt_comm_broadcast(g->comm, RT_GROUP_TP, g->dtok, sizeof tok, 0,
-                                                   err))) ||
-                    (bp && (rc = rt_comm_broadcast(g->comm, RT_GROUP_PP, g->dtok, sizeof tok,
-                                                   mdl->pp - 1, err))) ||
-                    (rc = rt_comm_nccl_wait(g->comm, err)))
-                    goto out;
-                e = cudaMemcpy(&tok, g->dtok, sizeof tok, cudaMemcpyDeviceToHost);
-                if (e != cudaSuccess) {
-                    rc = cuda_fail(err, e, "token");
-                    goto out;
-                }
+                break;
             }
-            seq[len++] = tok;
         }
         if (N == 1)
             mem_prefill = dev_used_gib();
         if (out_rank) { /* what a user measures a deployment by */
             double t2 = fu_now_s(), pre = (N > 1 ? t1 : t2) - t0, dec = N > 1 ? t2 - t1 : 0;
+            char sp[96] = "";
+            if (spec)
+                snprintf(sp, sizeof sp, "; speculative: %zu steps, %zu drafts accepted (%.0f%%)",
+                         drafts, accepted, drafts ? 100.0 * accepted / drafts : 0.0);
             fprintf(stderr,
                     "dsr1-serve: rank %d: prefill of %zu tokens %.1f ms (%zu chunk%s, device "
                     "memory in use %.2f GiB); %zu decode steps %.1f ms (%.1f tokens/s; CUDA "
-                    "graphs %s, %lu captured, %lu replayed)\n",
+                    "graphs %s, %lu captured, %lu replayed%s)\n",
                     g->comm ? g->comm->rank : 0, n0, pre * 1e3, chunks, chunks == 1 ? "" : "s",
                     mem_prefill, N - 1, dec * 1e3, dec > 0 ? (N - 1) / dec : 0.0,
-                    g->cm->graphs ? "on" : "off", g->cm->g_captures, g->cm->g_replays);
+                    g->cm->graphs ? "on" : "off", g->cm->g_captures, g->cm->g_replays, sp);
         }
     }
     if (out_rank) {
         res->n_tokens = N;
-        res->rows = rows;
+        res->rows = io.rows;
         res->vocab = V;
         res->have_output = 1;
     }
 out:
-    free(logits);
-    free(seq);
+    free(io.logits);
+    free(io.mlog);
+    free(io.seq);
     return rc;
 }
 
@@ -206,9 +343,11 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "empty prompt");
     if (a->max_new_tokens < 1)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "max_new_tokens must be >= 1");
-    if (a->keep_mtp_logits)
+    if (a->speculative && (a->no_cache || a->keep_mtp_logits ||
+                           (a->sampling.temperature > 0 && a->sampling.top_k != 1)))
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
-                            "the CUDA backend does not run the MTP module yet (--backend cpu)");
+                            "--speculative decodes greedily with the latent cache: not with "
+                            "--temperature > 0, --no-cache or --mtp-logits-out");
     if (a->attn == RT_ATTN_NAIVE)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
                             "the CUDA backend runs absorbed attention only (--attn auto|absorb)");
@@ -329,6 +468,10 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
         double t_load = fu_now_s();
         rc = cm_load(&cm, m, dir, id.rank, a->n_prompt + (size_t)a->max_new_tokens, &uo,
                      a->verify_full, st, err);
+        if (!rc && (a->keep_mtp_logits || a->speculative) && cm->h->has_head && !cm->has_mtp)
+            rc = dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                              "%s needs the MTP layer, but the shards hold none (dsr1-shard --mtp)",
+                              a->speculative ? "--speculative" : "--mtp-logits-out");
         t_load = fu_now_s() - t_load;
         dsr1_err ferr;
         dsr1_err_clear(&ferr);

@@ -87,6 +87,79 @@ static size_t prefill_min_env(void)
     return v > 0 ? (size_t)v : (size_t)-1;
 }
 
+/* The device views of one decoder layer (dense or MoE) of the host model. */
+static int map_layer(cm_model *m, const rt_layer *hl, cm_layer *L, dsr1_err *err)
+{
+    rt_model *h = m->h;
+    size_t H = h->hidden;
+    int rc;
+    L->h = hl;
+    if ((rc = dev_w(m, &hl->q_a, &L->q_a, "q_a", err)) ||
+        (rc = dev_w(m, &hl->q_b, &L->q_b, "q_b", err)) ||
+        (rc = dev_w(m, &hl->kv_a, &L->kv_a, "kv_a", err)) ||
+        (rc = dev_w(m, &hl->kv_b, &L->kv_b, "kv_b", err)) ||
+        (rc = dev_w(m, &hl->o, &L->o, "o_proj", err)) ||
+        (rc = dev_vec(hl->in_norm, H, &L->in_norm, err)) ||
+        (rc = dev_vec(hl->post_norm, H, &L->post_norm, err)) ||
+        (rc = dev_vec(hl->q_a_norm, h->q_lora, &L->q_a_norm, err)) ||
+        (rc = dev_vec(hl->kv_a_norm, h->kv_lora, &L->kv_a_norm, err)))
+        return rc;
+    if (!hl->moe) {
+        if ((rc = dev_w(m, &hl->gate, &L->gate, "gate", err)) ||
+            (rc = dev_w(m, &hl->up, &L->up, "up", err)) ||
+            (rc = dev_w(m, &hl->down, &L->down, "down", err)))
+            return rc;
+        return 0;
+    }
+    if ((rc = dev_w(m, &hl->router, &L->router, "router", err)) ||
+        (rc = dev_vec(hl->bias, h->rcfg.n_experts, &L->bias, err)))
+        return rc;
+    if (h->cfg.n_shared_experts &&
+        ((rc = dev_w(m, &hl->sh_gate, &L->sh_gate, "shared gate", err)) ||
+         (rc = dev_w(m, &hl->sh_up, &L->sh_up, "shared up", err)) ||
+         (rc = dev_w(m, &hl->sh_down, &L->sh_down, "shared down", err))))
+        return rc;
+    size_t n = hl->n_experts;
+    if (n) {
+        for (size_t j = 1; j < n; j++)
+            if (hl->expert_id[j] != hl->expert_id[0] + (int32_t)j) {
+                rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                                  "layer %d: local experts are not a contiguous id range; "
+                                  "the CUDA backend needs one",
+                                  hl->index);
+                return rc;
+            }
+        L->e0 = (size_t)hl->expert_id[0];
+        k_weight *g = (k_weight *)calloc(3 * n, sizeof *g), *u = g + n, *d = g + 2 * n;
+        if (!g) {
+            rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
+            return rc;
+        }
+        for (size_t j = 0; j < n && !rc; j++)
+            rc = dev_w(m, &hl->e_gate[j], &g[j], "expert gate", err) ||
+                 dev_w(m, &hl->e_up[j], &u[j], "expert up", err) ||
+                 dev_w(m, &hl->e_down[j], &d[j], "expert down", err);
+        /* the shared expert (split over TP) joins the routed launches when its
+         * type allows; else it runs as its own MLP */
+        k_weight sh[3] = {L->sh_gate, L->sh_up, L->sh_down};
+        int with_sh = h->cfg.n_shared_experts && !hl->sh_whole;
+        int krc = rc ? 0 : kc_moe_prepare(&L->moe, n, g, u, d, with_sh ? sh : NULL);
+        if (!rc && krc && with_sh)
+            krc = kc_moe_prepare(&L->moe, n, g, u, d, NULL);
+        free(g);
+        if (rc)
+            return rc;
+        if (krc) {
+            rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                              "layer %d: experts have mixed shapes/types or rows not a "
+                              "multiple of 16 bytes (%s)",
+                              hl->index, kc_strerror(krc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
 int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, size_t cap,
             const rt_upload_opts *up, int verify_full, cudaStream_t st, dsr1_err *err)
 {
@@ -179,79 +252,27 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
                             (rc = dev_vec(h->final_norm, H, &m->final_norm, err))))
             goto fail;
         m->n_layers = h->n_layers;
-        m->L = (cm_layer *)calloc(m->n_layers ? m->n_layers : 1, sizeof *m->L);
+        m->L = (cm_layer *)calloc(m->n_layers + 1, sizeof *m->L);
         if (!m->L) {
             rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
             goto fail;
         }
-        for (size_t i = 0; i < m->n_layers; i++) {
-            const rt_layer *hl = &h->layers[i];
-            cm_layer *L = &m->L[i];
-            L->h = hl;
-            if ((rc = dev_w(m, &hl->q_a, &L->q_a, "q_a", err)) ||
-                (rc = dev_w(m, &hl->q_b, &L->q_b, "q_b", err)) ||
-                (rc = dev_w(m, &hl->kv_a, &L->kv_a, "kv_a", err)) ||
-                (rc = dev_w(m, &hl->kv_b, &L->kv_b, "kv_b", err)) ||
-                (rc = dev_w(m, &hl->o, &L->o, "o_proj", err)) ||
-                (rc = dev_vec(hl->in_norm, H, &L->in_norm, err)) ||
-                (rc = dev_vec(hl->post_norm, H, &L->post_norm, err)) ||
-                (rc = dev_vec(hl->q_a_norm, h->q_lora, &L->q_a_norm, err)) ||
-                (rc = dev_vec(hl->kv_a_norm, h->kv_lora, &L->kv_a_norm, err)))
+        for (size_t i = 0; i < m->n_layers; i++)
+            if ((rc = map_layer(m, &h->layers[i], &m->L[i], err)))
                 goto fail;
-            if (!hl->moe) {
-                if ((rc = dev_w(m, &hl->gate, &L->gate, "gate", err)) ||
-                    (rc = dev_w(m, &hl->up, &L->up, "up", err)) ||
-                    (rc = dev_w(m, &hl->down, &L->down, "down", err)))
-                    goto fail;
-                continue;
-            }
-            if ((rc = dev_w(m, &hl->router, &L->router, "router", err)) ||
-                (rc = dev_vec(hl->bias, h->rcfg.n_experts, &L->bias, err)))
-                goto fail;
-            if (h->cfg.n_shared_experts &&
-                ((rc = dev_w(m, &hl->sh_gate, &L->sh_gate, "shared gate", err)) ||
-                 (rc = dev_w(m, &hl->sh_up, &L->sh_up, "shared up", err)) ||
-                 (rc = dev_w(m, &hl->sh_down, &L->sh_down, "shared down", err))))
-                goto fail;
-            size_t n = hl->n_experts;
-            if (n) {
-                for (size_t j = 1; j < n; j++)
-                    if (hl->expert_id[j] != hl->expert_id[0] + (int32_t)j) {
-                        rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
-                                          "layer %d: local experts are not a contiguous id range; "
-                                          "the CUDA backend needs one",
-                                          hl->index);
-                        goto fail;
-                    }
-                L->e0 = (size_t)hl->expert_id[0];
-                k_weight *g = (k_weight *)calloc(3 * n, sizeof *g), *u = g + n, *d = g + 2 * n;
-                if (!g) {
-                    rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
-                    goto fail;
-                }
-                for (size_t j = 0; j < n && !rc; j++)
-                    rc = dev_w(m, &hl->e_gate[j], &g[j], "expert gate", err) ||
-                         dev_w(m, &hl->e_up[j], &u[j], "expert up", err) ||
-                         dev_w(m, &hl->e_down[j], &d[j], "expert down", err);
-                /* the shared expert (split over TP) joins the routed launches when its
-                 * type allows; else it runs as its own MLP */
-                k_weight sh[3] = {L->sh_gate, L->sh_up, L->sh_down};
-                int with_sh = h->cfg.n_shared_experts && !hl->sh_whole;
-                int krc = rc ? 0 : kc_moe_prepare(&L->moe, n, g, u, d, with_sh ? sh : NULL);
-                if (!rc && krc && with_sh)
-                    krc = kc_moe_prepare(&L->moe, n, g, u, d, NULL);
-                free(g);
-                if (rc)
-                    goto fail;
-                if (krc) {
-                    rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
-                                      "layer %d: experts have mixed shapes/types or rows not a "
-                                      "multiple of 16 bytes (%s)",
-                                      hl->index, kc_strerror(krc));
-                    goto fail;
-                }
-            }
-        }
+        /* the MTP module (shards made with --mtp, last stage): its decoder layer is
+         * L[n_layers], its cache slot n_layers */
+        const rt_layer *t = h->mtp;
+        if (t && h->has_head &&
+            ((rc = map_layer(m, t, &m->L[m->n_layers], err)) ||
+             (rc = dev_vec(t->enorm, H, &m->enorm, err)) ||
+             (rc = dev_vec(t->hnorm, H, &m->hnorm, err)) ||
+             (rc = dev_vec(t->head_norm, H, &m->head_norm, err)) ||
+             (rc = dev_w(m, &t->eh_proj, &m->eh_proj, "eh_proj", err)) ||
+             (rc = dev_w(m, &t->mtp_embed, &m->mtp_embed, "mtp embed", err)) ||
+             (rc = dev_w(m, &t->mtp_head, &m->mtp_head, "mtp head", err))))
+            goto fail;
+        m->has_mtp = t && h->has_head;
     }
     if ((rc = kc_ctx_create(&m->kc, st))) {
         rc = cu_err(err, rc, "cuBLASLt context");
@@ -265,7 +286,7 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
         rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
         goto fail;
     }
-    for (size_t i = 0; i < m->n_layers; i++)
+    for (size_t i = 0; i < m->n_layers + (size_t)m->has_mtp; i++)
         if (cudaMalloc((void **)&m->c[i], cap * m->h->kv_lora * sizeof(float)) != cudaSuccess ||
             cudaMalloc((void **)&m->kpe[i], cap * m->h->dr * sizeof(float)) != cudaSuccess) {
             rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
@@ -302,14 +323,15 @@ void cm_free(cm_model *m)
         return;
     if (m->st)
         cudaStreamSynchronize(m->st);
-    for (size_t i = 0; m->L && i < m->n_layers; i++) {
+    for (size_t i = 0; m->L && i <= m->n_layers; i++) {
         cm_layer *L = &m->L[i];
         cudaFree(L->in_norm), cudaFree(L->post_norm), cudaFree(L->q_a_norm);
         cudaFree(L->kv_a_norm), cudaFree(L->bias);
         kc_moe_free(L->moe);
     }
     free(m->L);
-    for (size_t i = 0; i < m->n_layers; i++) {
+    cudaFree(m->enorm), cudaFree(m->hnorm), cudaFree(m->head_norm), cudaFree(m->hid);
+    for (size_t i = 0; i <= m->n_layers; i++) {
         if (m->c)
             cudaFree(m->c[i]);
         if (m->kpe)
@@ -359,7 +381,7 @@ int cm_reserve(cm_model *m, size_t T, size_t nlog, dsr1_err *err)
      * attention's latent q and output only for steps that take that path; the head's
      * rows (final norm, local and gathered logits) only for the rows asked for */
     size_t lat = T < m->prefill_min ? 2 * Hl * R : 0;
-    size_t per = 4 * (4 * H + h->q_lora + Hl * dq + (R + P) + lat + Hl * h->dv + E + 2 * K + 3 * I + 1);
+    size_t per = 4 * (4 * H + (m->has_mtp ? 4 * H : 0) + h->q_lora + Hl * dq + (R + P) + lat + Hl * h->dv + E + 2 * K + 3 * I + 1);
     size_t need = T * per + nlog * 4 * (H + Vl * (1 + tp)) + 64 * 256 + 4096;
     if (need <= m->pool_cap)
         return 0;
@@ -535,6 +557,23 @@ void cm_set_graphs(cm_model *m, int on)
     m->graphs = on;
 }
 
+/* lm_head (or the MTP head) of n normed rows, all-gathered over TP into *all as
+ * [tp][n][Vl]. */
+static int head_rows(cm_model *m, rt_comm *c, const k_weight *w, const float *xn, size_t n,
+                     float **all, dsr1_err *err)
+{
+    size_t Vl = w->rows, tp = (size_t)m->h->tp;
+    int rc;
+    float *loc = (float *)cm_scratch(m, n * Vl * 4);
+    float *a = tp > 1 ? (float *)cm_scratch(m, tp * n * Vl * 4) : loc;
+    NEED(loc && a);
+    CUK(kc_gemm(m->kc, xn, m->h->hidden, n, w, loc, Vl, 0, 0), "lm_head");
+    if (tp > 1 && (rc = rt_comm_allgather(c, RT_GROUP_TP, loc, n * Vl * 4, a, err)))
+        return rc;
+    *all = a;
+    return 0;
+}
+
 /* Embedding (ids on the device) through the layers; on the last stage with want, the
  * final norm and lm_head of rows [row0, T), all-gathered over TP into *all as
  * [tp][T - row0][Vl]. Enqueues only: the caller waits. */
@@ -560,19 +599,25 @@ static int forward_body(cm_model *m, rt_comm *c, const int32_t *dids, size_t T, 
     if (!h->has_head)
         return rt_comm_send(c, hb, T * H * 4, rt_comm_group_member(c, RT_GROUP_PP, h->pp_stage + 1),
                             err);
+    /* the final norm: the rows of the head, or all rows into m->hid (MTP) */
+    float *xn = NULL;
+    if (m->hid) {
+        if (T > m->hid_rows)
+            return dsr1_err_set(err, DSR1_E_INTERNAL, RT_ERR_MODEL, 0,
+                                "cuda: %zu rows, hidden states kept for %zu", T, m->hid_rows);
+        CUK(kc_rmsnorm(hb, H, m->final_norm, m->hid, H, T, H, (float)h->cfg.rms_norm_eps, m->st),
+            "final norm");
+        xn = m->hid + row0 * H;
+    }
     if (!want)
         return 0;
-    size_t n = T - row0, Vl = h->lm_head.rows, tp = (size_t)h->tp;
-    float *xn = (float *)cm_scratch(m, n * H * 4), *loc = (float *)cm_scratch(m, n * Vl * 4);
-    float *a = tp > 1 ? (float *)cm_scratch(m, tp * n * Vl * 4) : loc;
-    NEED(xn && loc && a);
-    CUK(kc_rmsnorm(hb + row0 * H, H, m->final_norm, xn, H, n, H, (float)h->cfg.rms_norm_eps, m->st),
-        "final norm");
-    CUK(kc_gemm(m->kc, xn, H, n, &m->lm_head, loc, Vl, 0, 0), "lm_head");
-    if (tp > 1 && (rc = rt_comm_allgather(c, RT_GROUP_TP, loc, n * Vl * 4, a, err)))
-        return rc;
-    *all = a;
-    return 0;
+    if (!xn) {
+        NEED(xn = (float *)cm_scratch(m, (T - row0) * H * 4));
+        CUK(kc_rmsnorm(hb + row0 * H, H, m->final_norm, xn, H, T - row0, H,
+                       (float)h->cfg.rms_norm_eps, m->st),
+            "final norm");
+    }
+    return head_rows(m, c, &m->lm_head, xn, T - row0, all, err);
 }
 
 /* Wait for the step, then [tp][n][Vl] on the device -> logits_h [n][tp * Vl]. */
@@ -682,6 +727,66 @@ int cm_forward(cm_model *m, rt_comm *c, const int32_t *ids, size_t T, size_t pos
     float *all = NULL;
     if ((rc = forward_body(m, c, dids, T, pos0, row0, logits_h != NULL, &all, err)) ||
         !h->has_head || !logits_h)
+        return rc;
+    return logits_out(m, c, all, T - row0, logits_h, err);
+}
+
+int cm_keep_hidden(cm_model *m, size_t rows, dsr1_err *err)
+{
+    if (rows && rows <= m->hid_rows)
+        return 0;
+    cudaStreamSynchronize(m->st);
+    cudaFree(m->hid);
+    m->hid = NULL;
+    m->hid_rows = 0;
+    cm_set_graphs(m, m->graphs); /* a captured step wrote to the old buffer */
+    if (!rows)
+        return 0;
+    CUK(cudaMalloc((void **)&m->hid, rows * m->h->hidden * sizeof(float)), "hidden states");
+    m->hid_rows = rows;
+    return 0;
+}
+
+/* The MTP module as rt_model_mtp_forward (runtime/model.c): embedding of the next
+ * tokens and the hidden states, each RMS-normed, concatenated [embedding, hidden],
+ * eh_proj, one decoder layer over its own cache slot, the shared head's norm and head. */
+int cm_mtp_forward(cm_model *m, rt_comm *c, const int32_t *next_ids, size_t T, size_t pos0,
+                   size_t hrow0, size_t row0, float *logits_h, dsr1_err *err)
+{
+    rt_model *h = m->h;
+    size_t H = h->hidden;
+    float eps = (float)h->cfg.rms_norm_eps;
+    int rc;
+    if (!m->has_mtp)
+        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                            "this shard holds no MTP layer (shard with dsr1-shard --mtp)");
+    if (T == 0 || row0 >= T || !m->hid || hrow0 + T > m->hid_rows || pos0 + T > m->cap)
+        return dsr1_err_set(err, DSR1_E_INTERNAL, RT_ERR_ARG, 0,
+                            "cuda mtp: rows %zu..%zu of %zu kept, positions to %zu of %zu", hrow0,
+                            hrow0 + T, m->hid_rows, pos0 + T, m->cap);
+    for (size_t t = 0; t < T; t++)
+        if (next_ids[t] < 0 || (uint32_t)next_ids[t] >= h->vocab)
+            return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
+                                "token id %d outside the vocabulary [0, %zu)", next_ids[t], h->vocab);
+    if ((rc = cm_reserve(m, T, T - row0, err)))
+        return rc;
+    cm_scratch_reset(m);
+    int32_t *dids = (int32_t *)cm_scratch(m, T * 4);
+    float *e = (float *)cm_scratch(m, T * H * 4), *cat = (float *)cm_scratch(m, T * 2 * H * 4);
+    float *x = (float *)cm_scratch(m, T * H * 4);
+    NEED(dids && e && cat && x);
+    CUK(cudaMemcpyAsync(dids, next_ids, T * 4, cudaMemcpyHostToDevice, m->st), "ids");
+    CUK(kc_embed(&m->mtp_embed, h->mtp->mtp_embed_row0, dids, T, e, H, m->st), "mtp embed");
+    if ((rc = tp_allreduce(m, c, e, T * H, err)))
+        return rc;
+    CUK(kc_rmsnorm(e, H, m->enorm, cat, 2 * H, T, H, eps, m->st), "mtp enorm");
+    CUK(kc_rmsnorm(m->hid + hrow0 * H, H, m->hnorm, cat + H, 2 * H, T, H, eps, m->st), "mtp hnorm");
+    CUK(kc_gemm(m->kc, cat, 2 * H, T, &m->eh_proj, x, H, 0, 0), "mtp eh_proj");
+    if ((rc = cm_layer_forward(m, c, m->n_layers, x, T, pos0, err)))
+        return rc;
+    CUK(kc_rmsnorm(x + row0 * H, H, m->head_norm, e, H, T - row0, H, eps, m->st), "mtp head norm");
+    float *all = NULL;
+    if ((rc = head_rows(m, c, &m->mtp_head, e, T - row0, &all, err)))
         return rc;
     return logits_out(m, c, all, T - row0, logits_h, err);
 }

@@ -49,8 +49,17 @@ typedef struct cm_model {
     double upload_s;
     k_weight embed, lm_head;
     float *final_norm;
-    cm_layer *L;
+    cm_layer *L; /* n_layers decoder layers, then the MTP module's when has_mtp */
     size_t n_layers;
+    /* the MTP module (shards made with --mtp; last stage only): its layer L[n_layers],
+     * cache slot n_layers */
+    int has_mtp;
+    float *enorm, *hnorm, *head_norm;
+    k_weight eh_proj, mtp_embed, mtp_head;
+    /* cm_keep_hidden: forward passes on the last stage leave the final-normed hidden
+     * states of all their rows in hid [hid_rows, hidden] (for the MTP module) */
+    float *hid;
+    size_t hid_rows;
     /* latent cache: per layer c [cap, R], kpe [cap, P] */
     size_t cap;
     float **c, **kpe;
@@ -93,6 +102,17 @@ void cm_free(cm_model *m);
  * with consecutive pos0 extend the cache. */
 int cm_forward(cm_model *m, rt_comm *comm, const int32_t *ids, size_t T, size_t pos0,
                size_t row0, float *logits_h, dsr1_err *err);
+
+/* Keep the final-normed hidden states of up to `rows` rows a forward pass in m->hid
+ * (allocated now, before any graph captures it); 0 rows: stop. */
+int cm_keep_hidden(cm_model *m, size_t rows, dsr1_err *err);
+/* The MTP module (m->has_mtp) on T rows: row t drafts position pos0 + t + 2 from the
+ * hidden state m->hid row hrow0 + t (of position pos0 + t) and the token next_ids[t]
+ * (host, of position pos0 + t + 1); its cache slot gets positions pos0... Rows [row0, T)
+ * of its logits go to logits_h (host) [(T - row0), vocab]; the stream is synchronized.
+ * Collective over the TP group of the last stage. */
+int cm_mtp_forward(cm_model *m, rt_comm *comm, const int32_t *next_ids, size_t T, size_t pos0,
+                   size_t hrow0, size_t row0, float *logits_h, dsr1_err *err);
 
 /* One-token decode steps of cm_forward (last stage, embedding on this rank, logits
  * wanted) replay a CUDA graph: the step's token id and position go to the device, one

@@ -254,5 +254,73 @@ if [ "$line" = "$want" ] && [ $rc -eq 0 ] &&
 else
   bad "$P0 prompt 0 CUDA graphs: '$line' (want '$want'), logits rel err $r; $(tail -c 300 "$T/graphs1/rank0.err" | tr '\n' ' ')"
 fi
+# The MTP module and speculative decoding. No transformers golden holds the MTP layer, so
+# the reference is the CPU backend on the same shards: the tiny synthetic checkpoint
+# sharded with --mtp for one GPU and, with 2 or more, TP2; a 7-token prompt, 8 new tokens.
+"$BIN/dsr1-synth" --preset tiny --out "$T/mck" --quiet >"$T/mtp.log" 2>&1 || bad "mtp: dsr1-synth failed"
+MP=3,17,250,4,99,512,8
+mtp_plans=("1 1"); [ "$N" -ge 2 ] && mtp_plans+=("2 2")
+for pl in "${mtp_plans[@]}"; do
+  set -- $pl
+  tp=$1 ep=$2 MD=$T/mtp-tp$1 name="mtp tp$1"
+  if ! "$BIN/dsr1-shard" run "$T/mck" --out "$MD" --tp "$tp" --ep "$ep" --mtp --quiet >"$T/mtp.log" 2>&1; then
+    bad "$name: dsr1-shard --mtp: $(tail -2 "$T/mtp.log")"; continue
+  fi
+  "$BIN/dsr1-serve" generate --manifest "$MD/manifest.json" --prompt-ids $MP --max-new-tokens 8 \
+    --logits-out "$MD/cpu.npy" --mtp-logits-out "$MD/cpum.npy" >"$MD/cpu.out" 2>"$MD/cpu.err" \
+    || { bad "$name: CPU reference failed: $(tail -c 300 "$MD/cpu.err")"; continue; }
+  want=$(cat "$MD/cpu.out")
+  # gen LABEL ENV... -- FLAGS...: a CUDA run into $MD/LABEL.{out,err,npy}
+  gen() {
+    local l=$1; shift
+    local envs=()
+    while [ "$1" != -- ]; do envs+=("$1"); shift; done
+    shift
+    mkdir -p "$MD/$l"
+    env "${envs[@]}" scripts/launch_local.sh "$tp" --logdir "$MD/$l" -- "$BIN/dsr1-serve" generate --backend cuda \
+      --manifest "$MD/manifest.json" --prompt-ids $MP --max-new-tokens 8 --logits-out "$MD/$l.npy" \
+      --timeout 60 "$@" >"$MD/$l.out" 2>"$MD/$l.err"
+  }
+  if gen mtp NOP=1 -- --mtp-logits-out "$MD/mtpm.npy"; then
+    r=$(logits_err "$MD/mtp.npy" "$MD/cpu.npy" 1e-2); r1=$?
+    rm_=$(logits_err "$MD/mtpm.npy" "$MD/cpum.npy" 1e-2); r2=$?
+    [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ "$(cat "$MD/mtp.out")" = "$want" ] \
+      && ok "$name: MTP draft logits against the CPU backend rel err $rm_ (logits $r), tokens equal" \
+      || bad "$name: MTP logits rel err $rm_, logits $r, tokens $(cat "$MD/mtp.out") (CPU $want)"
+  else bad "$name: --mtp-logits-out failed: $(tr '\n' ' ' <"$MD/mtp.err" | head -c 500)"; fi
+  if gen mtpc NOP=1 -- --mtp-logits-out "$MD/mtpcm.npy" --prefill-chunk 3; then
+    rm_=$(logits_err "$MD/mtpcm.npy" "$MD/cpum.npy" 1e-2) \
+      && ok "$name: MTP logits with the prompt in chunks of 3: rel err $rm_" || bad "$name: MTP logits in chunks: $rm_"
+  else bad "$name: MTP in chunks failed: $(tr '\n' ' ' <"$MD/mtpc.err" | head -c 500)"; fi
+  # speculative decoding gives the plain greedy tokens and logits whatever the drafts:
+  # the MTP module's own (random weights: mostly rejected), every draft right
+  # (DSR1_TEST_DRAFTS = the tokens), every third draft wrong
+  gen plain NOP=1 -- || bad "$name: plain CUDA run failed"
+  right=$want
+  mixed=$("$PY" -c "import sys; t = sys.argv[1].split(','); print(','.join(str((int(x) + 1) % 1024) if i % 3 == 0 else x for i, x in enumerate(t)))" "$want")
+  for d in "mtp::" "right:DSR1_TEST_DRAFTS=$right:" "mixed:DSR1_TEST_DRAFTS=$mixed:"; do
+    IFS=':' read -r dn de _ <<<"$d"
+    [ -n "$de" ] || de=NOP=1
+    if gen "spec-$dn" "$de" -- --speculative; then
+      r=$(logits_err "$MD/spec-$dn.npy" "$MD/plain.npy" 1e-4); rc=$?
+      acc=$(grep -ho "speculative: [0-9]* steps, [0-9]* drafts accepted" "$MD/spec-$dn/rank0.err" | head -1)
+      a=$(echo "$acc" | awk '{print $4}'); st=$(echo "$acc" | awk '{print $2}')
+      okacc=1
+      case $dn in right) [ "$a" = "$st" ] && [ "${a:-0}" -gt 0 ] || okacc=0 ;;
+                  mixed) [ "${a:-0}" -gt 0 ] && [ "$a" != "$st" ] || okacc=0 ;; esac
+      [ $rc -eq 0 ] && [ $okacc = 1 ] && [ "$(cat "$MD/spec-$dn.out")" = "$want" ] \
+        && ok "$name: --speculative, $dn drafts: $acc; tokens equal, logits against the plain run rel err $r" \
+        || bad "$name: --speculative, $dn drafts: '$acc', logits rel err $r, tokens $(cat "$MD/spec-$dn.out") (want $want)"
+    else bad "$name: --speculative ($dn) failed: $(tr '\n' ' ' <"$MD/spec-$dn.err" | head -c 500)"; fi
+  done
+done
+# --speculative where it cannot run: exit 2 with the reason
+set -- ${PLANS[0]}
+L=$T/spec-nomtp; mkdir -p "$L"
+scripts/launch_local.sh "$(($1 * $3))" --logdir "$L" -- "$BIN/dsr1-serve" generate --backend cuda \
+  --manifest "$T/shard-$1-$2-$3-$4/manifest.json" --prompt-ids 1,2,3 --speculative --timeout 60 >"$L/out" 2>"$L/err"
+rc=$?
+[ $rc -eq 2 ] && grep -q "needs the MTP layer" "$L/err" && ok "--speculative on shards without MTP: exit 2, says so" \
+  || bad "--speculative without MTP: exit $rc, $(tail -c 300 "$L/err")"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
