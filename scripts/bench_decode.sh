@@ -32,6 +32,10 @@ if [ -f "$W/shard8/manifest.json" ]; then
       --batches 1 --quick $pa --ctx "${CTX:-1024}" | sed "s/^/tp8e$n /" |
       tee -a "$W/decode-tp8.txt"
   done
+  # two tokens a step (speculative decoding's verification), 4 experts routed: the
+  # busiest GPU reading 2 experts for each of the two tokens
+  "$BIN/bench-decode-gpu" --manifest "$W/shard8/manifest.json" --rank 0 --local-experts 4 \
+    --batches 2 --quick --ctx "${CTX:-1024}" | sed "s/^/tp8s /" | tee -a "$W/decode-tp8.txt"
   # batched steps on the same rank, routed by the synthetic checkpoint's router (its
   # spread over the rank's experts, not R1's): the projection's batched-decode rows
   "$BIN/bench-decode-gpu" --manifest "$W/shard8/manifest.json" --rank 0 --batches 8,64 --quick \

@@ -137,3 +137,25 @@ for B in sorted({b for b, _ in bat}):
     print(f"  batch {B}, measured TP8 rank (synthetic routing): dense {d:.0f} us, MoE {mo:.0f} us, "
           f"lm_head {h_us:.0f} us -> {tot/1000:.2f} ms/step = {B * 1e6 / tot:.0f} tok/s "
           f"({1e6 / tot:.1f} tok/s per sequence)")
+
+# Speculative decoding with the MTP module (dsr1-serve --speculative): a step runs two
+# tokens (the last one and the draft) through the 61 layers, then the MTP module (one
+# MoE layer, its eh_proj and its own lm_head) on one or two rows, and yields 1 + p
+# tokens for a draft acceptance rate p. "tp8s" rows: the TP8 rank at two tokens a step
+# with 4 of its experts routed (the busiest GPU reading 2 experts for each token,
+# disjoint). DeepSeek-V3's report gives 85-90% acceptance for the second token; the
+# synthetic checkpoint's random MTP weights give ~0, so p is not measured here.
+spec = {}
+for m in re.finditer(r"^tp8s +\d+\s+(dense|moe)\s+2\s+([\d.]+)", tp8, re.M):
+    spec.setdefault(m.group(1), []).append(float(m.group(2)))
+if spec.get("dense") and spec.get("moe") and meas.get((2, "dense")) and meas.get((2, "moe")):
+    d2, mo2, tot2 = step(med(spec["dense"]), med(spec["moe"]))
+    eh = layer_us(fp8(7168, 14336) / 8, e_dense)  # eh_proj, split like o_proj
+    mtp = mo2 + eh + h_us + t_ar  # the MTP layer, eh_proj, its head, the embedding's all-reduce
+    plain = step(med(meas[(2, "dense")]), med(meas[(2, "moe")]))[2]
+    print(f"  speculative (MTP drafts), measured TP8 rank at 2 tokens a step: dense {d2:.0f} us, "
+          f"MoE {mo2:.0f} us, + MTP module {mtp:.0f} us -> {(tot2 + mtp)/1000:.2f} ms/step "
+          f"(one token a step without drafts: {plain/1000:.2f} ms, eager launches)")
+    for p in (0.7, 0.85, 0.9):
+        print(f"    draft acceptance {p:.0%}: {(1 + p) * 1e6 / (tot2 + mtp):.0f} tok/s "
+              f"({(1 + p) * plain / (tot2 + mtp):.2f}x the same rank without drafts)")

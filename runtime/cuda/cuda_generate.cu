@@ -128,11 +128,14 @@ typedef struct run_io {
 static int mtp_rows(gen_state *g, run_io *io, rt_generate_result *res, int out_rank, size_t p,
                     size_t T, size_t from, int32_t *draft, dsr1_err *err)
 {
-    size_t V = g->cm->h->vocab, row0 = from < T ? from : T - 1;
+    /* rows of its logits: those kept, else the last (the draft); io->mlog holds one
+     * pass's kept rows, or 2 */
+    int keep = g->a->keep_mtp_logits && from < T; /* the same on every rank: collective */
+    size_t V = g->cm->h->vocab, row0 = keep ? from : T - 1;
     int rc = cm_mtp_forward(g->cm, g->comm, io->seq + p + 1, T, p, 0, row0, io->mlog, err);
     if (rc)
         return rc;
-    if (out_rank && g->a->keep_mtp_logits && from < T) {
+    if (keep && out_rank) {
         memcpy(res->mtp_logits + io->mrows * V, io->mlog, (T - from) * V * sizeof(float));
         io->mrows += T - from;
     }

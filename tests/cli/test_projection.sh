@@ -60,6 +60,25 @@ expect_exit "projection on rows without graph_us" 0 python3 "$P" "$T/decode.txt"
 if grep -q 'in CUDA graphs' "$T/out"; then fail "rows without graph_us gave graph lines"; else
   pass "no graph lines from rows without graph_us"; fi
 
+# speculative decoding from "tp8s" rows (the TP8 rank at 2 tokens a step): the step is
+# the rows' medians plus two all-reduces a layer, 61 layers, the head, the MTP module
+S=docs/measurements/2026-11-29-session12/run3-bench-b12-tp8e4-1xh200.txt
+{ cat "$T/g8.txt"; sed -n '/^layer/,$p' "$S" | sed 's/^/tp8s /'; } >"$T/spec.txt"
+expect_exit "projection with two-token TP8 rows" 0 python3 "$P" "$T/g1.txt" "$T/spec.txt"
+want=$(python3 - "$S" <<'PYEOF'
+import re, sys
+t = open(sys.argv[1]).read()
+med = lambda v: sorted(v)[len(v) // 2]
+d = med([float(x) for x in re.findall(r"^\d+ +dense +2 +([\d.]+)", t, re.M)])
+m = med([float(x) for x in re.findall(r"^\d+ +moe +2 +([\d.]+)", t, re.M)])
+print(f"dense {d + 50:.0f} us, MoE {m + 50:.0f} us")
+PYEOF
+)
+expect_out "speculative step from the two-token rows ($want)" "speculative \(MTP drafts\), measured TP8 rank at 2 tokens a step: $want"
+expect_out "acceptance rates 70/85/90%" 'draft acceptance 85%: [0-9]+ tok/s \([0-9.]+x the same rank without drafts\)'
+expect_exit "no two-token rows: no speculative lines" 0 python3 "$P" "$T/g1.txt" "$T/g8.txt"
+if grep -q 'speculative' "$T/out"; then fail "speculative lines without tp8s rows"; else pass "no speculative lines without tp8s rows"; fi
+
 # without the TP8 file: the TP1-scaled estimate only; all-reduce assumed when absent
 expect_exit "projection from TP1 rows only" 0 python3 "$P" "$M/bench-decode-1xh100.txt"
 expect_out "no all-reduce rows: latency marked assumed" 'all-reduce latency 25\.0 us \(assumed; not measured\)'
