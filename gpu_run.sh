@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
 set -u
-BIN=build/gb; export NCCL_NVLS_ENABLE=0
+BIN=build/gb; export NCCL_NVLS_ENABLE=0 PY=python3
 W=/dev/shm/w; mkdir -p $W
 t0=$(date +%s)
-timeout 150 $BIN/test-kernels-gpu > $OUT/test-gpu.txt 2>&1
-echo "test-gpu rc=$? $(tail -1 $OUT/test-gpu.txt)" >> $OUT/diag.txt
-grep -v '^PASS' $OUT/test-gpu.txt | head >> $OUT/diag.txt
-grep 'T=2 H=128\|T=3 H=128\|T=2 H=16 S=514' $OUT/test-gpu.txt | head -20 >> $OUT/diag.txt
-$BIN/dsr1-synth --preset r1 --layers 4 --out $W/ck --force --quiet
-$BIN/dsr1-shard run $W/ck --out $W/sh --tp 1 --quiet
-echo "synth+shard $(( $(date +%s) - t0 )) s" >> $OUT/diag.txt
-M=$W/sh/manifest.json
-python3 -c "import random; random.seed(5); print(','.join(str(random.randrange(129000)) for _ in range(514)))" > $W/p2.txt
-g() { local l=$1; shift; timeout 200 $BIN/dsr1-serve generate --backend cuda --manifest $M "$@" > $W/$l.out 2> $W/$l.err; echo "$l rc=$? $(cat $W/$l.out) $(grep -h 'dsr1-serve: [^r]' $W/$l.err | tail -1)" >> $OUT/diag.txt; }
-g c1 --prompt-ids @$W/p2.txt --max-new-tokens 1 --attn absorb --prefill-chunk 1 --logits-out $W/c1.npy
-DSR1_CUDA_GRAPHS=0 g c1n --prompt-ids @$W/p2.txt --max-new-tokens 1 --attn absorb --prefill-chunk 1 --logits-out $W/c1n.npy
-g c2 --prompt-ids @$W/p2.txt --max-new-tokens 1 --attn absorb --prefill-chunk 2 --logits-out $W/c2.npy
-DSR1_PDL=0 g c2p --prompt-ids @$W/p2.txt --max-new-tokens 1 --attn absorb --prefill-chunk 2 --logits-out $W/c2p.npy
-DSR1_MOE_OCC=0 DSR1_MOE_STRIDE=0 g c2o --prompt-ids @$W/p2.txt --max-new-tokens 1 --attn absorb --prefill-chunk 2 --logits-out $W/c2o.npy
-g c3 --prompt-ids @$W/p2.txt --max-new-tokens 1 --attn absorb --prefill-chunk 3 --logits-out $W/c3.npy
-python3 - $W >> $OUT/diag.txt <<'PY'
-import sys, numpy as np
+BIN=$BIN timeout 200 bash tests/gpu/test_nccl.sh 1 > $OUT/test-nccl-1.txt 2>&1
+echo "test-nccl rc=$? $(( $(date +%s) - t0 )) s: $(tail -1 $OUT/test-nccl-1.txt)" >> $OUT/summary.txt
+$BIN/dsr1-synth --preset r1 --layers 4 --mtp --out $W/ckm --force --quiet
+$BIN/dsr1-shard run $W/ckm --out $W/shm --tp 1 --mtp --quiet
+M=$W/shm/manifest.json
+python3 -c "import random; random.seed(7); print(','.join(str(random.randrange(129000)) for _ in range(512)))" > $W/p.txt
+S=$OUT/spec.txt
+run() { local l=$1; shift; local e=(); while [ "$1" != -- ]; do e+=("$1"); shift; done; shift
+  env "${e[@]}" timeout 100 $BIN/dsr1-serve generate --backend cuda --manifest $M --prompt-ids @$W/p.txt --max-new-tokens 128 "$@" > $W/$l.out 2> $W/$l.err
+  echo "$l rc=$? | $(grep -h 'prefill of\|dsr1-serve: [^r]' $W/$l.err | tail -1)" >> $S; }
+run plain NOP=1 --
+run spec-mtp NOP=1 -- --speculative
+run spec-o1 DSR1_TEST_DRAFTS=$(cat $W/spec-mtp.out) -- --speculative
+run spec-o2 DSR1_TEST_DRAFTS=$(cat $W/spec-o1.out) -- --speculative
+run spec-o3 DSR1_TEST_DRAFTS=$(cat $W/spec-o2.out) -- --speculative
+python3 - $W >> $S <<'PY'
+import sys
 W = sys.argv[1]
-def cmp(a, b):
-    A, B = np.load(f"{W}/{a}.npy"), np.load(f"{W}/{b}.npy")
-    e = np.abs(A - B).max(axis=1) / np.abs(B).max(axis=1)
-    bad = np.nonzero(e > 1e-3)[0]
-    print(f"{a} vs {b}: max {e.max():.3g} median {np.median(e):.3g}; rows > 1e-3: {bad.tolist()[:40]} ({len(bad)}); argmax differ {int((A.argmax(1) != B.argmax(1)).sum())}")
-cmp("c1n", "c1"); cmp("c2", "c1"); cmp("c2", "c1n"); cmp("c2p", "c2"); cmp("c2o", "c2"); cmp("c3", "c1n")
+t = {l: open(f"{W}/{l}.out").read().strip().split(",") for l in ("plain", "spec-mtp", "spec-o1", "spec-o2", "spec-o3")}
+for l, v in t.items():
+    same = next((i for i, (a, b) in enumerate(zip(v, t["plain"])) if a != b), len(v))
+    print(f"{l}: first {same} tokens equal the plain run's")
 PY
+echo "spec e2e $(( $(date +%s) - t0 )) s" >> $OUT/summary.txt
+rm -rf $W
+BIN=$BIN PY=python3 timeout 380 bash scripts/bench_decode.sh /dev/shm/b > $OUT/bench-decode.txt 2>&1
+echo "bench_decode rc=$? $(( $(date +%s) - t0 )) s" >> $OUT/summary.txt
+cp /dev/shm/b/decode.txt /dev/shm/b/decode-tp8.txt $OUT/ 2>/dev/null
