@@ -21,6 +21,7 @@
 #include "ld.h"
 #include "model.h"
 #include "sampler.h"
+#include "spec.h"
 
 typedef struct job {
     const rt_generate_args *a;
@@ -46,37 +47,110 @@ static void fail(job *j)
     rt_comm_abort(j->comm, j->err.msg);
 }
 
+/* n ints from the output rank to every rank: its TP group, then along the PP groups. */
+static int share_ints(rt_comm *c, const rt_model *mdl, int32_t *v, size_t n, dsr1_err *err)
+{
+    int rc = 0;
+    if (mdl->has_head && mdl->tp > 1 && (rc = rt_comm_broadcast(c, RT_GROUP_TP, v, n * 4, 0, err)))
+        return rc;
+    if (mdl->pp > 1)
+        rc = rt_comm_broadcast(c, RT_GROUP_PP, v, n * 4, mdl->pp - 1, err);
+    return rc;
+}
+
+typedef struct rank_io {
+    float *logits, *hid, *mlog; /* one forward pass's rows */
+    int32_t *seq;
+    size_t rows, mrows;         /* rows kept in res */
+    rt_sampler greedy;
+} rank_io;
+
+/* Speculative decode after the prefill (runtime/spec.h), from token 1 with its draft. */
+static int run_speculative(job *j, rt_model *mdl, rt_kv *kv, rank_io *io, int32_t draft,
+                           size_t *steps, size_t *accepted)
+{
+    const rt_generate_args *a = j->a;
+    rt_comm *c = j->comm;
+    dsr1_err *err = &j->err;
+    rt_generate_result *res = j->res;
+    size_t V = mdl->vocab, N = (size_t)a->max_new_tokens, len = a->n_prompt + 1, ntok = 1;
+    int out_rank = mdl->has_head && mdl->tp_rank == 0, rc;
+    while (ntok < N) {
+        io->seq[len] = draft;
+        if ((rc = rt_model_forward(mdl, c, kv, io->seq + len - 1, 2, len - 1, a->attn, io->logits,
+                                   io->hid, err)))
+            return rc;
+        int32_t v[4] = {0, 0, 0, 0}; /* tokens this step, the two tokens, the next draft */
+        if (mdl->has_head) {
+            int r = rt_spec_verify(&io->greedy, io->logits, V, draft, ntok + 1 < N, v);
+            if (r < 0)
+                return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+            *accepted += (size_t)r;
+            if (out_rank && a->keep_logits) {
+                memcpy(res->logits + io->rows * V, io->logits, (size_t)v[0] * V * sizeof(float));
+                io->rows += (size_t)v[0];
+            }
+            io->seq[len] = v[1];
+            io->seq[len + 1] = v[2];
+            /* the MTP module over the kept positions; its last row drafts */
+            if ((rc = rt_model_mtp_forward(mdl, c, kv, io->hid, io->seq + len, (size_t)v[0], len - 1,
+                                           a->attn, io->mlog, err)))
+                return rc;
+            v[3] = rt_spec_test_draft(ntok + (size_t)v[0],
+                                      rt_sample(&io->greedy, io->mlog + (size_t)(v[0] - 1) * V, V));
+            if (v[3] < 0)
+                return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+        }
+        if ((rc = share_ints(c, mdl, v, 4, err)))
+            return rc;
+        for (int k = 0; k < v[0]; k++) {
+            io->seq[len++] = v[1 + k];
+            if (out_rank)
+                res->tokens[ntok] = v[1 + k];
+            ntok++;
+        }
+        (*steps)++;
+        draft = v[3];
+    }
+    return 0;
+}
+
 static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
 {
     const rt_generate_args *a = j->a;
     rt_comm *c = j->comm;
     dsr1_err *err = &j->err;
     size_t V = mdl->vocab, n0 = a->n_prompt, N = (size_t)a->max_new_tokens, cap = n0 + N;
-    int out_rank = mdl->has_head && mdl->tp_rank == 0;
-    int mtp = a->keep_mtp_logits && mdl->has_head;
+    int out_rank = mdl->has_head && mdl->tp_rank == 0, spec = a->speculative;
+    int mtp = (a->keep_mtp_logits || spec) && mdl->has_head; /* ranks running the MTP module */
     int rc = 0;
     /* the prompt in chunks of at most --prefill-chunk tokens, then one token a step (the
-     * whole sequence, chunked, with --no-cache) */
+     * whole sequence, chunked, with --no-cache; two with --speculative) */
     size_t rows_max = rt_chunk_len(a, 0, a->no_cache ? cap : n0);
-    float *logits = mdl->has_head ? malloc(rows_max * V * sizeof(float)) : NULL;
-    float *hid = mtp ? malloc(rows_max * mdl->hidden * sizeof(float)) : NULL;
-    float *mlog = mtp ? malloc(rows_max * V * sizeof(float)) : NULL;
-    int32_t *seq = malloc(cap * sizeof(int32_t));
+    rows_max = rows_max < 2 ? 2 : rows_max;
+    rank_io io;
+    memset(&io, 0, sizeof io);
+    rt_spec_greedy(&io.greedy);
+    io.logits = mdl->has_head ? malloc(rows_max * V * sizeof(float)) : NULL;
+    io.hid = mtp ? malloc(rows_max * mdl->hidden * sizeof(float)) : NULL;
+    io.mlog = mtp ? malloc(rows_max * V * sizeof(float)) : NULL;
+    io.seq = malloc((cap + 1) * sizeof(int32_t));
     rt_generate_result *res = j->res;
-    size_t rows = 0, mrows = 0;
+    size_t steps = 0, accepted = 0;
     if (out_rank) {
         res->tokens = malloc(N * sizeof(int32_t));
         if (a->keep_logits)
             res->logits = malloc((n0 + N - 1) * V * sizeof(float));
-        if (mtp)
+        if (a->keep_mtp_logits)
             res->mtp_logits = malloc((n0 + N - 1) * V * sizeof(float));
     }
-    if ((mdl->has_head && !logits) || !seq || (mtp && (!hid || !mlog)) ||
-        (out_rank && (!res->tokens || (a->keep_logits && !res->logits) || (mtp && !res->mtp_logits)))) {
+    if ((mdl->has_head && !io.logits) || !io.seq || (mtp && (!io.hid || !io.mlog)) ||
+        (out_rank && (!res->tokens || (a->keep_logits && !res->logits) ||
+                      (a->keep_mtp_logits && !res->mtp_logits)))) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory for %zu tokens of logits", cap);
         goto out;
     }
-    memcpy(seq, a->prompt, n0 * sizeof(int32_t));
+    memcpy(io.seq, a->prompt, n0 * sizeof(int32_t));
     size_t len = n0;
     rt_sampler smp;
     rt_sampler_init(&smp, &a->sampling);
@@ -88,15 +162,16 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
         for (pos0 = first; pos0 < len; pos0 += T) {
             T = rt_chunk_len(a, pos0, len);
             int last = pos0 + T == len;
-            if ((rc = rt_model_forward(mdl, c, kv, seq + pos0, T, pos0, a->attn, logits, mtp ? hid : NULL, err)))
+            if ((rc = rt_model_forward(mdl, c, kv, io.seq + pos0, T, pos0, a->attn, io.logits,
+                                       mtp ? io.hid : NULL, err)))
                 goto out;
             size_t from = step == 0 ? 0 : last ? T - 1 : T;
             if (out_rank && a->keep_logits) {
-                memcpy(res->logits + rows * V, logits + from * V, (T - from) * V * sizeof(float));
-                rows += T - from;
+                memcpy(res->logits + io.rows * V, io.logits + from * V, (T - from) * V * sizeof(float));
+                io.rows += T - from;
             }
             if (last && out_rank) {
-                tok = rt_sample(&smp, logits + (T - 1) * V, V);
+                tok = rt_sample(&smp, io.logits + (T - 1) * V, V);
                 if (tok < 0) {
                     rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
                     goto out;
@@ -110,30 +185,45 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
                 /* draft of position pos0 + t + 2 from hidden t and the token at pos0 + t + 1
                  * (within the prompt but for the last chunk's last row: the new token) */
                 if (last)
-                    seq[len] = tok;
-                if ((rc = rt_model_mtp_forward(mdl, c, kv, hid, seq + pos0 + 1, T, pos0, a->attn, mlog, err)))
+                    io.seq[len] = tok;
+                if ((rc = rt_model_mtp_forward(mdl, c, kv, io.hid, io.seq + pos0 + 1, T, pos0, a->attn,
+                                               io.mlog, err)))
                     goto out;
-                if (out_rank) {
-                    memcpy(res->mtp_logits + (mrows * V), mlog + from * V, (T - from) * V * sizeof(float));
-                    mrows += T - from;
+                if (out_rank && a->keep_mtp_logits) {
+                    memcpy(res->mtp_logits + (io.mrows * V), io.mlog + from * V, (T - from) * V * sizeof(float));
+                    io.mrows += T - from;
                 }
             }
         }
         if (mdl->pp > 1 && (rc = rt_comm_broadcast(c, RT_GROUP_PP, &tok, sizeof tok, mdl->pp - 1, err)))
             goto out;
-        seq[len++] = tok;
+        io.seq[len++] = tok;
+        if (spec) { /* token 0 is out: the rest by drafts, from the prompt's last MTP row */
+            int32_t draft = 0;
+            if (mtp && (draft = rt_spec_test_draft(1, rt_sample(&io.greedy, io.mlog + (T - 1) * V, V))) < 0) {
+                rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+                goto out;
+            }
+            if ((rc = share_ints(c, mdl, &draft, 1, err)) ||
+                (rc = run_speculative(j, mdl, kv, &io, draft, &steps, &accepted)))
+                goto out;
+            if (out_rank) /* what the tests check it by */
+                fprintf(stderr, "dsr1-serve: speculative: %zu steps, %zu drafts accepted\n", steps,
+                        accepted);
+            break;
+        }
     }
     if (out_rank) {
         res->n_tokens = N;
-        res->rows = rows;
+        res->rows = io.rows;
         res->vocab = V;
         res->have_output = 1;
     }
 out:
-    free(logits);
-    free(hid);
-    free(mlog);
-    free(seq);
+    free(io.logits);
+    free(io.hid);
+    free(io.mlog);
+    free(io.seq);
     return rc;
 }
 
@@ -154,10 +244,12 @@ static void *rank_main(void *p)
                           "context (max_position_embeddings %" PRIu32 ")",
                           j->a->n_prompt, j->a->max_new_tokens, ctx, mdl->cfg.max_position_embeddings);
     if (rc == 0)
-        rc = rt_kv_init(&kv, mdl, j->a->n_prompt + (size_t)j->a->max_new_tokens, j->a->keep_mtp_logits, err);
-    if (rc == 0 && j->a->keep_mtp_logits && mdl->has_head && !mdl->mtp)
+        rc = rt_kv_init(&kv, mdl, j->a->n_prompt + (size_t)j->a->max_new_tokens,
+                        j->a->keep_mtp_logits || j->a->speculative, err);
+    if (rc == 0 && (j->a->keep_mtp_logits || j->a->speculative) && mdl->has_head && !mdl->mtp)
         rc = dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
-                          "MTP logits requested, but the shards hold no MTP layer (dsr1-shard --mtp)");
+                          "%s: the shards hold no MTP layer (make them with dsr1-shard --mtp)",
+                          j->a->speculative ? "--speculative" : "--mtp-logits-out");
     if (rc != 0)
         fail(j);
     /* nobody computes until every rank holds a verified shard */
@@ -176,17 +268,16 @@ static void *rank_main(void *p)
 
 int rt_cpu_generate(const rt_generate_args *a, rt_generate_result *res, dsr1_err *err)
 {
+    int rc;
     memset(res, 0, sizeof *res);
     if (!a->prompt || a->n_prompt == 0)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "empty prompt");
     if (a->max_new_tokens < 1)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "max_new_tokens must be >= 1");
-    if (a->speculative)
-        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
-                            "--speculative runs on the CUDA backend (--backend cuda); the CPU backend "
-                            "gives the MTP drafts with --mtp-logits-out");
+    if ((rc = rt_spec_check(a, err)))
+        return rc;
     mf_manifest *m = NULL;
-    int rc = mf_load(&m, a->manifest_path, err);
+    rc = mf_load(&m, a->manifest_path, err);
     if (rc)
         return rc;
     char *dir = strdup(a->manifest_path);

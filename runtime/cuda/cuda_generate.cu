@@ -27,6 +27,7 @@ extern "C" {
 #include "ident.h"
 #include "mf.h"
 #include "sampler.h"
+#include "spec.h"
 #include "watchdog.h"
 }
 
@@ -101,20 +102,6 @@ static int share_ints(gen_state *g, int32_t *v, size_t n, dsr1_err *err)
     return e == cudaSuccess ? 0 : cuda_fail(err, e, "token");
 }
 
-/* DSR1_TEST_DRAFTS=ID,ID,...: the speculative draft of token k is the k-th id instead of
- * the MTP module's argmax (tests: right and wrong drafts on purpose). */
-static int32_t test_draft(size_t k, int32_t draft)
-{
-    const char *e = getenv("DSR1_TEST_DRAFTS");
-    for (size_t i = 0; e && *e; i++) {
-        if (i == k)
-            return (int32_t)atol(e);
-        e = strchr(e, ',');
-        e = e ? e + 1 : NULL;
-    }
-    return draft;
-}
-
 typedef struct run_io {
     float *logits, *mlog; /* host rows of one pass: main and MTP logits */
     int32_t *seq;
@@ -164,12 +151,11 @@ static int run_speculative(gen_state *g, run_io *io, rt_generate_result *res, in
             return rc;
         int32_t v[4] = {0, 0, 0, 0}; /* tokens this step, the two tokens, the next draft */
         if (mdl->has_head) {
-            int32_t t0 = rt_sample(&io->greedy, io->logits, V);
-            *accepted += t0 == draft; /* (the last token of all takes one, even if right) */
-            v[0] = t0 == draft && ntok + 1 < N ? 2 : 1;
-            v[1] = t0;
-            if (v[0] == 2)
-                v[2] = rt_sample(&io->greedy, io->logits + V, V);
+            /* (the very last token takes one row even when its draft was right) */
+            int r = rt_spec_verify(&io->greedy, io->logits, V, draft, ntok + 1 < N, v);
+            if (r < 0)
+                return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+            *accepted += (size_t)r;
             if (out_rank && a->keep_logits) {
                 memcpy(res->logits + io->rows * V, io->logits, (size_t)v[0] * V * sizeof(float));
                 io->rows += (size_t)v[0];
@@ -178,8 +164,8 @@ static int run_speculative(gen_state *g, run_io *io, rt_generate_result *res, in
             io->seq[len + 1] = v[2];
             if ((rc = mtp_rows(g, io, res, 0, len - 1, (size_t)v[0], (size_t)v[0] - 1, &v[3], err)))
                 return rc;
-            v[3] = test_draft(ntok + (size_t)v[0], v[3]);
-            if (v[1] < 0 || v[2] < 0 || v[3] < 0)
+            v[3] = rt_spec_test_draft(ntok + (size_t)v[0], v[3]);
+            if (v[3] < 0)
                 return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
         }
         if ((rc = share_ints(g, v, 4, err)))
@@ -210,12 +196,7 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
     size_t rows_max = a->keep_logits || a->keep_mtp_logits ? most : 2;
     run_io io;
     memset(&io, 0, sizeof io);
-    {
-        rt_sampling gp;
-        memset(&gp, 0, sizeof gp);
-        gp.top_p = 1.0f;
-        rt_sampler_init(&io.greedy, &gp);
-    }
+    rt_spec_greedy(&io.greedy);
     io.logits = mdl->has_head ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
     io.mlog = mtp ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
     io.seq = (int32_t *)malloc((cap + 1) * sizeof(int32_t));
@@ -299,7 +280,7 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             len++;
             if (spec) {
                 if (mdl->has_head)
-                    draft = test_draft(1, draft);
+                    draft = rt_spec_test_draft(1, draft);
                 if ((rc = share_ints(g, &draft, 1, err)) ||
                     (N > 1 && (t1 = fu_now_s(), mem_prefill = dev_used_gib(),
                                rc = run_speculative(g, &io, res, out_rank, draft, &drafts,
@@ -346,11 +327,9 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "empty prompt");
     if (a->max_new_tokens < 1)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0, "max_new_tokens must be >= 1");
-    if (a->speculative && (a->no_cache || a->keep_mtp_logits ||
-                           (a->sampling.temperature > 0 && a->sampling.top_k != 1)))
-        return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
-                            "--speculative decodes greedily with the latent cache: not with "
-                            "--temperature > 0, --no-cache or --mtp-logits-out");
+    int src = rt_spec_check(a, err);
+    if (src)
+        return src;
     if (a->attn == RT_ATTN_NAIVE)
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
                             "the CUDA backend runs absorbed attention only (--attn auto|absorb)");
@@ -473,7 +452,7 @@ extern "C" int rt_cuda_generate(const rt_generate_args *a, rt_generate_result *r
                      a->verify_full, st, err);
         if (!rc && (a->keep_mtp_logits || a->speculative) && cm->h->has_head && !cm->has_mtp)
             rc = dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
-                              "%s needs the MTP layer, but the shards hold none (dsr1-shard --mtp)",
+                              "%s: the shards hold no MTP layer (make them with dsr1-shard --mtp)",
                               a->speculative ? "--speculative" : "--mtp-logits-out");
         t_load = fu_now_s() - t_load;
         dsr1_err ferr;

@@ -94,6 +94,41 @@ print(f"rel {e:.3g}")
 sys.exit(0 if e <= 1e-5 and m1.shape == l1.shape == (9, 1024) and not np.allclose(m1, l1) else 1)' "$T/" >"$T/cmp" 2>&1
 then pass "mtp logits agree across plans and prompt chunks ($(cat "$T/cmp"))"; else fail "mtp logits across plans / chunks: $(cat "$T/cmp")"; fi
 
+# Speculative decoding (runtime/spec.h): whatever the drafts, the tokens and logits of a
+# plain greedy run. The MTP module's own drafts (random weights: all rejected), right
+# drafts (DSR1_TEST_DRAFTS = the plain tokens: all accepted) and every third one wrong.
+SP=3,17,250,4,99,512,8
+for p in "1 1" "2 2"; do
+  set -- $p
+  M=$T/syn$1/manifest.json
+  expect_exit "plain tp$1 pp$2 for speculative" 0 "$S" generate --manifest "$M" --prompt-ids $SP --max-new-tokens 8 \
+    --logits-out "$T/sp$1.npy"
+  want=$(cat "$T/out")
+  mixed=$("$PY" -c "import sys; t = sys.argv[1].split(','); print(','.join(str((int(x) + 1) % 1024) if i % 3 == 0 else x for i, x in enumerate(t)))" "$want")
+  for d in "mtp:NOP=1" "right:DSR1_TEST_DRAFTS=$want" "mixed:DSR1_TEST_DRAFTS=$mixed"; do
+    dn=${d%%:*} de=${d#*:}
+    expect_exit "--speculative tp$1 pp$2, $dn drafts" 0 env "$de" "$S" generate --manifest "$M" --prompt-ids $SP \
+      --max-new-tokens 8 --logits-out "$T/spec.npy" --speculative
+    read -r st ac < <(sed -n 's/.*speculative: \([0-9]*\) steps, \([0-9]*\) drafts accepted.*/\1 \2/p' "$T/err")
+    case $dn in mtp) okacc=$([ "${ac:-x}" = 0 ] && echo 1) ;; right) okacc=$([ "${ac:-x}" = "$st" ] && [ "$st" -gt 0 ] && echo 1) ;;
+                mixed) okacc=$([ "${ac:-0}" -gt 0 ] && [ "$ac" -lt "$st" ] && echo 1) ;; esac
+    if [ "$(cat "$T/out")" = "$want" ] && [ "${okacc:-0}" = 1 ] && "$PY" -c '
+import sys, numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+sys.exit(0 if a.shape == b.shape and float(np.abs(a - b).max() / np.abs(b).max()) <= 1e-5 else 1)' "$T/spec.npy" "$T/sp$1.npy"
+    then pass "  $dn drafts: $st steps, $ac accepted; the plain tokens and logits"
+    else fail "  $dn drafts: steps $st accepted $ac, tokens $(cat "$T/out") (plain $want)"; fi
+  done
+done
+expect_exit "--speculative with --temperature 1: exit 2" 2 gen --speculative --temperature 1
+expect_err "  says why" "speculative decodes greedily"
+expect_exit "--speculative with --no-cache: exit 2" 2 gen --speculative --no-cache
+expect_exit "--speculative with --mtp-logits-out: exit 2" 2 gen --speculative --mtp-logits-out "$T/m.npy"
+expect_exit "--speculative --top-k 1 (greedy) runs" 0 "$S" generate --manifest "$T/syn1/manifest.json" --prompt-ids $SP \
+  --max-new-tokens 4 --speculative --temperature 0.7 --top-k 1
+expect_exit "--speculative on shards without MTP: exit 2" 2 gen --speculative
+expect_err "  says so" "speculative: the shards hold no MTP layer"
+
 # Shards that must be refused at load, each with exit 1 and a message naming the file.
 SH=$(ls "$D"/model-pp01-tp01-*.safetensors)
 tamper() { rm -rf "$T/t"; cp -r "$D" "$T/t"; }

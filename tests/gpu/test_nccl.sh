@@ -320,7 +320,7 @@ L=$T/spec-nomtp; mkdir -p "$L"
 scripts/launch_local.sh "$(($1 * $3))" --logdir "$L" -- "$BIN/dsr1-serve" generate --backend cuda \
   --manifest "$T/shard-$1-$2-$3-$4/manifest.json" --prompt-ids 1,2,3 --speculative --timeout 60 >"$L/out" 2>"$L/err"
 rc=$?
-[ $rc -eq 2 ] && grep -q "needs the MTP layer" "$L/err" && ok "--speculative on shards without MTP: exit 2, says so" \
+[ $rc -eq 2 ] && grep -q "speculative: the shards hold no MTP layer" "$L/err" && ok "--speculative on shards without MTP: exit 2, says so" \
   || bad "--speculative without MTP: exit $rc, $(tail -c 300 "$L/err")"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
