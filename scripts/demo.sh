@@ -2,13 +2,13 @@
 # make demo: the whole pipeline on the embedded tiny model, then plans for the real
 # DeepSeek-R1 layout from config + index alone.
 #   synth -> inspect -> shard plan -> shard run -> verify -> pack -> extract --verify
-#   -> generate (CPU reference backend)
+#   -> generate (CPU reference backend; with the MTP layer, speculative)
 set -eu
 BUILD=${1:-build}
 BIN=$BUILD/bin
 DEMO=$BUILD/demo
 step() { printf '\n== %s\n' "$*"; }
-rm -rf "$DEMO/shards" "$DEMO/packed" "$DEMO/pod0"
+rm -rf "$DEMO/shards" "$DEMO/shards-mtp" "$DEMO/packed" "$DEMO/pod0"
 
 step "1. synthesize the tiny model (R1 layout, block-FP8 with real 128x128 scales) into $DEMO/tiny"
 "$BIN/dsr1-synth" --preset tiny --out "$DEMO/tiny" --force --quiet
@@ -40,6 +40,13 @@ ls -l "$DEMO/pod0"
 step "7. generate 8 tokens on the CPU reference backend (all 4 ranks as threads)"
 "$BIN/dsr1-serve" generate --manifest "$DEMO/shards/manifest.json" --backend cpu \
   --prompt-ids 0,17,42,99,5 --max-new-tokens 8
+
+step "7b. the same with the MTP layer: speculative decoding (MTP drafts verified each step; the same tokens)"
+"$BIN/dsr1-shard" run "$DEMO/tiny" --out "$DEMO/shards-mtp" --tp 2 --ep 2 --mtp --quiet
+"$BIN/dsr1-serve" generate --manifest "$DEMO/shards-mtp/manifest.json" --backend cpu \
+  --prompt-ids 0,17,42,99,5 --max-new-tokens 8
+"$BIN/dsr1-serve" generate --manifest "$DEMO/shards-mtp/manifest.json" --backend cpu \
+  --prompt-ids 0,17,42,99,5 --max-new-tokens 8 --speculative --prefill-chunk 2
 
 step "8. the real DeepSeek-R1 layout: 91,991 tensors, planned without weights"
 "$BIN/dsr1-inspect" tests/fixtures/r1-layout | head -n 12
