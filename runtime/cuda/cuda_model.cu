@@ -289,8 +289,16 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
     for (size_t i = 0; i < m->n_layers + (size_t)m->has_mtp; i++)
         if (cudaMalloc((void **)&m->c[i], cap * m->h->kv_lora * sizeof(float)) != cudaSuccess ||
             cudaMalloc((void **)&m->kpe[i], cap * m->h->dr * sizeof(float)) != cudaSuccess) {
+            size_t fr = 0, tot = 0;
+            cudaGetLastError();
+            cudaMemGetInfo(&fr, &tot);
             rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
-                              "cuda: no room for a KV cache of %zu tokens", cap);
+                              "cuda: no room for a latent KV cache of %zu tokens (%.2f GiB for %zu "
+                              "layers; %.2f GiB of the GPU free after the weights): lower "
+                              "--max-new-tokens or the prompt, or shard over more pipeline stages",
+                              cap, (double)cap * (m->h->kv_lora + m->h->dr) * 4 *
+                                       (m->n_layers + (size_t)m->has_mtp) / 1073741824.0,
+                              m->n_layers + (size_t)m->has_mtp, fr / 1073741824.0);
             goto fail;
         }
     {
@@ -381,7 +389,8 @@ int cm_reserve(cm_model *m, size_t T, size_t nlog, dsr1_err *err)
      * attention's latent q and output only for steps that take that path; the head's
      * rows (final norm, local and gathered logits) only for the rows asked for */
     size_t lat = T < m->prefill_min ? 2 * Hl * R : 0;
-    size_t per = 4 * (4 * H + (m->has_mtp ? 4 * H : 0) + h->q_lora + Hl * dq + (R + P) + lat + Hl * h->dv + E + 2 * K + 3 * I + 1);
+    size_t per = 4 * (4 * H + (m->has_mtp ? 4 * H : 0) + h->q_lora + Hl * dq + (R + P) + lat +
+                      Hl * h->dv + E + 2 * K + 3 * I + 1);
     size_t need = T * per + nlog * 4 * (H + Vl * (1 + tp)) + 64 * 256 + 4096;
     if (need <= m->pool_cap)
         return 0;
@@ -390,9 +399,15 @@ int cm_reserve(cm_model *m, size_t T, size_t nlog, dsr1_err *err)
     m->pool = NULL;
     m->pool_cap = 0;
     cudaError_t e = cudaMalloc((void **)&m->pool, need);
-    if (e != cudaSuccess)
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
         return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
-                            "cuda: no room for %zu bytes of activations (%zu tokens)", need, T);
+                            "cuda: no room for %.2f GiB of activations for a pass of %zu tokens "
+                            "(%.2f GiB free): a smaller --prefill-chunk bounds them",
+                            need / 1073741824.0, T, fr / 1073741824.0);
+    }
     m->pool_cap = need;
     return 0;
 }
