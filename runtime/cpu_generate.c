@@ -47,27 +47,31 @@ static void fail(job *j)
     rt_comm_abort(j->comm, j->err.msg);
 }
 
-/* n ints from the output rank to every rank: its TP group, then along the PP groups. */
-static int share_ints(rt_comm *c, const rt_model *mdl, int32_t *v, size_t n, dsr1_err *err)
+/* n ints from the output rank to its TP group, then (along_pp) along the PP groups. */
+static int share_ints(rt_comm *c, const rt_model *mdl, int32_t *v, size_t n, int along_pp,
+                      dsr1_err *err)
 {
     int rc = 0;
     if (mdl->has_head && mdl->tp > 1 && (rc = rt_comm_broadcast(c, RT_GROUP_TP, v, n * 4, 0, err)))
         return rc;
-    if (mdl->pp > 1)
+    if (along_pp && mdl->pp > 1)
         rc = rt_comm_broadcast(c, RT_GROUP_PP, v, n * 4, mdl->pp - 1, err);
     return rc;
 }
 
 typedef struct rank_io {
     float *logits, *hid, *mlog; /* one forward pass's rows */
+    double *q, *scr;            /* the draft's distribution; verification scratch (2 rows) */
     int32_t *seq;
     size_t rows, mrows;         /* rows kept in res */
-    rt_sampler greedy;
 } rank_io;
 
-/* Speculative decode after the prefill (runtime/spec.h), from token 1 with its draft. */
-static int run_speculative(job *j, rt_model *mdl, rt_kv *kv, rank_io *io, int32_t draft,
-                           size_t *steps, size_t *accepted)
+/* Speculative decode after the prefill (runtime/spec.h), from token 1 and its draft (q:
+ * its distribution when drawn, else NULL). The output rank decides and draws; its TP
+ * group learns the step's tokens before the MTP module runs on them, every rank the next
+ * draft after. */
+static int run_speculative(job *j, rt_model *mdl, rt_kv *kv, rank_io *io, rt_sampler *smp,
+                           int32_t draft, const double *q, size_t *steps, size_t *accepted)
 {
     const rt_generate_args *a = j->a;
     rt_comm *c = j->comm;
@@ -81,27 +85,33 @@ static int run_speculative(job *j, rt_model *mdl, rt_kv *kv, rank_io *io, int32_
                                    io->hid, err)))
             return rc;
         int32_t v[4] = {0, 0, 0, 0}; /* tokens this step, the two tokens, the next draft */
-        if (mdl->has_head) {
-            int r = rt_spec_verify(&io->greedy, io->logits, V, draft, ntok + 1 < N, v);
+        if (out_rank) {
+            int r = rt_spec_verify(smp, io->logits, V, draft, q, ntok + 1 < N, io->scr, v);
             if (r < 0)
                 return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
             *accepted += (size_t)r;
-            if (out_rank && a->keep_logits) {
+            if (a->keep_logits) {
                 memcpy(res->logits + io->rows * V, io->logits, (size_t)v[0] * V * sizeof(float));
                 io->rows += (size_t)v[0];
             }
+        }
+        if ((rc = share_ints(c, mdl, v, 3, 0, err)))
+            return rc;
+        if (mdl->has_head) { /* the MTP module over the kept positions; its last row drafts */
             io->seq[len] = v[1];
             io->seq[len + 1] = v[2];
-            /* the MTP module over the kept positions; its last row drafts */
             if ((rc = rt_model_mtp_forward(mdl, c, kv, io->hid, io->seq + len, (size_t)v[0], len - 1,
                                            a->attn, io->mlog, err)))
                 return rc;
-            v[3] = rt_spec_test_draft(ntok + (size_t)v[0],
-                                      rt_sample(&io->greedy, io->mlog + (size_t)(v[0] - 1) * V, V));
-            if (v[3] < 0)
-                return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+            if (out_rank) {
+                int32_t d = rt_spec_draft(smp, io->mlog + (size_t)(v[0] - 1) * V, V, io->q);
+                v[3] = rt_spec_test_draft(ntok + (size_t)v[0], d);
+                q = smp->p.temperature > 0 && v[3] == d ? io->q : NULL;
+                if (d < 0)
+                    return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+            }
         }
-        if ((rc = share_ints(c, mdl, v, 4, err)))
+        if ((rc = share_ints(c, mdl, v, 4, 1, err)))
             return rc;
         for (int k = 0; k < v[0]; k++) {
             io->seq[len++] = v[1 + k];
@@ -130,11 +140,14 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
     rows_max = rows_max < 2 ? 2 : rows_max;
     rank_io io;
     memset(&io, 0, sizeof io);
-    rt_spec_greedy(&io.greedy);
     io.logits = mdl->has_head ? malloc(rows_max * V * sizeof(float)) : NULL;
     io.hid = mtp ? malloc(rows_max * mdl->hidden * sizeof(float)) : NULL;
     io.mlog = mtp ? malloc(rows_max * V * sizeof(float)) : NULL;
     io.seq = malloc((cap + 1) * sizeof(int32_t));
+    if (spec && out_rank) {
+        io.q = malloc(V * sizeof(double));
+        io.scr = malloc(2 * V * sizeof(double));
+    }
     rt_generate_result *res = j->res;
     size_t steps = 0, accepted = 0;
     if (out_rank) {
@@ -145,6 +158,7 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
             res->mtp_logits = malloc((n0 + N - 1) * V * sizeof(float));
     }
     if ((mdl->has_head && !io.logits) || !io.seq || (mtp && (!io.hid || !io.mlog)) ||
+        (spec && out_rank && (!io.q || !io.scr)) ||
         (out_rank && (!res->tokens || (a->keep_logits && !res->logits) ||
                       (a->keep_mtp_logits && !res->mtp_logits)))) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory for %zu tokens of logits", cap);
@@ -200,12 +214,18 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
         io.seq[len++] = tok;
         if (spec) { /* token 0 is out: the rest by drafts, from the prompt's last MTP row */
             int32_t draft = 0;
-            if (mtp && (draft = rt_spec_test_draft(1, rt_sample(&io.greedy, io.mlog + (T - 1) * V, V))) < 0) {
-                rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
-                goto out;
+            const double *q = NULL;
+            if (out_rank) {
+                int32_t d = rt_spec_draft(&smp, io.mlog + (T - 1) * V, V, io.q);
+                if (d < 0) {
+                    rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+                    goto out;
+                }
+                draft = rt_spec_test_draft(1, d);
+                q = smp.p.temperature > 0 && draft == d ? io.q : NULL;
             }
-            if ((rc = share_ints(c, mdl, &draft, 1, err)) ||
-                (rc = run_speculative(j, mdl, kv, &io, draft, &steps, &accepted)))
+            if ((rc = share_ints(c, mdl, &draft, 1, 1, err)) ||
+                (rc = run_speculative(j, mdl, kv, &io, &smp, draft, q, &steps, &accepted)))
                 goto out;
             if (out_rank) /* what the tests check it by */
                 fprintf(stderr, "dsr1-serve: speculative: %zu steps, %zu drafts accepted\n", steps,
@@ -223,6 +243,8 @@ out:
     free(io.logits);
     free(io.hid);
     free(io.mlog);
+    free(io.q);
+    free(io.scr);
     free(io.seq);
     return rc;
 }

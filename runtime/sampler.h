@@ -22,5 +22,12 @@ typedef struct rt_sampler {
 void rt_sampler_init(rt_sampler *s, const rt_sampling *p);
 /* Returns the chosen id, or -1 when scratch memory cannot be allocated. */
 int32_t rt_sample(rt_sampler *s, const float *logits, size_t vocab);
+/* The distribution rt_sample draws from, as prob[vocab] (0 outside the kept ids; one-hot
+ * at the argmax for temperature <= 0). 0, or -1 when out of memory. */
+int rt_sample_probs(const rt_sampling *p, const float *logits, size_t vocab, double *prob);
+/* An id drawn from prob (weights >= 0, any positive sum) with the sampler's stream. */
+int32_t rt_sample_from(rt_sampler *s, const double *prob, size_t vocab);
+/* The next number of the sampler's stream, uniform in [0, 1). */
+double rt_sample_uniform(rt_sampler *s);
 
 #endif

@@ -6,26 +6,55 @@
 
 int rt_spec_check(const rt_generate_args *a, dsr1_err *err)
 {
-    if (a->speculative && (a->no_cache || a->keep_mtp_logits ||
-                           (a->sampling.temperature > 0 && a->sampling.top_k != 1)))
+    if (a->speculative && (a->no_cache || a->keep_mtp_logits))
         return dsr1_err_set(err, DSR1_E_USAGE, RT_ERR_ARG, 0,
-                            "--speculative decodes greedily with the latent cache: not with "
-                            "--temperature > 0, --no-cache or --mtp-logits-out");
+                            "--speculative decodes with the latent cache and keeps no MTP logits: "
+                            "not with --no-cache or --mtp-logits-out");
     return 0;
 }
 
-int rt_spec_verify(rt_sampler *greedy, const float *rows, size_t V, int32_t draft, int room2,
-                   int32_t v[3])
+int32_t rt_spec_draft(rt_sampler *s, const float *mlogits, size_t V, double *q)
 {
-    int32_t t0 = rt_sample(greedy, rows, V);
-    if (t0 < 0)
+    if (s->p.temperature <= 0)
+        return rt_sample(s, mlogits, V);
+    if (rt_sample_probs(&s->p, mlogits, V, q))
         return -1;
-    v[0] = t0 == draft && room2 ? 2 : 1;
-    v[1] = t0;
+    return rt_sample_from(s, q, V);
+}
+
+int rt_spec_verify(rt_sampler *s, const float *rows, size_t V, int32_t draft, const double *q,
+                   int room2, double *scratch, int32_t v[3])
+{
+    int stood;
     v[2] = 0;
-    if (v[0] == 2 && (v[2] = rt_sample(greedy, rows + V, V)) < 0)
+    if (s->p.temperature <= 0) {
+        v[1] = rt_sample(s, rows, V);
+        stood = v[1] == draft;
+    } else {
+        double *p = scratch, *r = scratch + V;
+        if (rt_sample_probs(&s->p, rows, V, p))
+            return -1;
+        double qd = q ? q[draft] : 1.0;
+        /* qd > 0: the draft was drawn from q (or given) */
+        stood = qd > 0 && rt_sample_uniform(s) * qd < p[draft];
+        if (stood) {
+            v[1] = draft;
+        } else { /* the residual max(0, p - q); all zero only if p <= q everywhere */
+            double sum = 0;
+            for (size_t i = 0; i < V; i++) {
+                double qi = q ? q[i] : (int32_t)i == draft ? 1.0 : 0.0;
+                r[i] = p[i] > qi ? p[i] - qi : 0.0;
+                sum += r[i];
+            }
+            v[1] = rt_sample_from(s, sum > 0 ? r : p, V);
+        }
+    }
+    if (v[1] < 0)
         return -1;
-    return t0 == draft;
+    v[0] = stood && room2 ? 2 : 1;
+    if (v[0] == 2 && (v[2] = rt_sample(s, rows + V, V)) < 0)
+        return -1;
+    return stood;
 }
 
 int32_t rt_spec_test_draft(size_t k, int32_t draft)
@@ -38,12 +67,4 @@ int32_t rt_spec_test_draft(size_t k, int32_t draft)
         e = e ? e + 1 : NULL;
     }
     return draft;
-}
-
-void rt_spec_greedy(rt_sampler *s)
-{
-    rt_sampling p;
-    memset(&p, 0, sizeof p);
-    p.top_p = 1.0f;
-    rt_sampler_init(s, &p);
 }

@@ -1,10 +1,13 @@
-/* spec: greedy speculative decoding with the MTP module (dsr1-serve --speculative),
- * the parts both backends share (runtime/cpu_generate.c, runtime/cuda/cuda_generate.cu).
+/* spec: speculative decoding with the MTP module (dsr1-serve --speculative), the parts
+ * both backends share (runtime/cpu_generate.c, runtime/cuda/cuda_generate.cu).
  *
- * A step runs the last token and the draft (two positions) through the model. The
- * first row's argmax is the next token; when it is the draft, the second row's argmax
- * follows: 1 or 2 tokens a step, each the argmax of a row computed with the right
- * prefix. The MTP module then runs over the accepted position(s) and drafts again.
+ * A step runs the last token and the draft (two positions) through the model; the first
+ * row decides whether the draft stands, and when it does the second row gives one more
+ * token: 1 or 2 tokens a step. The MTP module then runs over the kept position(s) and
+ * drafts again. Greedy: a token is the argmax of its row, as without drafts. Sampled:
+ * speculative sampling (Leviathan et al. 2023; Chen et al. 2023), so that every token is
+ * distributed as plain sampling would draw it (other draws than a plain run with the
+ * same seed: the stream is consumed differently).
  */
 #ifndef DSR1_RT_SPEC_H
 #define DSR1_RT_SPEC_H
@@ -15,22 +18,26 @@
 #include "backend.h"
 #include "sampler.h"
 
-/* 0, or a usage error: speculative decoding is greedy, keeps the cache, and gives no MTP
- * logits. */
+/* 0, or a usage error: speculative decoding keeps the cache and gives no MTP logits. */
 int rt_spec_check(const rt_generate_args *a, dsr1_err *err);
 
-/* The verification of one step from its two rows of logits (rows[0..V), rows[V..2V)):
- * v[0] = tokens kept (1 or 2; 2 only when room2), v[1], v[2] = those tokens (v[2] = 0
- * when one). Returns 1 when the draft was right, 0 when not, -1 when the sampler is out
- * of memory. */
-int rt_spec_verify(rt_sampler *greedy, const float *rows, size_t V, int32_t draft, int room2,
-                   int32_t v[3]);
+/* The draft of the next token from a row of the MTP module's logits: its argmax when
+ * greedy, else drawn with the sampler's settings, whose distribution is left in q
+ * [V] for rt_spec_verify. -1 when out of memory. */
+int32_t rt_spec_draft(rt_sampler *s, const float *mlogits, size_t V, double *q);
+
+/* One step's verification from its two rows of logits (rows[0..V), rows[V..2V)): v[0] =
+ * tokens kept (1 or 2; 2 only when room2), v[1], v[2] = those tokens (v[2] = 0 when
+ * one). Greedy: the draft stands when it is the first row's argmax. Sampled: it stands
+ * with probability min(1, p(d) / q(d)), p the first row's distribution (rt_sample_probs)
+ * and q the draft's (NULL: a draft given from outside, q = 1 at it); else the token is
+ * drawn from max(0, p - q) renormalized. scratch: 2 V doubles. Returns 1 when the draft
+ * stood, 0 when not, -1 when out of memory. */
+int rt_spec_verify(rt_sampler *s, const float *rows, size_t V, int32_t draft, const double *q,
+                   int room2, double *scratch, int32_t v[3]);
 
 /* DSR1_TEST_DRAFTS=ID,ID,...: the draft of token k is the k-th id (tests run right and
  * wrong drafts on purpose); else draft. */
 int32_t rt_spec_test_draft(size_t k, int32_t draft);
-
-/* A greedy sampler (argmax, lowest id on ties) for the drafts and the verification. */
-void rt_spec_greedy(rt_sampler *s);
 
 #endif

@@ -82,12 +82,12 @@ static double dev_used_gib(void)
     return cudaMemGetInfo(&fr, &tot) == cudaSuccess ? (tot - fr) / 1073741824.0 : 0.0;
 }
 
-/* n ints (n <= 16) from the sampling rank to every rank: over the last stage's TP group
- * from its rank 0, then along every PP group from the last stage (as the sampled token). */
-static int share_ints(gen_state *g, int32_t *v, size_t n, dsr1_err *err)
+/* n ints (n <= 16) from the sampling rank: over the last stage's TP group from its rank
+ * 0, then (along_pp) along every PP group from the last stage (as the sampled token). */
+static int share_ints(gen_state *g, int32_t *v, size_t n, int along_pp, dsr1_err *err)
 {
     rt_model *mdl = g->cm->h;
-    int bt = mdl->has_head && mdl->tp > 1, bp = mdl->pp > 1;
+    int bt = mdl->has_head && mdl->tp > 1, bp = along_pp && mdl->pp > 1;
     if (!bt && !bp)
         return 0;
     int rc;
@@ -104,16 +104,16 @@ static int share_ints(gen_state *g, int32_t *v, size_t n, dsr1_err *err)
 
 typedef struct run_io {
     float *logits, *mlog; /* host rows of one pass: main and MTP logits */
+    double *q, *scr;      /* the draft's distribution; verification scratch (2 rows) */
     int32_t *seq;
     size_t rows, mrows;   /* rows kept in res */
-    rt_sampler greedy;
 } run_io;
 
 /* The MTP module over the rows of the last forward pass (positions p.., T rows; the
- * next tokens in seq), keeping rows [from, T) of its logits when asked; *draft (may be
- * NULL) = the argmax of its last row. */
+ * next tokens in seq), keeping rows [from, T) of its logits when asked; *last (may be
+ * NULL) = its last row in io->mlog. */
 static int mtp_rows(gen_state *g, run_io *io, rt_generate_result *res, int out_rank, size_t p,
-                    size_t T, size_t from, int32_t *draft, dsr1_err *err)
+                    size_t T, size_t from, const float **last, dsr1_err *err)
 {
     /* rows of its logits: those kept, else the last (the draft); io->mlog holds one
      * pass's kept rows, or 2 */
@@ -126,49 +126,65 @@ static int mtp_rows(gen_state *g, run_io *io, rt_generate_result *res, int out_r
         memcpy(res->mtp_logits + io->mrows * V, io->mlog, (T - from) * V * sizeof(float));
         io->mrows += T - from;
     }
-    if (draft)
-        *draft = rt_sample(&io->greedy, io->mlog + (T - row0 - 1) * V, V);
+    if (last)
+        *last = io->mlog + (T - row0 - 1) * V;
     return 0;
 }
 
-/* Speculative decode after the prefill (token 0 and the first draft known): each step
- * runs the last token and the draft (two positions) through the model; the draft is
- * accepted when it is the argmax of the first row, and then the second row gives one
- * more token: 1 or 2 tokens a step, always the plain greedy ones. The MTP module then
- * drafts the next token from the last accepted position. Rows of --logits-out are one
- * per token, as without speculation. */
+/* The next draft from the MTP module's row, by the deciding rank: *q its distribution
+ * when drawn (NULL when greedy or replaced by DSR1_TEST_DRAFTS); token index k. */
+static int draft_of(rt_sampler *smp, run_io *io, const float *row, size_t V, size_t k,
+                    int32_t *draft, const double **q, dsr1_err *err)
+{
+    int32_t d = rt_spec_draft(smp, row, V, io->q);
+    if (d < 0)
+        return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+    *draft = rt_spec_test_draft(k, d);
+    *q = smp->p.temperature > 0 && *draft == d ? io->q : NULL;
+    return 0;
+}
+
+/* Speculative decode after the prefill (runtime/spec.h; token 0 and the first draft
+ * known): each step runs the last token and the draft (two positions) through the model
+ * and keeps 1 or 2 tokens. The deciding rank (the last stage's TP rank 0) verifies and
+ * draws; its TP group learns the step's tokens before the MTP module runs on them, every
+ * rank the next draft after. Rows of --logits-out are one per token, as without drafts. */
 static int run_speculative(gen_state *g, run_io *io, rt_generate_result *res, int out_rank,
-                           int32_t draft, size_t *drafts, size_t *accepted, dsr1_err *err)
+                           rt_sampler *smp, int32_t draft, const double *q, size_t *drafts,
+                           size_t *accepted, dsr1_err *err)
 {
     const rt_generate_args *a = g->a;
     rt_model *mdl = g->cm->h;
     size_t V = mdl->vocab, N = (size_t)a->max_new_tokens, len = a->n_prompt + 1, ntok = 1;
-    int rc;
+    int dec = mdl->has_head && mdl->tp_rank == 0, rc;
     while (ntok < N) {
         progress_deadline(g, ntok, len - 1, 1);
         io->seq[len] = draft;
         if ((rc = cm_forward(g->cm, g->comm, io->seq + len - 1, 2, len - 1, 0, io->logits, err)))
             return rc;
         int32_t v[4] = {0, 0, 0, 0}; /* tokens this step, the two tokens, the next draft */
-        if (mdl->has_head) {
-            /* (the very last token takes one row even when its draft was right) */
-            int r = rt_spec_verify(&io->greedy, io->logits, V, draft, ntok + 1 < N, v);
+        if (dec) {
+            /* (the very last token takes one row even when its draft stood) */
+            int r = rt_spec_verify(smp, io->logits, V, draft, q, ntok + 1 < N, io->scr, v);
             if (r < 0)
                 return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
             *accepted += (size_t)r;
+        }
+        if ((rc = share_ints(g, v, 3, 0, err)))
+            return rc;
+        if (mdl->has_head) {
             if (out_rank && a->keep_logits) {
                 memcpy(res->logits + io->rows * V, io->logits, (size_t)v[0] * V * sizeof(float));
                 io->rows += (size_t)v[0];
             }
             io->seq[len] = v[1];
             io->seq[len + 1] = v[2];
-            if ((rc = mtp_rows(g, io, res, 0, len - 1, (size_t)v[0], (size_t)v[0] - 1, &v[3], err)))
+            const float *row = NULL;
+            if ((rc = mtp_rows(g, io, res, 0, len - 1, (size_t)v[0], (size_t)v[0] - 1, &row, err)) ||
+                (dec && (rc = draft_of(smp, io, row, V, ntok + (size_t)v[0], &v[3], &q, err))))
                 return rc;
-            v[3] = rt_spec_test_draft(ntok + (size_t)v[0], v[3]);
-            if (v[3] < 0)
-                return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
         }
-        if ((rc = share_ints(g, v, 4, err)))
+        if ((rc = share_ints(g, v, 4, 1, err)))
             return rc;
         for (int k = 0; k < v[0]; k++) {
             io->seq[len++] = v[1 + k];
@@ -196,7 +212,11 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
     size_t rows_max = a->keep_logits || a->keep_mtp_logits ? most : 2;
     run_io io;
     memset(&io, 0, sizeof io);
-    rt_spec_greedy(&io.greedy);
+    int decider = mdl->has_head && mdl->tp_rank == 0; /* samples for its replica */
+    if (spec && decider) {
+        io.q = (double *)malloc(V * sizeof(double));
+        io.scr = (double *)malloc(2 * V * sizeof(double));
+    }
     io.logits = mdl->has_head ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
     io.mlog = mtp ? (float *)malloc(rows_max * V * sizeof(float)) : NULL;
     io.seq = (int32_t *)malloc((cap + 1) * sizeof(int32_t));
@@ -211,6 +231,7 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
             res->mtp_logits = (float *)malloc((n0 + N - 1) * V * sizeof(float));
     }
     if ((mdl->has_head && !io.logits) || !io.seq || (mtp && !io.mlog) ||
+        (spec && decider && (!io.q || !io.scr)) ||
         (out_rank && (!res->tokens || (a->keep_logits && !res->logits) ||
                       (a->keep_mtp_logits && !res->mtp_logits)))) {
         rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory for %zu tokens", cap);
@@ -262,28 +283,29 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
                     goto out;
             }
             int32_t tok = 0;
-            if (out_rank) {
+            if (decider) {
                 tok = rt_sample(&smp, io.logits + (nrows - 1) * V, V);
                 if (tok < 0) {
                     rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
                                       "out of memory while sampling");
                     goto out;
                 }
-                res->tokens[step] = tok;
+                if (out_rank)
+                    res->tokens[step] = tok;
             }
-            if ((rc = share_ints(g, &tok, 1, err)))
+            if ((rc = share_ints(g, &tok, 1, 1, err)))
                 goto out;
             io.seq[len] = tok;
-            if (mtp && (rc = mtp_rows(g, &io, res, out_rank, pos0, T, from, spec ? &draft : NULL,
-                                      err)))
+            const float *row = NULL;
+            const double *q = NULL;
+            if (mtp && (rc = mtp_rows(g, &io, res, out_rank, pos0, T, from, &row, err)))
                 goto out;
             len++;
-            if (spec) {
-                if (mdl->has_head)
-                    draft = rt_spec_test_draft(1, draft);
-                if ((rc = share_ints(g, &draft, 1, err)) ||
+            if (spec) { /* token 0 is out: the rest by drafts, from the prompt's last MTP row */
+                if ((decider && (rc = draft_of(&smp, &io, row, V, 1, &draft, &q, err))) ||
+                    (rc = share_ints(g, &draft, 1, 1, err)) ||
                     (N > 1 && (t1 = fu_now_s(), mem_prefill = dev_used_gib(),
-                               rc = run_speculative(g, &io, res, out_rank, draft, &drafts,
+                               rc = run_speculative(g, &io, res, out_rank, &smp, draft, q, &drafts,
                                                     &accepted, err))))
                     goto out;
                 break;
@@ -315,6 +337,8 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
 out:
     free(io.logits);
     free(io.mlog);
+    free(io.q);
+    free(io.scr);
     free(io.seq);
     return rc;
 }

@@ -120,9 +120,23 @@ sys.exit(0 if a.shape == b.shape and float(np.abs(a - b).max() / np.abs(b).max()
     else fail "  $dn drafts: steps $st accepted $ac, tokens $(cat "$T/out") (plain $want)"; fi
   done
 done
-expect_exit "--speculative with --temperature 1: exit 2" 2 gen --speculative --temperature 1
-expect_err "  says why" "speculative decodes greedily"
+# sampled: speculative sampling (tests/unit/test_spec.c checks the distribution);
+# here: it runs on both plans, reproducibly for a seed, with drafts given or drawn
+for p in 1 2; do
+  M=$T/syn$p/manifest.json
+  expect_exit "--speculative --temperature 0.8 --top-p 0.95, tp$p" 0 "$S" generate --manifest "$M" --prompt-ids $SP \
+    --max-new-tokens 8 --speculative --temperature 0.8 --top-p 0.95 --seed 3
+  cp "$T/out" "$T/samp1"
+  expect_exit "  same seed again" 0 "$S" generate --manifest "$M" --prompt-ids $SP --max-new-tokens 8 \
+    --speculative --temperature 0.8 --top-p 0.95 --seed 3
+  [ "$(tr ',' '\n' <"$T/out" | wc -l)" = 8 ] && cmp -s "$T/out" "$T/samp1" \
+    && pass "  8 tokens, the same for the same seed" || fail "  sampled: $(cat "$T/out") vs $(cat "$T/samp1")"
+  expect_exit "  with given drafts" 0 env DSR1_TEST_DRAFTS="$(cat "$T/samp1")" "$S" generate --manifest "$M" \
+    --prompt-ids $SP --max-new-tokens 8 --speculative --temperature 0.8 --top-p 0.95 --seed 3
+  expect_err "  reports the steps" "speculative: [0-9]+ steps, [0-9]+ drafts accepted"
+done
 expect_exit "--speculative with --no-cache: exit 2" 2 gen --speculative --no-cache
+expect_err "  says why" "speculative decodes with the latent cache"
 expect_exit "--speculative with --mtp-logits-out: exit 2" 2 gen --speculative --mtp-logits-out "$T/m.npy"
 expect_exit "--speculative --top-k 1 (greedy) runs" 0 "$S" generate --manifest "$T/syn1/manifest.json" --prompt-ids $SP \
   --max-new-tokens 4 --speculative --temperature 0.7 --top-k 1

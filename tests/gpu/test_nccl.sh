@@ -313,6 +313,12 @@ for pl in "${mtp_plans[@]}"; do
         || bad "$name: --speculative, $dn drafts: '$acc', logits rel err $r, tokens $(cat "$MD/spec-$dn.out") (want $want)"
     else bad "$name: --speculative ($dn) failed: $(tr '\n' ' ' <"$MD/spec-$dn.err" | head -c 500)"; fi
   done
+  # sampled (speculative sampling: runtime/spec.h, its distribution unit-tested on the CPU)
+  if gen samp1 NOP=1 -- --speculative --temperature 0.8 --top-p 0.95 --seed 3 &&
+     gen samp2 NOP=1 -- --speculative --temperature 0.8 --top-p 0.95 --seed 3 &&
+     [ "$(tr ',' '\n' <"$MD/samp1.out" | wc -l)" = 8 ] && cmp -s "$MD/samp1.out" "$MD/samp2.out"; then
+    ok "$name: --speculative sampled (temperature 0.8, top-p 0.95): 8 tokens, the same for the same seed"
+  else bad "$name: --speculative sampled: $(cat "$MD/samp1.out") / $(cat "$MD/samp2.out") $(tail -c 300 "$MD/samp1.err")"; fi
 done
 # --speculative where it cannot run: exit 2 with the reason
 set -- ${PLANS[0]}

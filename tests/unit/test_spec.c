@@ -1,0 +1,97 @@
+/* rt_spec (runtime/spec.h): the verification keeps every token distributed as plain
+ * sampling draws it, whatever the drafts; greedy steps are the argmax. */
+#include <stdlib.h>
+
+#include "spec.h"
+#include "test.h"
+
+enum { V = 6, DRAWS = 200000 };
+
+/* Frequencies of the verified token over DRAWS steps: drafts drawn from q (or the fixed
+ * draft `given` when q is NULL); rows[0] is the target. Also the share that stood. */
+static void run_steps(const rt_sampling *sp, const float *rows, const double *q, int32_t given,
+                      double *freq, double *stood)
+{
+    rt_sampler s, ds;
+    rt_sampler_init(&s, sp);
+    rt_sampling dp = *sp;
+    dp.seed = 99;
+    rt_sampler_init(&ds, &dp);
+    double scr[2 * V];
+    size_t n = 0;
+    for (int i = 0; i < V; i++)
+        freq[i] = 0;
+    for (int k = 0; k < DRAWS; k++) {
+        int32_t d = q ? rt_sample_from(&ds, q, V) : given, v[3];
+        int r = rt_spec_verify(&s, rows, V, d, q, 0, scr, v);
+        CHECK_MSG(r >= 0 && v[0] == 1 && v[1] >= 0 && v[1] < V, "step %d: r %d v %d %d", k, r, v[0], v[1]);
+        if (v[1] >= 0 && v[1] < V)
+            freq[v[1]] += 1.0 / DRAWS;
+        n += r == 1;
+    }
+    *stood = (double)n / DRAWS;
+}
+
+TEST(spec_sampled_tokens_follow_the_target)
+{
+    const float rows[2 * V] = {1.0f, 2.5f, 0.3f, -1.0f, 2.0f, 0.0f, 0, 0, 0, 0, 0, 0};
+    const float qrow[V] = {2.0f, 0.0f, 1.5f, 1.0f, -0.5f, 0.5f}; /* a poor draft model */
+    rt_sampling sp = {0.9f, 1.0f, 0, 7};
+    for (int variant = 0; variant < 3; variant++) {
+        rt_sampling v = sp;
+        if (variant == 1)
+            v.top_k = 3;
+        if (variant == 2)
+            v.top_p = 0.8f;
+        double p[V], q[V], freq[V], stood;
+        CHECK_EQ_INT(rt_sample_probs(&v, rows, V, p), 0);
+        CHECK_EQ_INT(rt_sample_probs(&v, qrow, V, q), 0);
+        run_steps(&v, rows, q, 0, freq, &stood);
+        double want_stood = 0;
+        for (int i = 0; i < V; i++) {
+            /* 200,000 draws: a frequency's standard deviation is at most 0.0011 */
+            CHECK_MSG(fabs(freq[i] - p[i]) < 0.006, "variant %d id %d: %.4f, target %.4f", variant, i,
+                      freq[i], p[i]);
+            want_stood += p[i] < q[i] ? p[i] : q[i];
+        }
+        CHECK_MSG(fabs(stood - want_stood) < 0.006, "variant %d: drafts stood %.4f, sum min(p, q) %.4f",
+                  variant, stood, want_stood);
+        /* a draft given from outside (q = 1 at it): it stands with p(d), still p overall */
+        run_steps(&v, rows, NULL, 4, freq, &stood);
+        for (int i = 0; i < V; i++)
+            CHECK_MSG(fabs(freq[i] - p[i]) < 0.006, "variant %d given draft, id %d: %.4f, target %.4f",
+                      variant, i, freq[i], p[i]);
+        CHECK_MSG(fabs(stood - p[4]) < 0.006, "given draft stood %.4f, p %.4f", stood, p[4]);
+    }
+}
+
+TEST(spec_greedy_steps_are_the_argmax)
+{
+    const float rows[2 * V] = {1.0f, 2.5f, 0.3f, -1.0f, 2.0f, 0.0f, 0.1f, 0.2f, 3.0f, 0.0f, 0.0f, 0.0f};
+    rt_sampling sp = {0.0f, 1.0f, 0, 0};
+    rt_sampler s;
+    rt_sampler_init(&s, &sp);
+    double scr[2 * V];
+    int32_t v[3];
+    CHECK_EQ_INT(rt_spec_verify(&s, rows, V, 1, NULL, 1, scr, v), 1); /* right: two tokens */
+    CHECK_EQ_INT(v[0], 2);
+    CHECK_EQ_INT(v[1], 1);
+    CHECK_EQ_INT(v[2], 2);
+    CHECK_EQ_INT(rt_spec_verify(&s, rows, V, 1, NULL, 0, scr, v), 1); /* no room for two */
+    CHECK_EQ_INT(v[0], 1);
+    CHECK_EQ_INT(rt_spec_verify(&s, rows, V, 4, NULL, 1, scr, v), 0); /* wrong: the argmax */
+    CHECK_EQ_INT(v[0], 1);
+    CHECK_EQ_INT(v[1], 1);
+    double q[V];
+    CHECK_EQ_INT(rt_spec_draft(&s, rows + V, V, q), 2);
+}
+
+TEST(spec_test_drafts_replace_by_token_index)
+{
+    setenv("DSR1_TEST_DRAFTS", "5,6,7", 1);
+    CHECK_EQ_INT(rt_spec_test_draft(0, 1), 5);
+    CHECK_EQ_INT(rt_spec_test_draft(2, 1), 7);
+    CHECK_EQ_INT(rt_spec_test_draft(3, 1), 1);
+    unsetenv("DSR1_TEST_DRAFTS");
+    CHECK_EQ_INT(rt_spec_test_draft(0, 1), 1);
+}
