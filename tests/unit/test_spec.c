@@ -95,3 +95,77 @@ TEST(spec_test_drafts_replace_by_token_index)
     unsetenv("DSR1_TEST_DRAFTS");
     CHECK_EQ_INT(rt_spec_test_draft(0, 1), 1);
 }
+
+/* The sampler's distribution (rt_sample_probs: one pass, a cut 32 units below the best,
+ * top-p sorting only the buckets that reach its mass) against the definition: sort the
+ * whole vocabulary, softmax in double, keep top-k, keep the top-p prefix. Random logits
+ * with ties, a peaked row, several settings; a 129,280-id row as R1's. */
+static void reference_probs(const rt_sampling *p, const float *l, size_t V, double *prob)
+{
+    size_t *ord = malloc(V * sizeof *ord);
+    for (size_t i = 0; i < V; i++)
+        ord[i] = i;
+    for (size_t i = 1; i < V; i++) /* insertion sort: z desc, id asc */
+        for (size_t j = i; j > 0 && (l[ord[j]] > l[ord[j - 1]] ||
+                                     (l[ord[j]] == l[ord[j - 1]] && ord[j] < ord[j - 1])); j--) {
+            size_t t = ord[j];
+            ord[j] = ord[j - 1];
+            ord[j - 1] = t;
+        }
+    size_t n = p->top_k > 0 && (size_t)p->top_k < V ? (size_t)p->top_k : V;
+    double zmax = (double)l[ord[0]] / p->temperature, sum = 0;
+    double *w = malloc(V * sizeof *w);
+    for (size_t i = 0; i < n; i++)
+        sum += w[i] = exp((double)l[ord[i]] / p->temperature - zmax);
+    if (p->top_p < 1) {
+        double acc = 0;
+        size_t keep = n;
+        for (size_t i = 0; i < n; i++)
+            if ((acc += w[i] / sum) >= p->top_p) {
+                keep = i + 1;
+                break;
+            }
+        n = keep;
+        sum = 0;
+        for (size_t i = 0; i < n; i++)
+            sum += w[i];
+    }
+    for (size_t i = 0; i < V; i++)
+        prob[i] = 0;
+    for (size_t i = 0; i < n; i++)
+        prob[ord[i]] = w[i] / sum;
+    free(w);
+    free(ord);
+}
+
+TEST(sampler_distribution_matches_the_definition)
+{
+    enum { N = 3000 };
+    static float l[N];
+    static double got[N], want[N];
+    const rt_sampling set[] = {{1.0f, 1.0f, 0, 0},   {0.6f, 0.95f, 0, 0}, {0.6f, 0.5f, 0, 0},
+                               {1.3f, 0.9f, 40, 0},  {0.7f, 1.0f, 5, 0},  {2.0f, 0.999f, 0, 0},
+                               {0.05f, 0.95f, 0, 0}};
+    for (int row = 0; row < 3; row++) {
+        for (size_t i = 0; i < N; i++) {
+            l[i] = (float)((int)(test_rand_u64() % 2000) - 1000) / 100.0f; /* ties: 0.01 steps */
+            if (row == 1)
+                l[i] *= 6.0f; /* peaked: most ids fall under the cut */
+        }
+        if (row == 2)
+            l[17] = l[2900] = 40.0f; /* two tied best */
+        for (size_t k = 0; k < sizeof set / sizeof *set; k++) {
+            CHECK_EQ_INT(rt_sample_probs(&set[k], l, N, got), 0);
+            reference_probs(&set[k], l, N, want);
+            double e = 0;
+            int support = 1;
+            for (size_t i = 0; i < N; i++) {
+                e = fmax(e, fabs(got[i] - want[i]));
+                /* the cut drops only weights under e^-32 of the best */
+                support &= (want[i] > 1e-13 ? got[i] > 0 : 1) && (got[i] > 0 ? want[i] > 0 : 1);
+            }
+            CHECK_MSG(e < 1e-12 && support, "row %d setting %zu: max diff %.3g, same support %d", row, k, e,
+                      support);
+        }
+    }
+}
