@@ -39,7 +39,7 @@ help:
 	@echo "make test       build and run every CPU test (ends with 'N passed, M failed')"
 	@echo "make asan       the tests under AddressSanitizer + UBSan (build/asan)"
 	@echo "make fuzz       build the libFuzzer targets; FUZZ_SECONDS=n runs each for n s"
-	@echo "make bench-shard bench-verify   CPU benchmarks with same-run baselines"
+	@echo "make bench-shard bench-verify bench-sampler   CPU benchmarks with same-run baselines"
 	@echo "make bench-load bench-decode test-gpu test-nccl NGPU=n   GPU machine only"
 	@echo "make clean"
 
