@@ -130,12 +130,14 @@ static char *read_ids_file(const char *path, char *why, size_t cap)
     }
     size_t max = (size_t)64 << 20, n = 0;
     char *b = malloc(max + 1);
+    errno = 0;
     if (b)
         n = fread(b, 1, max + 1, f);
-    int bad = !b || ferror(f) || n > max;
+    int bad = !b || ferror(f) || n > max, e = errno;
     fclose(f);
     if (bad) {
-        snprintf(why, cap, "%s: %s", path, !b ? "out of memory" : n > max ? "larger than 64 MiB" : "read failed");
+        snprintf(why, cap, "%s: %s", path, !b ? "out of memory" : n > max ? "larger than 64 MiB"
+                                           : e ? strerror(e) : "read failed");
         free(b);
         return NULL;
     }
@@ -278,6 +280,8 @@ static int cmd_generate(int argc, char **argv)
         return usage("%s", "--prompt-ids is required");
     if (prompt_arg[0] == '@') { /* a file: long prompts exceed one argument's 128 KiB */
         char why[512];
+        if (!prompt_arg[1])
+            return usage("%s", "--prompt-ids @FILE: no file name after @");
         char *text = read_ids_file(prompt_arg + 1, why, sizeof why);
         if (!text)
             return usage("--prompt-ids @FILE: %s", why);
