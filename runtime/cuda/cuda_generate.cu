@@ -210,6 +210,7 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
      * else the one row sampled from (two: a speculative step) */
     size_t most = rt_chunk_len(a, 0, a->no_cache ? cap : n0);
     size_t rows_max = a->keep_logits || a->keep_mtp_logits ? most : 2;
+    rows_max = rows_max < 2 ? 2 : rows_max; /* a speculative step's two rows */
     run_io io;
     memset(&io, 0, sizeof io);
     int decider = mdl->has_head && mdl->tp_rank == 0; /* samples for its replica */

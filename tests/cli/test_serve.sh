@@ -135,6 +135,13 @@ for p in 1 2; do
     --prompt-ids $SP --max-new-tokens 8 --speculative --temperature 0.8 --top-p 0.95 --seed 3
   expect_err "  reports the steps" "speculative: [0-9]+ steps, [0-9]+ drafts accepted"
 done
+# one-token chunks and a one-token prompt: the buffers still hold a step's two rows
+expect_exit "--speculative --prefill-chunk 1 --logits-out" 0 "$S" generate --manifest "$T/syn1/manifest.json" \
+  --prompt-ids $SP --max-new-tokens 8 --prefill-chunk 1 --logits-out "$T/spc1.npy" --speculative
+"$PY" -c 'import sys, numpy as np; a, b = np.load(sys.argv[1]), np.load(sys.argv[2]); sys.exit(0 if a.shape == b.shape and float(np.abs(a - b).max() / np.abs(b).max()) <= 1e-5 else 1)' \
+  "$T/spc1.npy" "$T/sp1.npy" && pass "  the plain run's logits" || fail "  logits differ from the plain run's"
+expect_exit "--speculative on a one-token prompt" 0 "$S" generate --manifest "$T/syn1/manifest.json" \
+  --prompt-ids 7 --max-new-tokens 6 --logits-out "$T/sp1t.npy" --speculative
 expect_exit "--speculative with --no-cache: exit 2" 2 gen --speculative --no-cache
 expect_err "  says why" "speculative decodes with the latent cache"
 expect_exit "--speculative with --mtp-logits-out: exit 2" 2 gen --speculative --mtp-logits-out "$T/m.npy"
