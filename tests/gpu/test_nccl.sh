@@ -319,6 +319,11 @@ for pl in "${mtp_plans[@]}"; do
      [ "$(tr ',' '\n' <"$MD/samp1.out" | wc -l)" = 8 ] && cmp -s "$MD/samp1.out" "$MD/samp2.out"; then
     ok "$name: --speculative sampled (temperature 0.8, top-p 0.95): 8 tokens, the same for the same seed"
   else bad "$name: --speculative sampled: $(cat "$MD/samp1.out") / $(cat "$MD/samp2.out") $(tail -c 300 "$MD/samp1.err")"; fi
+  # one-token prompt chunks with --logits-out: the host buffers hold a step's two rows
+  if gen chunk1 NOP=1 -- --speculative --prefill-chunk 1 &&
+     r=$(logits_err "$MD/chunk1.npy" "$MD/plain.npy" 1e-4) && [ "$(cat "$MD/chunk1.out")" = "$want" ]; then
+    ok "$name: --speculative with one-token prompt chunks: tokens equal, logits rel err $r"
+  else bad "$name: --speculative --prefill-chunk 1: $(tail -c 300 "$MD/chunk1.err")"; fi
 done
 # --speculative where it cannot run: exit 2 with the reason
 set -- ${PLANS[0]}
