@@ -43,9 +43,10 @@ int plan_dtype_parse(const char *s, plan_dtype *out)
     return -1;
 }
 
-uint64_t plan_kv_bytes_per_token_layer(const ck_config *cfg)
+uint64_t plan_kv_bytes_per_token_layer(const ck_config *cfg, const plan_req *req)
 {
-    return ((uint64_t)cfg->kv_lora_rank + cfg->qk_rope_head_dim) * 2;
+    unsigned b = req && req->kv_bytes ? req->kv_bytes : PLAN_DEFAULT_KV_BYTES;
+    return ((uint64_t)cfg->kv_lora_rank + cfg->qk_rope_head_dim) * b;
 }
 
 /* ---- geometry: routing that depends only on (config, tensors, tp, ep, dtype) ---- */
@@ -500,7 +501,7 @@ static int resolve(const ck_config *cfg, const plan_req *in, plan_req *r, uint32
 
 static void shard_fit(plan *p)
 {
-    uint64_t kv_layer = plan_kv_bytes_per_token_layer(&p->cfg);
+    uint64_t kv_layer = plan_kv_bytes_per_token_layer(&p->cfg, &p->req);
     p->fits = 1;
     p->shortfall = 0;
     p->worst_shard = 0;
@@ -762,7 +763,7 @@ size_t plan_suggest(const ck_config *cfg, const plan_req *req_in, plan_suggestio
                       : req.min_kv_tokens == UINT64_MAX ? 0
                                                         : req.min_kv_tokens;
     uint32_t ep_req = (req_in->ep == 0 || req_in->ep == req.tp) ? 0 : req_in->ep;
-    uint64_t kv_layer = plan_kv_bytes_per_token_layer(cfg);
+    uint64_t kv_layer = plan_kv_bytes_per_token_layer(cfg, &req);
 
     size_t nk;
     const plan_gpu_kind *kk = plan_gpu_kinds(&nk);

@@ -41,6 +41,9 @@ enum {
 #define PLAN_DEFAULT_RESERVE (4ULL << 30)
 /* KV-cache tokens that must fit next to the weights (one full-length R1 answer). */
 #define PLAN_DEFAULT_MIN_KV_TOKENS 32768ULL
+/* Bytes per cached latent element: dsr1-serve keeps the latent cache in fp32 (both
+ * backends); 2 models a BF16 cache (other engines'). */
+#define PLAN_DEFAULT_KV_BYTES 4u
 
 typedef struct plan_gpu_kind {
     const char *name;   /* "h100-80g" */
@@ -63,6 +66,7 @@ typedef struct plan_req {
     char gpu_kind[32];      /* "" when gpu_mem came as bytes */
     uint64_t reserve;       /* 0 -> PLAN_DEFAULT_RESERVE; UINT64_MAX -> none */
     uint64_t min_kv_tokens; /* 0 -> PLAN_DEFAULT_MIN_KV_TOKENS; UINT64_MAX -> none */
+    unsigned kv_bytes;      /* bytes per latent element: 0 -> PLAN_DEFAULT_KV_BYTES; 2 (bf16) or 4 */
 } plan_req;
 
 typedef struct plan_slice {
@@ -153,8 +157,9 @@ size_t plan_suggest(const ck_config *cfg, const plan_req *req, plan_suggestion *
  * minimum (more when the counts need it). */
 void plan_shard_file(const plan *p, size_t shard, char *buf, size_t cap);
 
-/* Per-token latent KV bytes per layer: (kv_lora_rank + qk_rope_head_dim) x 2 (bf16). */
-uint64_t plan_kv_bytes_per_token_layer(const ck_config *cfg);
+/* Per-token latent KV bytes per layer: (kv_lora_rank + qk_rope_head_dim) x the element
+ * size of req (its kv_bytes, 0: PLAN_DEFAULT_KV_BYTES, dsr1-serve's fp32 cache). */
+uint64_t plan_kv_bytes_per_token_layer(const ck_config *cfg, const plan_req *req);
 
 const char *plan_dtype_name(plan_dtype d); /* "fp8" | "bf16" */
 int plan_dtype_parse(const char *s, plan_dtype *out);

@@ -23,7 +23,7 @@ static const char *usage_text =
     "       dsr1-shard run CKPT --out DIR [plan options] [--resume] [--threads N] [--batch SIZE]\n"
     "                  [--progress auto|bar|plain|none] [--quiet] [--force]\n"
     "plan options: --tp N --ep N --pp N --dp N --nodes N --gpus-per-node N --dtype fp8|bf16 --mtp\n"
-    "              --gpu-mem SIZE|KIND --reserve SIZE --min-kv-tokens N\n"
+    "              --gpu-mem SIZE|KIND --reserve SIZE --min-kv-tokens N --kv-dtype fp32|bf16\n"
     "GPU kinds: h100-80g h200-141g h20-96g a100-80g b200-180g mi300x-192g\n"
     "exit: 0 ok / fits, 1 does not fit or bad source, 2 usage or impossible plan, 3 I/O\n";
 
@@ -91,7 +91,7 @@ static void parse_args(int argc, char **argv, args *a)
             exit(0);
         }
         static const char *const valued[] = {"--tp", "--ep", "--pp", "--dp", "--nodes", "--gpus-per-node",
-                                             "--dtype", "--gpu-mem", "--reserve", "--min-kv-tokens", "--out",
+                                             "--dtype", "--gpu-mem", "--reserve", "--min-kv-tokens", "--kv-dtype", "--out",
                                              "--threads", "--batch", "--progress"};
         int is_valued = 0;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
@@ -152,6 +152,12 @@ static void parse_args(int argc, char **argv, args *a)
             NEEDV();
             uint64_t r = arg_u32(o, argv[++i], 0, UINT32_MAX);
             a->req.min_kv_tokens = r ? r : UINT64_MAX;
+        } else if (strcmp(o, "--kv-dtype") == 0) {
+            NEEDV();
+            const char *v = argv[++i];
+            if (strcmp(v, "fp32") && strcmp(v, "bf16"))
+                usage_err("--kv-dtype %s: expected fp32 (dsr1-serve's latent cache) or bf16", v);
+            a->req.kv_bytes = strcmp(v, "fp32") == 0 ? 4 : 2;
         } else if (strcmp(o, "--json") == 0 && !is_run) a->json = 1;
         else if (strcmp(o, "--out") == 0 && is_run) { NEEDV(); a->out = argv[++i]; }
         else if (strcmp(o, "--resume") == 0 && is_run) a->resume = 1;
@@ -248,7 +254,7 @@ static void print_plan_text(const args *a, const plan *p, const plan_suggestion 
            "KV cache %" PRIu64 " B/token/layer, min %" PRIu64 " tokens\n",
            p->req.tp, p->req.ep, p->req.pp, p->req.dp, p->world, p->req.nodes, p->req.nodes == 1 ? "" : "s",
            p->req.gpus_per_node, plan_dtype_name(p->req.dtype), g, gb(p->reserve, b1),
-           plan_kv_bytes_per_token_layer(c), p->min_kv_tokens);
+           plan_kv_bytes_per_token_layer(c, &p->req), p->min_kv_tokens);
     printf("%5s %4s %5s %3s %3s %3s %-7s %-11s %10s %10s %12s  %s\n", "rank", "node", "local", "dp", "pp", "tp",
            "layers", "experts", "weights", "free", "KV tokens", "shard");
     for (uint32_t r = 0; r < p->world; r++) {
@@ -325,7 +331,7 @@ static void print_plan_json(const plan *p, const plan_suggestion *sg, size_t nsg
     json_object_set_new(o, "plan", req_json(&p->req, p->world));
     json_object_set_new(o, "reserve", json_integer((json_int_t)p->reserve));
     json_object_set_new(o, "min_kv_tokens", json_integer((json_int_t)p->min_kv_tokens));
-    json_object_set_new(o, "kv_bytes_per_token_layer", json_integer((json_int_t)plan_kv_bytes_per_token_layer(&p->cfg)));
+    json_object_set_new(o, "kv_bytes_per_token_layer", json_integer((json_int_t)plan_kv_bytes_per_token_layer(&p->cfg, &p->req)));
     json_object_set_new(o, "fits", json_boolean(p->fits));
     json_object_set_new(o, "shortfall_bytes", json_integer(p->shortfall));
     json_object_set_new(o, "tp_spans_nodes", json_boolean(p->tp_spans_nodes));

@@ -86,6 +86,14 @@ expect_exit "bad gpu kind" 2 "$D" plan "$R1" --gpu-mem h100
 expect_exit "run without --out" 2 "$D" run "$R1" --tp 8
 expect_exit "missing checkpoint dir: I/O" 3 "$D" plan "$T/nope"
 expect_err "names the path" "nope: No such file or directory"
+# the latent cache as dsr1-serve keeps it (fp32) by default; --kv-dtype bf16 halves it
+expect_exit "plan --json default KV element" 0 "$D" plan "$R1" --tp 8 --gpu-mem h200-141g --json
+"$PY" -c 'import json,sys; j = json.load(open(sys.argv[1])); sys.exit(0 if j["kv_bytes_per_token_layer"] == 2304 else 1)' "$T/out" \
+  && pass "  2304 B/token/layer (fp32 latent 512 + 64)" || fail "  kv_bytes_per_token_layer: $(head -c 300 "$T/out")"
+expect_exit "plan --kv-dtype bf16" 0 "$D" plan "$R1" --tp 8 --gpu-mem h200-141g --kv-dtype bf16
+expect_out "  1152 B/token/layer" "KV cache 1152 B/token/layer"
+expect_exit "--kv-dtype fp16: exit 2" 2 "$D" plan "$R1" --kv-dtype fp16
+expect_err "  names the choices" "kv-dtype fp16: expected fp32"
 # a plain --gpu-mem size reads naturally in the shortfall message
 expect_exit "plain --gpu-mem size" 1 "$D" plan "$R1" --tp 8 --gpu-mem 80GB
 expect_err "no doubled 'GPUs per GPU'" "but 80\.0 GB GPUs: short by"

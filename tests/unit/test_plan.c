@@ -326,14 +326,18 @@ TEST(plan_kv_cache_tokens)
 {
     ck_config c;
     r1(&c);
-    CHECK_EQ_U64(plan_kv_bytes_per_token_layer(&c), 1152);
-    CHECK_EQ_U64(plan_kv_bytes_per_token_layer(&c) * 61, 70272);
+    /* dsr1-serve's cache is fp32 (the default); a BF16 cache halves it */
+    plan_req bf = {0};
+    bf.kv_bytes = 2;
+    CHECK_EQ_U64(plan_kv_bytes_per_token_layer(&c, NULL), 2304);
+    CHECK_EQ_U64(plan_kv_bytes_per_token_layer(&c, &bf), 1152);
+    CHECK_EQ_U64(plan_kv_bytes_per_token_layer(&c, NULL) * 61, 140544);
     dsr1_err e;
     plan *p = make(&c, 8, 8, 1, 1, 0, PLAN_FP8, 0, "h200-141g", &e);
     if (p) {
         const plan_shard *s = &p->shards[0];
-        CHECK_EQ_U64(s->kv_bytes_per_token, 70272);
-        CHECK_EQ_U64(s->kv_tokens, (uint64_t)s->free_bytes / 70272);
+        CHECK_EQ_U64(s->kv_bytes_per_token, 140544);
+        CHECK_EQ_U64(s->kv_tokens, (uint64_t)s->free_bytes / 140544);
         CHECK_EQ_INT((int64_t)s->free_bytes,
                      (int64_t)(143771ULL << 20) - (int64_t)PLAN_DEFAULT_RESERVE - (int64_t)s->weight_bytes);
     }
