@@ -5,6 +5,9 @@
  *   double; keep the smallest prefix (by descending probability, ties by id) whose
  *   mass reaches top_p (1 = all); renormalize; draw with a splitmix64 stream seeded by
  *   `seed`, so equal seeds give equal choices.
+ * Ids more than 32 below the best z (probability under e^-32 = 1.3e-14 of the best) are
+ * never drawn: the row is not sorted, only what top-k / top-p need is (a token of R1's
+ * 129,280 ids in ~0.3 ms on a peaked row; make bench-sampler).
  */
 #ifndef DSR1_RT_SAMPLER_H
 #define DSR1_RT_SAMPLER_H
