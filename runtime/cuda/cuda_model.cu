@@ -104,12 +104,11 @@ static int map_layer(cm_model *m, const rt_layer *hl, cm_layer *L, dsr1_err *err
         (rc = dev_vec(hl->q_a_norm, h->q_lora, &L->q_a_norm, err)) ||
         (rc = dev_vec(hl->kv_a_norm, h->kv_lora, &L->kv_a_norm, err)))
         return rc;
-    if (!hl->moe) {
+    if (!hl->moe) { /* a dense MLP */
         if ((rc = dev_w(m, &hl->gate, &L->gate, "gate", err)) ||
-            (rc = dev_w(m, &hl->up, &L->up, "up", err)) ||
-            (rc = dev_w(m, &hl->down, &L->down, "down", err)))
+            (rc = dev_w(m, &hl->up, &L->up, "up", err)))
             return rc;
-        return 0;
+        return dev_w(m, &hl->down, &L->down, "down", err);
     }
     if ((rc = dev_w(m, &hl->router, &L->router, "router", err)) ||
         (rc = dev_vec(hl->bias, h->rcfg.n_experts, &L->bias, err)))
@@ -122,19 +121,15 @@ static int map_layer(cm_model *m, const rt_layer *hl, cm_layer *L, dsr1_err *err
     size_t n = hl->n_experts;
     if (n) {
         for (size_t j = 1; j < n; j++)
-            if (hl->expert_id[j] != hl->expert_id[0] + (int32_t)j) {
-                rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
-                                  "layer %d: local experts are not a contiguous id range; "
-                                  "the CUDA backend needs one",
-                                  hl->index);
-                return rc;
-            }
+            if (hl->expert_id[j] != hl->expert_id[0] + (int32_t)j)
+                return dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                                    "layer %d: local experts are not a contiguous id range; "
+                                    "the CUDA backend needs one",
+                                    hl->index);
         L->e0 = (size_t)hl->expert_id[0];
         k_weight *g = (k_weight *)calloc(3 * n, sizeof *g), *u = g + n, *d = g + 2 * n;
-        if (!g) {
-            rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
-            return rc;
-        }
+        if (!g)
+            return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory");
         for (size_t j = 0; j < n && !rc; j++)
             rc = dev_w(m, &hl->e_gate[j], &g[j], "expert gate", err) ||
                  dev_w(m, &hl->e_up[j], &u[j], "expert up", err) ||
@@ -149,13 +144,11 @@ static int map_layer(cm_model *m, const rt_layer *hl, cm_layer *L, dsr1_err *err
         free(g);
         if (rc)
             return rc;
-        if (krc) {
-            rc = dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
-                              "layer %d: experts have mixed shapes/types or rows not a "
-                              "multiple of 16 bytes (%s)",
-                              hl->index, kc_strerror(krc));
-            return rc;
-        }
+        if (krc)
+            return dsr1_err_set(err, DSR1_E_MISMATCH, RT_ERR_MODEL, 0,
+                                "layer %d: experts have mixed shapes/types or rows not a "
+                                "multiple of 16 bytes (%s)",
+                                hl->index, kc_strerror(krc));
     }
     return 0;
 }
