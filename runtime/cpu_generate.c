@@ -105,10 +105,10 @@ static int run_speculative(job *j, rt_model *mdl, rt_kv *kv, rank_io *io, rt_sam
                 return rc;
             if (out_rank) {
                 int32_t d = rt_spec_draft(smp, io->mlog + (size_t)(v[0] - 1) * V, V, io->q);
-                v[3] = rt_spec_test_draft(ntok + (size_t)v[0], d);
-                q = smp->p.temperature > 0 && v[3] == d ? io->q : NULL;
                 if (d < 0)
                     return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+                v[3] = rt_spec_test_draft(ntok + (size_t)v[0], d);
+                q = smp->p.temperature > 0 && v[3] == d ? io->q : NULL;
             }
         }
         if ((rc = share_ints(c, mdl, v, 4, 1, err)))
