@@ -103,22 +103,13 @@ static int run_speculative(job *j, rt_model *mdl, rt_kv *kv, rank_io *io, rt_sam
             if ((rc = rt_model_mtp_forward(mdl, c, kv, io->hid, io->seq + len, (size_t)v[0], len - 1,
                                            a->attn, io->mlog, err)))
                 return rc;
-            if (out_rank) {
-                int32_t d = rt_spec_draft(smp, io->mlog + (size_t)(v[0] - 1) * V, V, io->q);
-                if (d < 0)
-                    return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
-                v[3] = rt_spec_test_draft(ntok + (size_t)v[0], d);
-                q = smp->p.temperature > 0 && v[3] == d ? io->q : NULL;
-            }
+            if (out_rank && (rc = rt_spec_draft(smp, io->mlog + (size_t)(v[0] - 1) * V, V,
+                                                ntok + (size_t)v[0], io->q, &v[3], &q, err)))
+                return rc;
         }
         if ((rc = share_ints(c, mdl, v, 4, 1, err)))
             return rc;
-        for (int k = 0; k < v[0]; k++) {
-            io->seq[len++] = v[1 + k];
-            if (out_rank)
-                res->tokens[ntok] = v[1 + k];
-            ntok++;
-        }
+        rt_spec_append(v, io->seq, &len, out_rank ? res->tokens : NULL, &ntok);
         (*steps)++;
         draft = v[3];
     }
@@ -215,16 +206,9 @@ static int run_rank(job *j, rt_model *mdl, rt_kv *kv)
         if (spec) { /* token 0 is out: the rest by drafts, from the prompt's last MTP row */
             int32_t draft = 0;
             const double *q = NULL;
-            if (out_rank) {
-                int32_t d = rt_spec_draft(&smp, io.mlog + (T - 1) * V, V, io.q);
-                if (d < 0) {
-                    rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
-                    goto out;
-                }
-                draft = rt_spec_test_draft(1, d);
-                q = smp.p.temperature > 0 && draft == d ? io.q : NULL;
-            }
-            if ((rc = share_ints(c, mdl, &draft, 1, 1, err)) ||
+            if ((out_rank && (rc = rt_spec_draft(&smp, io.mlog + (T - 1) * V, V, 1, io.q, &draft, &q,
+                                                 err))) ||
+                (rc = share_ints(c, mdl, &draft, 1, 1, err)) ||
                 (rc = run_speculative(j, mdl, kv, &io, &smp, draft, q, &steps, &accepted)))
                 goto out;
             if (out_rank) /* what the tests check it by */

@@ -13,13 +13,27 @@ int rt_spec_check(const rt_generate_args *a, dsr1_err *err)
     return 0;
 }
 
-int32_t rt_spec_draft(rt_sampler *s, const float *mlogits, size_t V, double *q)
+int rt_spec_draft(rt_sampler *s, const float *mlogits, size_t V, size_t k, double *qbuf,
+                  int32_t *draft, const double **q, dsr1_err *err)
 {
-    if (s->p.temperature <= 0)
-        return rt_sample(s, mlogits, V);
-    if (rt_sample_probs(&s->p, mlogits, V, q))
-        return -1;
-    return rt_sample_from(s, q, V);
+    int sampled = s->p.temperature > 0;
+    int32_t d = sampled ? (rt_sample_probs(&s->p, mlogits, V, qbuf) ? -1 : rt_sample_from(s, qbuf, V))
+                        : rt_sample(s, mlogits, V);
+    if (d < 0)
+        return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
+    *draft = rt_spec_test_draft(k, d);
+    *q = sampled && *draft == d ? qbuf : NULL;
+    return 0;
+}
+
+void rt_spec_append(const int32_t *v, int32_t *seq, size_t *len, int32_t *tokens, size_t *ntok)
+{
+    for (int k = 0; k < v[0]; k++) {
+        seq[(*len)++] = v[1 + k];
+        if (tokens)
+            tokens[*ntok] = v[1 + k];
+        (*ntok)++;
+    }
 }
 
 int rt_spec_verify(rt_sampler *s, const float *rows, size_t V, int32_t draft, const double *q,

@@ -21,10 +21,12 @@
 /* 0, or a usage error: speculative decoding keeps the cache and gives no MTP logits. */
 int rt_spec_check(const rt_generate_args *a, dsr1_err *err);
 
-/* The draft of the next token from a row of the MTP module's logits: its argmax when
- * greedy, else drawn with the sampler's settings, whose distribution is left in q
- * [V] for rt_spec_verify. -1 when out of memory. */
-int32_t rt_spec_draft(rt_sampler *s, const float *mlogits, size_t V, double *q);
+/* The draft of token k from a row of the MTP module's logits: its argmax when greedy,
+ * else drawn with the sampler's settings, its distribution left in qbuf [V]; then
+ * DSR1_TEST_DRAFTS may replace it (rt_spec_test_draft). *q = qbuf when the draft is the
+ * one drawn (rt_spec_verify's q), else NULL. 0, or an out-of-memory error. */
+int rt_spec_draft(rt_sampler *s, const float *mlogits, size_t V, size_t k, double *qbuf,
+                  int32_t *draft, const double **q, dsr1_err *err);
 
 /* One step's verification from its two rows of logits (rows[0..V), rows[V..2V)): v[0] =
  * tokens kept (1 or 2; 2 only when room2), v[1], v[2] = those tokens (v[2] = 0 when
@@ -35,6 +37,10 @@ int32_t rt_spec_draft(rt_sampler *s, const float *mlogits, size_t V, double *q);
  * stood, 0 when not, -1 when out of memory. */
 int rt_spec_verify(rt_sampler *s, const float *rows, size_t V, int32_t draft, const double *q,
                    int room2, double *scratch, int32_t v[3]);
+
+/* Append a step's tokens (v[0] of them, from v[1]) to seq at *len and, unless tokens is
+ * NULL, to tokens at *ntok; advances both counts. */
+void rt_spec_append(const int32_t *v, int32_t *seq, size_t *len, int32_t *tokens, size_t *ntok);
 
 /* DSR1_TEST_DRAFTS=ID,ID,...: the draft of token k is the k-th id (tests run right and
  * wrong drafts on purpose); else draft. */

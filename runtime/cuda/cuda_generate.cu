@@ -131,19 +131,6 @@ static int mtp_rows(gen_state *g, run_io *io, rt_generate_result *res, int out_r
     return 0;
 }
 
-/* The next draft from the MTP module's row, by the deciding rank: *q its distribution
- * when drawn (NULL when greedy or replaced by DSR1_TEST_DRAFTS); token index k. */
-static int draft_of(rt_sampler *smp, run_io *io, const float *row, size_t V, size_t k,
-                    int32_t *draft, const double **q, dsr1_err *err)
-{
-    int32_t d = rt_spec_draft(smp, row, V, io->q);
-    if (d < 0)
-        return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0, "out of memory while sampling");
-    *draft = rt_spec_test_draft(k, d);
-    *q = smp->p.temperature > 0 && *draft == d ? io->q : NULL;
-    return 0;
-}
-
 /* Speculative decode after the prefill (runtime/spec.h; token 0 and the first draft
  * known): each step runs the last token and the draft (two positions) through the model
  * and keeps 1 or 2 tokens. The deciding rank (the last stage's TP rank 0) verifies and
@@ -181,17 +168,12 @@ static int run_speculative(gen_state *g, run_io *io, rt_generate_result *res, in
             io->seq[len + 1] = v[2];
             const float *row = NULL;
             if ((rc = mtp_rows(g, io, res, 0, len - 1, (size_t)v[0], (size_t)v[0] - 1, &row, err)) ||
-                (dec && (rc = draft_of(smp, io, row, V, ntok + (size_t)v[0], &v[3], &q, err))))
+                (dec && (rc = rt_spec_draft(smp, row, V, ntok + (size_t)v[0], io->q, &v[3], &q, err))))
                 return rc;
         }
         if ((rc = share_ints(g, v, 4, 1, err)))
             return rc;
-        for (int k = 0; k < v[0]; k++) {
-            io->seq[len++] = v[1 + k];
-            if (out_rank)
-                res->tokens[ntok] = v[1 + k];
-            ntok++;
-        }
+        rt_spec_append(v, io->seq, &len, out_rank ? res->tokens : NULL, &ntok);
         (*drafts)++;
         draft = v[3];
     }
@@ -303,7 +285,7 @@ static int run(gen_state *g, rt_generate_result *res, int out_rank, dsr1_err *er
                 goto out;
             len++;
             if (spec) { /* token 0 is out: the rest by drafts, from the prompt's last MTP row */
-                if ((decider && (rc = draft_of(&smp, &io, row, V, 1, &draft, &q, err))) ||
+                if ((decider && (rc = rt_spec_draft(&smp, row, V, 1, io.q, &draft, &q, err))) ||
                     (rc = share_ints(g, &draft, 1, 1, err)) ||
                     (N > 1 && (t1 = fu_now_s(), mem_prefill = dev_used_gib(),
                                rc = run_speculative(g, &io, res, out_rank, &smp, draft, q, &drafts,

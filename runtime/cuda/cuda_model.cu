@@ -87,6 +87,14 @@ static size_t prefill_min_env(void)
     return v > 0 ? (size_t)v : (size_t)-1;
 }
 
+/* GiB free on the device, for out-of-memory messages (clears the failed call's error). */
+static double free_gib(void)
+{
+    size_t fr = 0, tot = 0;
+    cudaGetLastError();
+    return cudaMemGetInfo(&fr, &tot) == cudaSuccess ? fr / 1073741824.0 : 0.0;
+}
+
 /* The device views of one decoder layer (dense or MoE) of the host model. */
 static int map_layer(cm_model *m, const rt_layer *hl, cm_layer *L, dsr1_err *err)
 {
@@ -282,16 +290,13 @@ int cm_load(cm_model **out, const mf_manifest *mf, const char *dir, int rank, si
     for (size_t i = 0; i < m->n_layers + (size_t)m->has_mtp; i++)
         if (cudaMalloc((void **)&m->c[i], cap * m->h->kv_lora * sizeof(float)) != cudaSuccess ||
             cudaMalloc((void **)&m->kpe[i], cap * m->h->dr * sizeof(float)) != cudaSuccess) {
-            size_t fr = 0, tot = 0;
-            cudaGetLastError();
-            cudaMemGetInfo(&fr, &tot);
             rc = dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
                               "cuda: no room for a latent KV cache of %zu tokens (%.2f GiB for %zu "
                               "layers; %.2f GiB of the GPU free after the weights): lower "
                               "--max-new-tokens or the prompt, or shard over more pipeline stages",
                               cap, (double)cap * (m->h->kv_lora + m->h->dr) * 4 *
                                        (m->n_layers + (size_t)m->has_mtp) / 1073741824.0,
-                              m->n_layers + (size_t)m->has_mtp, fr / 1073741824.0);
+                              m->n_layers + (size_t)m->has_mtp, free_gib());
             goto fail;
         }
     {
@@ -393,13 +398,10 @@ int cm_reserve(cm_model *m, size_t T, size_t nlog, dsr1_err *err)
     m->pool_cap = 0;
     cudaError_t e = cudaMalloc((void **)&m->pool, need);
     if (e != cudaSuccess) {
-        size_t fr = 0, tot = 0;
-        cudaGetLastError();
-        cudaMemGetInfo(&fr, &tot);
         return dsr1_err_set(err, DSR1_E_NOMEM, RT_ERR_MODEL, 0,
                             "cuda: no room for %.2f GiB of activations for a pass of %zu tokens "
                             "(%.2f GiB free): a smaller --prefill-chunk bounds them",
-                            need / 1073741824.0, T, fr / 1073741824.0);
+                            need / 1073741824.0, T, free_gib());
     }
     m->pool_cap = need;
     return 0;

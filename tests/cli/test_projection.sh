@@ -24,20 +24,24 @@ PYEOF
 expect_out "layer times are the rows' medians plus two all-reduces ($want)" "reads 2 experts, measured layers: $want"
 expect_out "TP1 efficiency parsed" 'at batch 1: dense [0-9]+%, MoE [0-9]+% of roofline'
 
+# medians FILE BATCH ADD: "dense D us, MoE M us", the median step_us of the FILE's layer
+# rows at BATCH tokens plus ADD (two all-reduces)
+medians() {
+  python3 - "$@" <<'PYEOF'
+import re, sys
+t, b, add = open(sys.argv[1]).read(), sys.argv[2], float(sys.argv[3])
+med = lambda k: sorted(float(x) for x in re.findall(rf"^\d+ +{k} +{b} +([\d.]+)", t, re.M))
+d, m = med("dense"), med("moe")
+print(f"dense {d[len(d) // 2] + add:.0f} us, MoE {m[len(m) // 2] + add:.0f} us")
+PYEOF
+}
+
 # batched decode from "tp8b" rows (the TP8 rank at several sequences a step): per batch,
 # the rows' median layer times plus two all-reduces, tokens/s of all sequences
 B=docs/measurements/2026-11-29-session9/run4-absorb-mma-ab-tp8-1xh200.txt
 { cat "$M/decode-tp8-1xh100.txt"; sed 's/^/tp8b /' "$B"; } >"$T/tp8b.txt"
 expect_exit "projection with batched TP8 rows" 0 python3 "$P" "$T/decode.txt" "$T/tp8b.txt"
-want=$(python3 - "$B" <<'PYEOF'
-import re, sys
-t = open(sys.argv[1]).read()
-med = lambda v: sorted(v)[len(v) // 2]
-d = med([float(x) for x in re.findall(r"^\d+ +dense +64 +([\d.]+)", t, re.M)])
-m = med([float(x) for x in re.findall(r"^\d+ +moe +64 +([\d.]+)", t, re.M)])
-print(f"dense {d + 26.2:.0f} us, MoE {m + 26.2:.0f} us")
-PYEOF
-)
+want=$(medians "$B" 64 26.2)
 expect_out "batch 64 layer times are the rows' medians plus two all-reduces ($want)" "batch 64, measured TP8 rank \(synthetic routing\): $want"
 expect_out "every batch in the rows" 'batch 8, measured TP8 rank.* tok/s \([0-9.]+ tok/s per sequence\)'
 
@@ -65,15 +69,7 @@ if grep -q 'in CUDA graphs' "$T/out"; then fail "rows without graph_us gave grap
 S=docs/measurements/2026-11-29-session12/run3-bench-b12-tp8e4-1xh200.txt
 { cat "$T/g8.txt"; sed -n '/^layer/,$p' "$S" | sed 's/^/tp8s /'; } >"$T/spec.txt"
 expect_exit "projection with two-token TP8 rows" 0 python3 "$P" "$T/g1.txt" "$T/spec.txt"
-want=$(python3 - "$S" <<'PYEOF'
-import re, sys
-t = open(sys.argv[1]).read()
-med = lambda v: sorted(v)[len(v) // 2]
-d = med([float(x) for x in re.findall(r"^\d+ +dense +2 +([\d.]+)", t, re.M)])
-m = med([float(x) for x in re.findall(r"^\d+ +moe +2 +([\d.]+)", t, re.M)])
-print(f"dense {d + 50:.0f} us, MoE {m + 50:.0f} us")
-PYEOF
-)
+want=$(medians "$S" 2 50)
 expect_out "speculative step from the two-token rows ($want)" "speculative \(MTP drafts\), measured TP8 rank at 2 tokens a step: $want"
 expect_out "acceptance rates 70/85/90%" 'draft acceptance 85%: [0-9]+ tok/s \([0-9.]+x the same rank without drafts\)'
 expect_exit "no two-token rows: no speculative lines" 0 python3 "$P" "$T/g1.txt" "$T/g8.txt"

@@ -82,8 +82,30 @@ TEST(spec_greedy_steps_are_the_argmax)
     CHECK_EQ_INT(rt_spec_verify(&s, rows, V, 4, NULL, 1, scr, v), 0); /* wrong: the argmax */
     CHECK_EQ_INT(v[0], 1);
     CHECK_EQ_INT(v[1], 1);
-    double q[V];
-    CHECK_EQ_INT(rt_spec_draft(&s, rows + V, V, q), 2);
+    double qb[V];
+    const double *q = qb;
+    int32_t d = -1;
+    dsr1_err e;
+    CHECK_EQ_INT(rt_spec_draft(&s, rows + V, V, 1, qb, &d, &q, &e), 0); /* greedy: the argmax */
+    CHECK_EQ_INT(d, 2);
+    CHECK_MSG(q == NULL, "a greedy draft has no distribution");
+    /* sampled: the distribution comes back, unless the test hook replaced the draft */
+    rt_sampling t = {1.0f, 1.0f, 0, 5};
+    rt_sampler_init(&s, &t);
+    CHECK_EQ_INT(rt_spec_draft(&s, rows + V, V, 1, qb, &d, &q, &e), 0);
+    CHECK_MSG(q == qb && d >= 0 && d < V && qb[d] > 0, "sampled draft %d, q %p", d, (const void *)q);
+    setenv("DSR1_TEST_DRAFTS", "0,4", 1);
+    CHECK_EQ_INT(rt_spec_draft(&s, rows + V, V, 1, qb, &d, &q, &e), 0);
+    CHECK_EQ_INT(d, 4);
+    unsetenv("DSR1_TEST_DRAFTS");
+    /* a step's tokens onto the sequence and the output */
+    int32_t seq[8] = {9}, toks[4] = {0}, vv[3] = {2, 5, 6};
+    size_t len = 1, nt = 1;
+    rt_spec_append(vv, seq, &len, toks, &nt);
+    CHECK_EQ_INT((int)len, 3);
+    CHECK_EQ_INT((int)nt, 3);
+    CHECK_EQ_INT(seq[1], 5);
+    CHECK_EQ_INT(toks[2], 6);
 }
 
 TEST(spec_test_drafts_replace_by_token_index)
