@@ -36,6 +36,10 @@ printf '3,,4' >"$T/ids.bad"
 expect_exit "--prompt-ids @FILE with an empty entry: exit 2" 2 gen --prompt-ids @"$T/ids.bad"
 expect_exit "--prompt-ids @missing: exit 2" 2 gen --prompt-ids @"$T/none.txt"
 expect_err "  names the file" 'none.txt: No such file'
+expect_exit "--prompt-ids @ with no name: exit 2" 2 gen --prompt-ids @
+expect_err "  says so" 'no file name after @'
+expect_exit "--prompt-ids @DIRECTORY: exit 2" 2 gen --prompt-ids @"$T"
+expect_err "  says why" 'Is a directory'
 expect_exit "--max-new-tokens 0: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 0
 expect_exit "--max-new-tokens past the flag range: exit 2" 2 gen --prompt-ids 1 --max-new-tokens 1048577
 expect_exit "prompt + new tokens past max_position_embeddings ($C): exit 2" 2 gen --prompt-ids 1,2 --max-new-tokens $((C - 1))
